@@ -1,0 +1,163 @@
+"""The ``ibtpo`` command line: train, eval, pretrain.
+
+    ibtpo train [CONFIG.yaml] [key=value | --key value ...] [--resume RUN_DIR]
+    ibtpo eval  [model=PATH_OR_RUN_DIR] [eval_k=8 ...] [--json FILE]
+    ibtpo pretrain [--out DIR] [steps=900 ...]
+
+Bad input ends with one line on stderr naming the culprit and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from ibtpo.config import ConfigError, build_config, config_help, parse_overrides  # noqa: E402
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit code 2)."""
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"ibtpo: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _split_config_path(rest: list[str]) -> tuple[str | None, list[str]]:
+    if rest and not rest[0].startswith("-") and "=" not in rest[0]:
+        return rest[0], rest[1:]
+    return None, rest
+
+
+def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
+    from ibtpo.training.run import train
+
+    if args.help_config:
+        print(config_help())
+        return 0
+    path, rest = _split_config_path(rest)
+    overrides = parse_overrides(rest)
+    base = None
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").exists():
+            raise UsageError(f"--resume {run_dir}: no config.yaml there (not a run directory)")
+        path = path or str(run_dir / "config.yaml")
+        overrides["out_dir"] = str(run_dir)
+    cfg = build_config(path, overrides, base)
+    summary = train(cfg, resume=bool(args.resume))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _resolve_eval_model(name: str) -> str:
+    from ibtpo.training.checkpoint import latest_checkpoint
+
+    p = Path(name)
+    if (p / "checkpoints").is_dir():  # a run directory: take its latest checkpoint
+        ckpt = latest_checkpoint(p)
+        if ckpt is None:
+            raise UsageError(f"model={name}: run directory has no complete checkpoint")
+        return str(ckpt)
+    return name
+
+
+def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ibtpo.evaluation import evaluate
+    from ibtpo.models import load_policy
+    from ibtpo.testbed.task import extract_answer, sum_reward
+    from ibtpo.training.trainer import EVAL_SEED_OFFSET, build_task
+
+    path, rest = _split_config_path(rest)
+    cfg = build_config(path, parse_overrides(rest))
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    model, tok = load_policy(_resolve_eval_model(cfg.model), cfg.dtype)
+    task = build_task(cfg)
+    problems = list(task.test_problems[: cfg.eval_questions])
+    console = Console(stderr=True)
+    with console.status(f"evaluating {len(problems)} questions x {cfg.eval_k} samples"):
+        res = evaluate(model, tok, problems, sum_reward, k=cfg.eval_k, temperature=cfg.eval_temperature,
+                       max_new_tokens=cfg.max_completion_length, greedy=cfg.eval_greedy,
+                       seed=cfg.seed + EVAL_SEED_OFFSET, extract=extract_answer)
+    table = Table(title=f"{cfg.task} test split ({len(problems)} questions)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in res.items():
+        table.add_row(k, f"{v:.4f}")
+    Console().print(table)
+    out = {"model": cfg.model, "dataset": cfg.task, "questions": len(problems), **res}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace, rest: list[str]) -> int:
+    from pydantic import TypeAdapter, ValidationError
+
+    from ibtpo.testbed.build import build_base_policy
+    from ibtpo.testbed.pretrain import PretrainConfig
+
+    overrides = parse_overrides(rest)
+    known = {f.name for f in dataclasses.fields(PretrainConfig)}
+    for key in overrides:
+        if key not in known:
+            raise ConfigError(f"unknown pretrain key '{key}'; known: {', '.join(sorted(known))}")
+    try:
+        pcfg = TypeAdapter(PretrainConfig).validate_python(overrides)
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise ConfigError(f"{e['loc'][0]}: got {e['input']!r}; {e['msg']}") from None
+    summary = build_base_policy(pcfg, Path(args.out))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ibtpo", description="IB-TPO and its baselines for LLM reasoning RL.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="RL training (defaults: the CPU testbed main job)")
+    p_train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p_train.add_argument("--help-config", action="store_true", help="list every config field with its default and doc")
+    p_eval = sub.add_parser("eval", help="held-out avg@k / pass@k / maj@k / greedy accuracy")
+    p_eval.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p_pre = sub.add_parser("pretrain", help="supervised warm-up that builds the testbed base policy")
+    p_pre.add_argument("--out", default="runs/pretrain", help="where to save the policy and tokenizer")
+    args, rest = parser.parse_known_args(argv)
+    _quiet_transformers()
+    handlers = {"train": cmd_train, "eval": cmd_eval, "pretrain": cmd_pretrain}
+    try:
+        return handlers[args.command](args, rest)
+    except (ConfigError, UsageError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted; the last checkpoint is kept", 130)
+    except Exception as exc:  # known one-line failures
+        from ibtpo.models import ModelLoadError
+
+        if isinstance(exc, (ModelLoadError, FileNotFoundError)):
+            return _fail(str(exc))
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

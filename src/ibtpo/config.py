@@ -1,0 +1,218 @@
+"""The one config object of a training run, with YAML loading, command-line overrides and one-line errors.
+
+Field names follow TRL's GRPOConfig where one exists (``num_generations``, ``epsilon``, ``beta``, ...); verl's names
+are accepted as aliases (``ALIASES``). Every field has a one-line doc (its ``description``), shown by
+``ibtpo train --help-config``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ibtpo.algos.losses import LOSS_AGG_MODES
+
+TESTBED_MODEL = "testbed"
+
+
+class ConfigError(ValueError):
+    """A bad config value; its message is one line that names the culprit."""
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run reads. Defaults are the CPU testbed's main job."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- run -----------------------------------------------------------------------------------------------------
+    out_dir: str = Field("runs/default", description="Run directory (config, metrics, checkpoints, plots).")
+    seed: int = Field(0, ge=0, description="Seed of sampling, data order and every RNG of the run.")
+    max_steps: int = Field(220, ge=1, description="Stop after this many RL steps.")
+    max_tokens: int = Field(0, ge=0, description="Stop once this many new tokens were generated in training (0 = no limit).")
+    eval_every: int = Field(20, ge=0, description="Evaluate every N steps, plus before the first and after the last (0 = only those).")
+    save_every: int = Field(20, ge=0, description="Write a checkpoint every N steps, plus at the end (0 = only at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
+    threads: int = Field(2, ge=1, description="CPU threads for torch.")
+    tensorboard: bool = Field(True, description="Write TensorBoard event files in the run directory.")
+    plots: bool = Field(True, description="Draw PNG plots of the run at the end.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+    # --- model -----------------------------------------------------------------------------------------------------
+    model: str = Field(TESTBED_MODEL, description="'testbed' (the shipped tiny policy) or a local path to a transformers causal LM.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter dtype of the policy.")
+
+    # --- task --------------------------------------------------------------------------------------------------------
+    task: Literal["sum"] = Field("sum", description="Built-in task: 'sum' (step-by-step multi-term sums, any order).")
+    task_min_terms: int = Field(3, ge=2, le=8, description="Fewest terms of a sum problem.")
+    task_max_terms: int = Field(4, ge=2, le=8, description="Most terms of a sum problem.")
+    task_max_value: int = Field(30, ge=2, le=999, description="Terms are drawn from 1..task_max_value.")
+    task_seed: int = Field(1234, ge=0, description="Seed of the problem generator (fixes the test split).")
+    test_size: int = Field(512, ge=1, description="Problems in the held-out test split.")
+
+    # --- rollout -----------------------------------------------------------------------------------------------------
+    questions_per_step: int = Field(16, ge=1, description="Questions (prompts) per RL step.")
+    num_generations: int = Field(8, ge=1, description="Completions per question (group size G).")
+    temperature: float = Field(1.0, gt=0.0, le=10.0, description="Sampling temperature of rollouts.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass of rollouts (1.0 = off).")
+    top_k: int = Field(0, ge=0, description="Top-k sampling of rollouts (0 = off).")
+    max_completion_length: int = Field(48, ge=1, le=4096, description="Length cap (tokens) of a completion.")
+
+    # --- algorithm -------------------------------------------------------------------------------------------------
+    adv_estimator: Literal["grpo"] = Field("grpo", description="Advantage estimator (registered name).")
+    policy_loss: Literal["ppo_clip"] = Field("ppo_clip", description="Policy loss (registered name).")
+    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Divide centred rewards by the group std, the batch std, or not at all.")
+    epsilon: float = Field(0.2, ge=0.0, le=1.0, description="Lower clip range of the ratio (1 - epsilon).")
+    epsilon_high: float | None = Field(None, ge=0.0, le=10.0, description="Upper clip range (clip-higher); null = epsilon.")
+    dual_clip_c: float | None = Field(None, gt=1.0, description="Dual-clip constant for negative advantages; null = off.")
+    beta: float = Field(0.0, ge=0.0, description="KL(pi || pi_ref) coefficient, k3 estimator; 0 keeps no reference model.")
+    entropy_coef: float = Field(0.0, ge=0.0, description="Entropy bonus coefficient.")
+    loss_agg_mode: Literal[LOSS_AGG_MODES] = Field("seq-mean-token-mean", description="Token-loss aggregation (verl names).")
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    lr_scheduler: Literal["constant", "cosine"] = Field("constant", description="Learning-rate schedule after warm-up.")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch (TRL: num_iterations).")
+    mini_batch_size: int = Field(0, ge=0, description="Sequences per optimizer step (0 = the whole rollout batch).")
+
+    # --- evaluation --------------------------------------------------------------------------------------------------
+    eval_questions: int = Field(256, ge=1, description="Test questions per evaluation (the first N of the test split).")
+    eval_k: int = Field(4, ge=1, description="Samples per test question for avg@k and pass@k.")
+    eval_temperature: float = Field(1.0, gt=0.0, description="Sampling temperature of evaluation.")
+    eval_greedy: bool = Field(True, description="Also measure greedy accuracy.")
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> "TrainConfig":
+        if self.task_min_terms > self.task_max_terms:
+            raise ValueError(f"task_min_terms ({self.task_min_terms}) must be <= task_max_terms ({self.task_max_terms})")
+        return self
+
+
+# verl / TRL names accepted as aliases of ours.
+ALIASES = {
+    "rollout.n": "num_generations",
+    "n": "num_generations",
+    "clip_ratio_low": "epsilon",
+    "clip_ratio": "epsilon",
+    "clip_ratio_high": "epsilon_high",
+    "kl_loss_coef": "beta",
+    "entropy_coeff": "entropy_coef",
+    "num_iterations": "ppo_epochs",
+    "lr": "learning_rate",
+    "max_new_tokens": "max_completion_length",
+    "train_batch_size": "questions_per_step",
+    "output_dir": "out_dir",
+    "out": "out_dir",
+}
+
+
+def _allowed(field: str) -> str:
+    """A short description of the values `field` accepts."""
+    info = TrainConfig.model_fields[field]
+    ann = info.annotation
+    if getattr(ann, "__origin__", None) is Literal:
+        return "one of " + ", ".join(map(str, ann.__args__))
+    parts = [getattr(ann, "__name__", str(ann)).replace("NoneType", "null")]
+    for m in info.metadata:
+        for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(m, attr, None) is not None:
+                parts.append(f"{op} {getattr(m, attr)}")
+    return " ".join(parts)
+
+
+def _format_error(err: ValidationError, where: dict[str, str]) -> str:
+    e = err.errors()[0]
+    field = str(e["loc"][0]) if e["loc"] else ""
+    origin = where.get(field, "")
+    prefix = f"{origin}: " if origin else ""
+    if e["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(field, list(TrainConfig.model_fields) + list(ALIASES), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else " (see `ibtpo train --help-config`)"
+        return f"{prefix}unknown config key '{field}'{hint}"
+    if not field:  # a cross-field check
+        return f"{prefix}{e['msg'].removeprefix('Value error, ')}"
+    return f"{prefix}{field}: got {e['input']!r}; allowed: {_allowed(field)}"
+
+
+def _yaml_with_lines(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Load a YAML mapping and remember 'file:line' of each top-level key."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+        node = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config file must be a mapping of key: value")
+    lines = {}
+    if node is not None and hasattr(node, "value"):
+        for key_node, _ in node.value:
+            lines[str(key_node.value)] = f"{path}:{key_node.start_mark.line + 1}"
+    return data, lines
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Turn ['lr=1e-4', '--seed', '3', '--beta=0.01'] into {'lr': 1e-4, 'seed': 3, 'beta': 0.01} (YAML-typed)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            arg = arg[2:]
+            if "=" not in arg:
+                if i + 1 >= len(args):
+                    raise ConfigError(f"option --{arg} needs a value")
+                arg = f"{arg}={args[i + 1]}"
+                i += 1
+        if "=" not in arg:
+            raise ConfigError(f"cannot read argument '{arg}': write key=value or --key value")
+        key, raw = arg.split("=", 1)
+        try:
+            out[key.strip().replace("-", "_") if key.strip() not in ALIASES else key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+        i += 1
+    return out
+
+
+def build_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                 base: dict[str, Any] | None = None) -> TrainConfig:
+    """Resolve defaults <- `base` <- YAML file <- overrides into a validated TrainConfig; raises ConfigError."""
+    values: dict[str, Any] = dict(base or {})
+    where: dict[str, str] = {}
+    if yaml_path is not None:
+        data, lines = _yaml_with_lines(Path(yaml_path))
+        for key, value in data.items():
+            name = ALIASES.get(str(key), str(key))
+            values[name] = value
+            where[name] = lines.get(str(key), str(yaml_path))
+    for key, value in (overrides or {}).items():
+        name = ALIASES.get(key, key)
+        values[name] = value
+        where[name] = "command line"
+    try:
+        return TrainConfig(**values)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, where)) from None
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+
+
+def config_help() -> str:
+    """One line per field: name, default, doc."""
+    rows = []
+    for name, info in TrainConfig.model_fields.items():
+        rows.append(f"{name:<24} {info.default!r:<22} {info.description}")
+    return "\n".join(rows)

@@ -1,0 +1,77 @@
+"""Held-out evaluation: avg@k, pass@k (unbiased estimator), maj@k and greedy accuracy."""
+
+from __future__ import annotations
+
+from collections import Counter
+from math import comb
+from typing import Callable
+
+import torch
+
+from ibtpo.rollout.sampling import SamplingParams, sample
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021, arXiv 2107.03374):
+    1 - C(n - c, k) / C(n, k)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
+    """maj@k: is the most frequent extracted answer (ties: first seen) a correct one?"""
+    seen = [(a, ok) for a, ok in zip(answers, correct) if a is not None]
+    if not seen:
+        return False
+    top = Counter(a for a, _ in seen).most_common(1)[0][0]
+    return any(ok for a, ok in seen if a == top)
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperature: float, max_new_tokens: int,
+             greedy: bool = True, seed: int = 0, batch_questions: int = 128,
+             extract: Callable[[str], str | None] | None = None) -> dict[str, float]:
+    """Sample k completions per problem (and one greedy) and score them; returns avg@k, pass@k, maj@k, greedy acc.
+
+    Uses its own generator seeded with `seed`, so evaluation neither depends on nor disturbs the training RNG.
+    """
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    totals = Counter()
+    lengths = []
+    for start in range(0, len(problems), batch_questions):
+        chunk = problems[start:start + batch_questions]
+        prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in chunk]
+        groups = sample(model, prompts, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens),
+                        eos, pad, generator=gen, n=k)
+        texts = [[tokenizer.decode(g.token_ids, skip_special_tokens=True) for g in grp] for grp in groups]
+        flat = [t for grp in texts for t in grp]
+        scores = reward_fn([p.prompt for p in chunk for _ in range(k)], flat, None,
+                           answer=[p.answer for p in chunk for _ in range(k)])
+        lengths += [len(g.token_ids) for grp in groups for g in grp]
+        for i, grp in enumerate(texts):
+            ok = [s == 1.0 for s in scores[i * k:(i + 1) * k]]
+            c = sum(ok)
+            totals["avg"] += c / k
+            totals["passk"] += pass_at_k(k, c, k)
+            if extract is not None:
+                totals["maj"] += majority_correct([extract(t) for t in grp], ok)
+        if greedy:
+            gg = sample(model, prompts, SamplingParams(greedy=True, max_new_tokens=max_new_tokens), eos, pad)
+            gtexts = [tokenizer.decode(g[0].token_ids, skip_special_tokens=True) for g in gg]
+            gscores = reward_fn([p.prompt for p in chunk], gtexts, None, answer=[p.answer for p in chunk])
+            totals["greedy"] += sum(s == 1.0 for s in gscores)
+    n = len(problems)
+    out = {f"avg@{k}": totals["avg"] / n, f"pass@{k}": totals["passk"] / n,
+           "response_length": sum(lengths) / max(1, len(lengths))}
+    if extract is not None:
+        out[f"maj@{k}"] = totals["maj"] / n
+    if greedy:
+        out["greedy_acc"] = totals["greedy"] / n
+    model.train(was_training)
+    return out

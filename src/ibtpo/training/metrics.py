@@ -1,0 +1,64 @@
+"""Run metrics: one JSON object per step in ``metrics.jsonl``, mirrored to TensorBoard; rollout statistics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from statistics import mean
+
+from ibtpo.rollout.tree import Tree
+
+
+class MetricsLogger:
+    """Appends ``{"step": s, ...}`` lines to metrics.jsonl and scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            # drop what was logged after the checkpoint we resume from, so the stream has no duplicates
+            kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.writer is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """All records of a metrics.jsonl file."""
+    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+def rollout_metrics(trees: list[Tree]) -> dict[str, float]:
+    """Reward, Eff-Rate, length and cost statistics of one rollout batch (CONVENTIONS.md names)."""
+    rewards = [leaf.reward or 0.0 for t in trees for leaf in t.leaves()]
+    lengths = [len(Tree.completion(leaf)[0]) for t in trees for leaf in t.leaves()]
+    entropies = [e for t in trees for n in t.nodes() for e in n.entropies]
+    effective = [len({leaf.reward for leaf in t.leaves()}) > 1 for t in trees]
+    truncated = [not leaf.finished for t in trees for leaf in t.leaves()]
+    mu = mean(rewards)
+    return {
+        "reward/mean": mu,
+        "reward/std": (sum((r - mu) ** 2 for r in rewards) / max(1, len(rewards) - 1)) ** 0.5,
+        "eff_rate": mean(effective),
+        "actor/entropy": mean(entropies) if entropies else 0.0,
+        "response_length/mean": mean(lengths),
+        "response_length/clip_ratio": mean(truncated),
+        "rollout/new_tokens_per_question": mean(t.new_tokens for t in trees),
+        "rollout/trajectories_per_question": mean(len(t.leaves()) for t in trees),
+    }

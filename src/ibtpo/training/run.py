@@ -1,0 +1,60 @@
+"""Driving a run: the step loop with its evaluation/checkpoint cadence, progress bar, summary and plots."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ibtpo.config import TrainConfig
+from ibtpo.training.trainer import Trainer
+
+
+def _progress(console: Console, enabled: bool):
+    if not enabled:
+        return nullcontext(None)
+    return Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                    TextColumn("reward {task.fields[reward]:.3f}  acc {task.fields[acc]}"),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
+
+
+def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None) -> dict:
+    """Run (or resume) training to its step/token budget; returns the end-of-run summary."""
+    console = console or Console(stderr=True)
+    trainer = Trainer(cfg, resume=resume)
+    acc_key = f"val/{cfg.task}/avg@{cfg.eval_k}"
+    first_eval = None
+    last_eval: dict[str, float] = {}
+    t_start = time.perf_counter()
+    if trainer.step == 0:
+        first_eval = trainer.evaluate()
+        last_eval = first_eval
+        trainer.logger.log(0, first_eval)
+    with _progress(console, cfg.progress) as progress:
+        task = progress.add_task("train", total=cfg.max_steps, completed=trainer.step, reward=0.0,
+                                 acc="-") if progress else None
+        while not trainer.done():
+            metrics = trainer.train_step()
+            if trainer.done() or (cfg.eval_every and trainer.step % cfg.eval_every == 0):
+                last_eval = trainer.evaluate()
+                metrics.update(last_eval)
+            trainer.logger.log(trainer.step, metrics)
+            if trainer.done() or (cfg.save_every and trainer.step % cfg.save_every == 0):
+                trainer.save()
+            if progress is not None:
+                acc = f"{last_eval[acc_key]:.3f}" if acc_key in last_eval else "-"
+                progress.update(task, completed=trainer.step, reward=metrics["reward/mean"], acc=acc)
+    trainer.logger.close()
+    summary = {"steps": trainer.step, "generated_tokens": trainer.tokens,
+               "wall_clock_s": round(time.perf_counter() - t_start, 1), "final": last_eval}
+    if first_eval is not None:
+        summary["initial"] = first_eval
+    (trainer.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if cfg.plots:
+        from ibtpo.plots import plot_run
+
+        plot_run(trainer.run_dir)
+    return summary

@@ -1,0 +1,201 @@
+"""The RL trainer loop: rollout -> rewards -> advantages -> clipped policy update, with eval, logs and checkpoints.
+
+One step:
+  1. take ``questions_per_step`` problems from the train stream (data position advances; the stream is endless);
+  2. grow one tree per question (independent sampling = depth-one tree of ``num_generations`` leaves);
+  3. reward every leaf with the task's verifier;
+  4. lay the trees out as a training batch (``flatten_paths``) and compute advantages (registered estimator);
+  5. ``ppo_epochs`` passes of mini-batch updates with the registered policy loss (+ k3 KL, - entropy bonus);
+  6. log metrics, evaluate every ``eval_every`` steps, checkpoint every ``save_every`` steps.
+
+Simplified on purpose: one process; the behaviour log-probs recorded at sampling time serve as the "old" log-probs
+(sampling and training use the same weights and temperature, so they agree to float tolerance).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ibtpo.algos.advantages import get_adv_estimator
+from ibtpo.algos.losses import LossConfig, agg_loss, get_policy_loss, kl_k3, masked_mean
+from ibtpo.config import TrainConfig, save_config
+from ibtpo.evaluation import evaluate
+from ibtpo.models import load_policy
+from ibtpo.rollout.independent import sample_independent
+from ibtpo.rollout.sampling import SamplingParams
+from ibtpo.rollout.tree import Tree
+from ibtpo.testbed.task import SumTask, extract_answer, sum_reward
+from ibtpo.training.batch import TrainBatch, flatten_paths, token_logprobs
+from ibtpo.training.checkpoint import (latest_checkpoint, load_trainer_state, rng_state, save_checkpoint,
+                                       set_rng_state)
+from ibtpo.training.metrics import MetricsLogger, rollout_metrics
+
+EVAL_SEED_OFFSET = 1_000_003
+
+
+def build_task(cfg: TrainConfig) -> SumTask:
+    return SumTask(min_terms=cfg.task_min_terms, max_terms=cfg.task_max_terms, max_value=cfg.task_max_value,
+                   seed=cfg.task_seed, test_size=cfg.test_size)
+
+
+class Trainer:
+    """Owns the policy, optimizer and run state of one training run."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.out_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(cfg.threads)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.task = build_task(cfg)
+        self.reward_fn = sum_reward
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if resume and ckpt is None:
+            raise FileNotFoundError(f"no checkpoint to resume from in {self.run_dir / 'checkpoints'}")
+        self.policy, self.tokenizer = load_policy(str(ckpt) if ckpt else cfg.model, cfg.dtype)
+        self.policy.train()
+        self.ref = None
+        if cfg.beta > 0:  # frozen reference for the KL term (not kept at all when beta = 0)
+            self.ref, _ = load_policy(cfg.model, cfg.dtype)
+            self.ref.eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.learning_rate,
+                                           weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.adv_fn = get_adv_estimator(cfg.adv_estimator)
+        self.loss_fn = get_policy_loss(cfg.policy_loss)
+        self.loss_cfg = LossConfig(epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, dual_clip_c=cfg.dual_clip_c,
+                                   loss_agg_mode=cfg.loss_agg_mode, norm_length=cfg.max_completion_length)
+        self.sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                       max_new_tokens=cfg.max_completion_length)
+        self.step, self.tokens, self.data_pos = 0, 0, 0
+        if ckpt is not None:
+            state = load_trainer_state(ckpt)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"], self.generator)
+            self.step, self.tokens, self.data_pos = state["step"], state["tokens"], state["data_pos"]
+        save_config(cfg, self.run_dir / "config.yaml")
+        self.logger = MetricsLogger(self.run_dir, cfg.tensorboard, resume_step=self.step if ckpt else None)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    def _lr_factor(self, opt_step: int) -> float:
+        cfg = self.cfg
+        if opt_step < cfg.warmup_steps:
+            return (opt_step + 1) / cfg.warmup_steps
+        if cfg.lr_scheduler == "cosine":
+            total = max(1, cfg.max_steps * cfg.ppo_epochs * self._minibatches_per_epoch() - cfg.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (opt_step - cfg.warmup_steps) / total)))
+        return 1.0
+
+    def _minibatches_per_epoch(self) -> int:
+        n = self.cfg.questions_per_step * self.cfg.num_generations
+        return max(1, math.ceil(n / self.cfg.mini_batch_size)) if self.cfg.mini_batch_size else 1
+
+    def done(self) -> bool:
+        cfg = self.cfg
+        return self.step >= cfg.max_steps or (cfg.max_tokens > 0 and self.tokens >= cfg.max_tokens)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    def rollout(self):
+        """Sample and reward one batch of trees; advances the data position."""
+        cfg, tok = self.cfg, self.tokenizer
+        problems = [self.task.train_problem(self.data_pos + i) for i in range(cfg.questions_per_step)]
+        self.data_pos += len(problems)
+        prompts = [tok(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
+        self.policy.eval()
+        trees = sample_independent(self.policy, prompts, [p.id for p in problems], [{"answer": p.answer} for p in problems],
+                                   self.sampling, cfg.num_generations, tok.eos_token_id, tok.pad_token_id,
+                                   self.generator)
+        self.policy.train()
+        for tree, problem in zip(trees, problems):
+            leaves = tree.leaves()
+            ids = [Tree.completion(leaf)[0] for leaf in leaves]
+            texts = [tok.decode(i, skip_special_tokens=True) for i in ids]
+            scores = self.reward_fn([problem.prompt] * len(leaves), texts, ids,
+                                    **{k: [v] * len(leaves) for k, v in tree.columns.items()})
+            for leaf, s in zip(leaves, scores):
+                leaf.reward = float(s) if s is not None else 0.0
+        return trees
+
+    def update(self, batch: TrainBatch, advantages: torch.Tensor) -> dict[str, float]:
+        """`ppo_epochs` passes of clipped policy-gradient mini-batch steps over one rollout batch."""
+        cfg = self.cfg
+        ref_logp = None
+        if self.ref is not None:
+            with torch.no_grad():
+                ref_logp, _ = token_logprobs(self.ref, batch.input_ids, batch.attention_mask, cfg.temperature)
+        mb = cfg.mini_batch_size or batch.size
+        sums: dict[str, float] = {}
+        count = 0
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(batch.size, generator=self.generator) if mb < batch.size else torch.arange(batch.size)
+            for rows in order.split(mb):
+                mask = batch.response_mask[rows]
+                logp, entropy = token_logprobs(self.policy, batch.input_ids[rows], batch.attention_mask[rows],
+                                               cfg.temperature)
+                loss, m = self.loss_fn(batch.old_logp[rows], logp, advantages[rows], mask, self.loss_cfg)
+                if ref_logp is not None:
+                    kl = agg_loss(kl_k3(logp, ref_logp[rows]), mask, cfg.loss_agg_mode, cfg.max_completion_length)
+                    loss = loss + cfg.beta * kl
+                    m["actor/kl"] = float(kl.detach())
+                if cfg.entropy_coef > 0:
+                    ent = agg_loss(entropy, mask, cfg.loss_agg_mode, cfg.max_completion_length)
+                    loss = loss - cfg.entropy_coef * ent
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                m["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm))
+                m["actor/lr"] = self.optimizer.param_groups[0]["lr"]
+                m["actor/loss"] = float(loss.detach())
+                self.optimizer.step()
+                self.scheduler.step()
+                for k, v in m.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+        out = {k: v / count for k, v in sums.items()}
+        if ref_logp is None:
+            out["actor/kl"] = 0.0
+        return out
+
+    def evaluate(self) -> dict[str, float]:
+        cfg = self.cfg
+        res = evaluate(self.policy, self.tokenizer, list(self.task.test_problems[:cfg.eval_questions]), sum_reward,
+                       k=cfg.eval_k, temperature=cfg.eval_temperature, max_new_tokens=cfg.max_completion_length,
+                       greedy=cfg.eval_greedy, seed=cfg.seed + EVAL_SEED_OFFSET, extract=extract_answer)
+        return {f"val/{cfg.task}/{k}": v for k, v in res.items()}
+
+    def save(self) -> None:
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "rng": rng_state(self.generator), "step": self.step, "tokens": self.tokens,
+                 "data_pos": self.data_pos, "config": self.cfg.model_dump()}
+        save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, keep=self.cfg.keep_checkpoints)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        """One RL step; returns its metrics."""
+        t0 = time.perf_counter()
+        trees = self.rollout()
+        t_roll = time.perf_counter() - t0
+        batch = flatten_paths(trees, self.tokenizer.pad_token_id)
+        advantages = self.adv_fn(rewards=batch.rewards, response_mask=batch.response_mask, group_ids=batch.group_ids,
+                                 scale_rewards=self.cfg.scale_rewards, leaves=batch.leaves, cfg=self.cfg)
+        metrics = rollout_metrics(trees)
+        metrics.update(self.update(batch, advantages))
+        new_tokens = sum(t.new_tokens for t in trees)
+        self.step += 1
+        self.tokens += new_tokens
+        dt = time.perf_counter() - t0
+        metrics.update({"train/tokens": self.tokens, "train/questions": self.data_pos,
+                        "perf/step_time_s": dt, "perf/rollout_time_s": t_roll,
+                        "perf/tokens_per_s": new_tokens / max(t_roll, 1e-9),
+                        "critic/advantages/mean": float(masked_mean(advantages, batch.response_mask))})
+        return metrics
+

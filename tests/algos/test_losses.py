@@ -1,0 +1,68 @@
+import math
+
+import pytest
+import torch
+
+from ibtpo.algos.losses import LossConfig, agg_loss, entropy_from_logits, get_policy_loss, kl_k3
+
+RATIOS = torch.tensor([[1.5, 1.5, 0.5, 0.5]])
+ADV = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+
+
+def _loss(cfg, ratios=RATIOS, adv=ADV, mask=None):
+    mask = torch.ones_like(ratios) if mask is None else mask
+    return get_policy_loss("ppo_clip")(torch.zeros_like(ratios), ratios.log(), adv, mask, cfg)
+
+
+def test_ppo_clip_hand_computed():
+    loss, m = _loss(LossConfig(epsilon=0.2, loss_agg_mode="token-mean"))
+    # per token: -min(rA, clip(r)A) -> [-1.2, 1.5, -0.5, 0.8]
+    assert loss.item() == pytest.approx((-1.2 + 1.5 - 0.5 + 0.8) / 4)
+    assert m["actor/pg_clipfrac"] == pytest.approx(0.5)
+    assert m["actor/pg_loss"] == pytest.approx(loss.item())
+
+
+def test_clip_higher_raises_upper_bound_only():
+    loss, _ = _loss(LossConfig(epsilon=0.2, epsilon_high=0.28, loss_agg_mode="token-mean"))
+    assert loss.item() == pytest.approx((-1.28 + 1.5 - 0.5 + 0.8) / 4)
+
+
+def test_dual_clip_caps_negative_advantage_loss():
+    ratios, adv = torch.tensor([[5.0, 5.0]]), torch.tensor([[-1.0, 1.0]])
+    loss, _ = _loss(LossConfig(epsilon=0.2, dual_clip_c=3.0, loss_agg_mode="token-mean"), ratios, adv)
+    assert loss.item() == pytest.approx((3.0 + -1.2) / 2)
+    loss_nodual, _ = _loss(LossConfig(epsilon=0.2, loss_agg_mode="token-mean"), ratios, adv)
+    assert loss_nodual.item() == pytest.approx((5.0 - 1.2) / 2)
+
+
+def test_gradient_is_zero_where_clipped():
+    logp = torch.log(torch.tensor([[1.5, 0.5]])).requires_grad_(True)
+    adv = torch.tensor([[1.0, 1.0]])
+    loss, _ = get_policy_loss("ppo_clip")(torch.zeros(1, 2), logp, adv, torch.ones(1, 2),
+                                          LossConfig(loss_agg_mode="token-mean"))
+    loss.backward()
+    assert logp.grad[0, 0].item() == 0.0  # clipped: no push beyond 1 + eps
+    assert logp.grad[0, 1].item() == pytest.approx(-0.5 / 2)  # d(-r A)/dlogp = -r A, averaged over 2 tokens
+
+
+def test_agg_modes_hand_computed():
+    vals = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    assert agg_loss(vals, mask, "token-mean").item() == pytest.approx(10 / 4)
+    assert agg_loss(vals, mask, "seq-mean-token-mean").item() == pytest.approx((2 + 4) / 2)
+    assert agg_loss(vals, mask, "seq-mean-token-sum-norm", norm_length=4).item() == pytest.approx(10 / 8)
+    with pytest.raises(ValueError, match="loss_agg_mode"):
+        agg_loss(vals, mask, "bogus")
+
+
+def test_kl_k3_hand_computed_and_nonnegative():
+    val = kl_k3(torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)]))
+    assert val.item() == pytest.approx(0.5 - math.log(0.5) - 1)
+    x = torch.randn(1000)
+    assert (kl_k3(x, x.roll(1)) >= 0).all()
+    assert kl_k3(x, x).abs().max().item() == 0.0
+
+
+def test_entropy_from_logits():
+    assert entropy_from_logits(torch.zeros(4)).item() == pytest.approx(math.log(4))
+    assert entropy_from_logits(torch.tensor([0.0, -1e9])).item() == pytest.approx(0.0, abs=1e-6)

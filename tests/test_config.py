@@ -1,0 +1,67 @@
+import subprocess
+import sys
+
+import pytest
+
+from ibtpo.config import ConfigError, TrainConfig, build_config, parse_overrides, save_config
+
+
+def test_every_field_has_a_doc():
+    for name, info in TrainConfig.model_fields.items():
+        assert info.description and len(info.description.splitlines()) == 1, name
+
+
+def test_overrides_forms_and_aliases():
+    ov = parse_overrides(["learning_rate=2e-4", "--seed", "3", "--beta=0.01", "rollout.n=4", "epsilon_high=null"])
+    cfg = build_config(None, ov)
+    assert cfg.learning_rate == pytest.approx(2e-4)
+    assert cfg.seed == 3 and cfg.beta == pytest.approx(0.01) and cfg.num_generations == 4
+    assert cfg.epsilon_high is None
+
+
+def test_yaml_then_command_line_and_roundtrip(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 5\nkl_loss_coef: 0.001\nmax_steps: 7\n")
+    cfg = build_config(path, {"max_steps": 9})
+    assert (cfg.seed, cfg.beta, cfg.max_steps) == (5, 0.001, 9)
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert build_config(tmp_path / "resolved.yaml") == cfg
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"lerning_rate": 1}, "unknown config key 'lerning_rate' (did you mean 'learning_rate'?)"),
+    ({"seed": "abc"}, "seed: got 'abc'; allowed: int >= 0"),
+    ({"epsilon": 3}, "epsilon: got 3; allowed: float >= 0.0 <= 1.0"),
+    ({"loss_agg_mode": "x"}, "loss_agg_mode: got 'x'; allowed: one of token-mean, seq-mean-token-mean"),
+    ({"task_min_terms": 5, "task_max_terms": 3}, "task_min_terms (5) must be <= task_max_terms (3)"),
+])
+def test_bad_values_give_one_line_naming_the_field(overrides, fragment):
+    with pytest.raises(ConfigError) as exc:
+        build_config(None, overrides)
+    assert fragment in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_yaml_error_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("seed: 1\n\ntemprature: 0.5\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:3: unknown config key 'temprature'"):
+        build_config(path)
+    path.write_text("seed: [1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:\d+: invalid YAML"):
+        build_config(path)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["train", "top_p=2"], "top_p: got 2"),
+    (["train", "nonsense"], "config file nonsense"),
+    (["train", "--seed"], "option --seed needs a value"),
+    (["eval", "model=/no/such/dir"], "model path not found: /no/such/dir"),
+    (["train", "--resume", "/no/such/run"], "--resume /no/such/run: no config.yaml"),
+])
+def test_cli_bad_input_exit_2_one_line_no_traceback(args, fragment):
+    proc = subprocess.run([sys.executable, "-m", "ibtpo.cli", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
