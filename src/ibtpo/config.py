@@ -31,10 +31,10 @@ class TrainConfig(BaseModel):
     # --- run -----------------------------------------------------------------------------------------------------
     out_dir: str = Field("runs/default", description="Run directory (config, metrics, checkpoints, plots).")
     seed: int = Field(0, ge=0, description="Seed of sampling, data order and every RNG of the run.")
-    max_steps: int = Field(220, ge=1, description="Stop after this many RL steps.")
+    max_steps: int = Field(400, ge=1, description="Stop after this many RL steps.")
     max_tokens: int = Field(0, ge=0, description="Stop once this many new tokens were generated in training (0 = no limit).")
-    eval_every: int = Field(20, ge=0, description="Evaluate every N steps, plus before the first and after the last (0 = only those).")
-    save_every: int = Field(20, ge=0, description="Write a checkpoint every N steps, plus at the end (0 = only at the end).")
+    eval_every: int = Field(50, ge=0, description="Evaluate every N steps, plus before the first and after the last (0 = only those).")
+    save_every: int = Field(50, ge=0, description="Write a checkpoint every N steps, plus at the end (0 = only at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
     threads: int = Field(2, ge=1, description="CPU threads for torch.")
     tensorboard: bool = Field(True, description="Write TensorBoard event files in the run directory.")
@@ -80,7 +80,7 @@ class TrainConfig(BaseModel):
     mini_batch_size: int = Field(0, ge=0, description="Sequences per optimizer step (0 = the whole rollout batch).")
 
     # --- evaluation --------------------------------------------------------------------------------------------------
-    eval_questions: int = Field(256, ge=1, description="Test questions per evaluation (the first N of the test split).")
+    eval_questions: int = Field(512, ge=1, description="Test questions per evaluation (the first N of the test split).")
     eval_k: int = Field(4, ge=1, description="Samples per test question for avg@k and pass@k.")
     eval_temperature: float = Field(1.0, gt=0.0, description="Sampling temperature of evaluation.")
     eval_greedy: bool = Field(True, description="Also measure greedy accuracy.")
