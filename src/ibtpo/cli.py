@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # known one-line failures
         from ibtpo.models import ModelLoadError
 
-        if isinstance(exc, (ModelLoadError, FileNotFoundError)):
+        if isinstance(exc, (ModelLoadError, FileNotFoundError, FileExistsError)):
             return _fail(str(exc))
         raise
 

@@ -40,6 +40,7 @@ class TrainConfig(BaseModel):
     tensorboard: bool = Field(True, description="Write TensorBoard event files in the run directory.")
     plots: bool = Field(True, description="Draw PNG plots of the run at the end.")
     progress: bool = Field(True, description="Show a progress bar.")
+    overwrite: bool = Field(False, description="Allow a new run in an out_dir that already holds checkpoints (they are deleted).")
 
     # --- model -----------------------------------------------------------------------------------------------------
     model: str = Field(TESTBED_MODEL, description="'testbed' (the shipped tiny policy) or a local path to a transformers causal LM.")
@@ -176,10 +177,13 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         if "=" not in arg:
             raise ConfigError(f"cannot read argument '{arg}': write key=value or --key value")
         key, raw = arg.split("=", 1)
+        key = key.strip()
+        if key not in ALIASES:
+            key = key.replace("-", "_")
         try:
-            out[key.strip().replace("-", "_") if key.strip() not in ALIASES else key.strip()] = yaml.safe_load(raw)
+            out[key] = yaml.safe_load(raw)
         except yaml.YAMLError:
-            out[key.strip()] = raw
+            out[key] = raw
         i += 1
     return out
 

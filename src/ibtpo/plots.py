@@ -24,6 +24,17 @@ def _series(records: list[dict], key: str, x_key: str) -> tuple[list[float], lis
     return xs, ys
 
 
+def _moving_average(ys: list[float], window: int) -> list[float]:
+    """Trailing mean over up to `window` points (same length as ys)."""
+    out, acc = [], 0.0
+    for i, y in enumerate(ys):
+        acc += y
+        if i >= window:
+            acc -= ys[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write plots/vs_step.png and plots/vs_tokens.png; returns their paths."""
     import matplotlib
@@ -45,8 +56,11 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             for key in keys:
                 if any(p in key for p in patterns) and not key.startswith("perf/"):
                     xs, ys = _series(records, key, x_key)
-                    if xs:
-                        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=key.split("/")[-1]
+                    if len(xs) > 40:  # per-step metric: faint raw curve + moving average
+                        ax.plot(xs, ys, alpha=0.25, lw=0.8, color="C0")
+                        ax.plot(xs, _moving_average(ys, max(5, len(ys) // 40)), color="C0", lw=1.8)
+                    elif xs:
+                        ax.plot(xs, ys, marker="o", ms=3, label=key.split("/")[-1]
                                 if title == "held-out accuracy" else None)
             ax.set_title(title)
             ax.set_xlabel(label)

@@ -40,6 +40,9 @@ def test_train_writes_run_directory_then_eval(tmp_path):
         assert all(k in r for k in REQUIRED), set(REQUIRED) - set(r)
     assert {"val/sum/avg@2", "val/sum/pass@2", "val/sum/greedy_acc"} <= set(recs[0]) & set(recs[2]) & set(recs[3])
     assert recs[3]["train/tokens"] == sum(r["rollout/new_tokens_per_question"] * 4 for r in recs[1:])
+    again = ibtpo("train", f"out_dir={run}", "max_steps=1", *SMALL)  # never silently clobber a saved run
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
+    assert (run / "checkpoints" / "latest").exists()
     ev = ibtpo("eval", f"model={run}", "eval_questions=8", "eval_k=2", "--json", str(tmp_path / "ev.json"))
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert 0 <= json.loads((tmp_path / "ev.json").read_text())["avg@2"] <= 1

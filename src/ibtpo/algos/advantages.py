@@ -15,28 +15,12 @@ from typing import Callable
 
 import torch
 
+from ibtpo.registry import Registry
+
 AdvantageFn = Callable[..., torch.Tensor]
-ADV_ESTIMATORS: dict[str, AdvantageFn] = {}
-
-
-def register_adv_est(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-    """Register an advantage estimator under `name`."""
-
-    def deco(fn: AdvantageFn) -> AdvantageFn:
-        if name in ADV_ESTIMATORS:
-            raise ValueError(f"advantage estimator {name!r} is already registered")
-        ADV_ESTIMATORS[name] = fn
-        return fn
-
-    return deco
-
-
-def get_adv_estimator(name: str) -> AdvantageFn:
-    """The estimator registered under `name`."""
-    try:
-        return ADV_ESTIMATORS[name]
-    except KeyError:
-        raise KeyError(f"unknown advantage estimator {name!r}; known: {', '.join(sorted(ADV_ESTIMATORS))}") from None
+ADV_ESTIMATORS: Registry[AdvantageFn] = Registry("advantage estimator")
+register_adv_est = ADV_ESTIMATORS.register
+get_adv_estimator = ADV_ESTIMATORS.get
 
 
 def group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ibtpo.config import TrainConfig
+from ibtpo.training.metrics import read_metrics
 from ibtpo.training.trainer import Trainer
 
 
@@ -26,13 +27,11 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     console = console or Console(stderr=True)
     trainer = Trainer(cfg, resume=resume)
     acc_key = f"val/{cfg.task}/avg@{cfg.eval_k}"
-    first_eval = None
     last_eval: dict[str, float] = {}
     t_start = time.perf_counter()
     if trainer.step == 0:
-        first_eval = trainer.evaluate()
-        last_eval = first_eval
-        trainer.logger.log(0, first_eval)
+        last_eval = trainer.evaluate()
+        trainer.logger.log(0, last_eval)
     with _progress(console, cfg.progress) as progress:
         task = progress.add_task("train", total=cfg.max_steps, completed=trainer.step, reward=0.0,
                                  acc="-") if progress else None
@@ -50,8 +49,9 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     trainer.logger.close()
     summary = {"steps": trainer.step, "generated_tokens": trainer.tokens,
                "wall_clock_s": round(time.perf_counter() - t_start, 1), "final": last_eval}
-    if first_eval is not None:
-        summary["initial"] = first_eval
+    initial = [r for r in read_metrics(trainer.logger.path) if r["step"] == 0]
+    if initial:
+        summary["initial"] = {k: v for k, v in initial[0].items() if k != "step"}
     (trainer.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if cfg.plots:
         from ibtpo.plots import plot_run

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -61,6 +62,11 @@ class Trainer:
         ckpt = latest_checkpoint(self.run_dir) if resume else None
         if resume and ckpt is None:
             raise FileNotFoundError(f"no checkpoint to resume from in {self.run_dir / 'checkpoints'}")
+        if not resume and (self.run_dir / "checkpoints").exists():
+            if not cfg.overwrite:
+                raise FileExistsError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir}, "
+                                      f"or pass overwrite=true or another out_dir")
+            shutil.rmtree(self.run_dir / "checkpoints")
         self.policy, self.tokenizer = load_policy(str(ckpt) if ckpt else cfg.model, cfg.dtype)
         self.policy.train()
         self.ref = None
@@ -188,14 +194,17 @@ class Trainer:
         advantages = self.adv_fn(rewards=batch.rewards, response_mask=batch.response_mask, group_ids=batch.group_ids,
                                  scale_rewards=self.cfg.scale_rewards, leaves=batch.leaves, cfg=self.cfg)
         metrics = rollout_metrics(trees)
+        t1 = time.perf_counter()
         metrics.update(self.update(batch, advantages))
+        t_update = time.perf_counter() - t1
         new_tokens = sum(t.new_tokens for t in trees)
         self.step += 1
         self.tokens += new_tokens
         dt = time.perf_counter() - t0
         metrics.update({"train/tokens": self.tokens, "train/questions": self.data_pos,
                         "perf/step_time_s": dt, "perf/rollout_time_s": t_roll,
-                        "perf/tokens_per_s": new_tokens / max(t_roll, 1e-9),
+                        "perf/tokens_per_s": new_tokens / max(t_roll, 1e-9), "perf/update_time_s": t_update,
+                        "perf/train_tokens_per_s": float(batch.attention_mask.sum()) * self.cfg.ppo_epochs / t_update,
                         "critic/advantages/mean": float(masked_mean(advantages, batch.response_mask))})
         return metrics
 
