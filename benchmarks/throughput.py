@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     model, tok = load_policy("testbed")
     task = SumTask()
     problems = [task.train_problem(i) for i in range(args.questions)]

@@ -53,6 +53,11 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     if initial:
         summary["initial"] = {k: v for k, v in initial[0].items() if k != "step"}
     (trainer.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if acc_key in summary.get("initial", {}) and acc_key in last_eval:
+        before, after = summary["initial"][acc_key], last_eval[acc_key]
+        console.print(f"[bold]held-out {acc_key} (T={cfg.eval_temperature}): {100 * before:.1f}% -> {100 * after:.1f}% "
+                      f"({100 * (after - before):+.1f} points) after {trainer.step} steps, {trainer.tokens:,} generated "
+                      f"tokens; run directory {trainer.run_dir}[/bold]")
     if cfg.plots:
         from ibtpo.plots import plot_run
 
