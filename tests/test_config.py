@@ -58,6 +58,9 @@ def test_yaml_error_names_file_and_line(tmp_path):
     (["train", "--seed"], "option --seed needs a value"),
     (["eval", "model=/no/such/dir"], "model path not found: /no/such/dir"),
     (["train", "--resume", "/no/such/run"], "--resume /no/such/run: no config.yaml"),
+    (["eval", "model=/"], "cannot load a causal LM from /: no config.json there"),
+    (["pretrain", "steps=-1"], "steps: got -1; input should be greater than or equal to 1"),
+    (["pretrain", "stepz=3"], "unknown pretrain key 'stepz'"),
 ])
 def test_cli_bad_input_exit_2_one_line_no_traceback(args, fragment):
     proc = subprocess.run([sys.executable, "-m", "ibtpo.cli", *args], capture_output=True, text=True, timeout=120)

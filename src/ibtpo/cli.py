@@ -119,7 +119,7 @@ def cmd_pretrain(args: argparse.Namespace, rest: list[str]) -> int:
         pcfg = TypeAdapter(PretrainConfig).validate_python(overrides)
     except ValidationError as err:
         e = err.errors()[0]
-        raise ConfigError(f"{e['loc'][0]}: got {e['input']!r}; {e['msg']}") from None
+        raise ConfigError(f"{e['loc'][0]}: got {e['input']!r}; {e['msg'].lower()}") from None
     summary = build_base_policy(pcfg, Path(args.out))
     print(json.dumps(summary, indent=2))
     return 0

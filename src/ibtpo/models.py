@@ -28,6 +28,9 @@ def load_policy(name: str, dtype: str = "float32"):
     if not path.exists():
         hint = " (run `ibtpo pretrain` to rebuild the testbed policy)" if name == TESTBED_MODEL else ""
         raise ModelLoadError(f"model path not found: {path}{hint}")
+    if path.is_dir() and not (path / "config.json").exists():
+        raise ModelLoadError(f"cannot load a causal LM from {path}: no config.json there (not a transformers model "
+                             f"directory)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))

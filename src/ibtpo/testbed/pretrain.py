@@ -11,9 +11,10 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Annotated, Callable
 
 import torch
+from pydantic import Field
 
 from ibtpo.testbed.task import SumTask
 
@@ -22,23 +23,23 @@ from ibtpo.testbed.task import SumTask
 class PretrainConfig:
     """Settings of the supervised warm-up."""
 
-    num_examples: int = 4000
+    num_examples: Annotated[int, Field(ge=1)] = 4000
     """Distinct gold solutions the warm-up may see (drawn from the warm-up stream, disjoint from test)."""
-    steps: int = 900
+    steps: Annotated[int, Field(ge=1)] = 900
     """Optimizer steps."""
-    batch_size: int = 64
+    batch_size: Annotated[int, Field(ge=1)] = 64
     """Sequences per step."""
-    learning_rate: float = 3e-3
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 3e-3
     """Peak AdamW learning rate (linear warm-up over 5% of steps, then cosine decay to 10%)."""
-    weight_decay: float = 0.01
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
     """AdamW weight decay."""
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0)] = 0
     """Seed of model initialisation and data order."""
-    hidden_size: int = 128
+    hidden_size: Annotated[int, Field(ge=8, multiple_of=2)] = 128
     """Model width."""
-    num_layers: int = 2
+    num_layers: Annotated[int, Field(ge=1)] = 2
     """Transformer layers."""
-    intermediate_size: int = 512
+    intermediate_size: Annotated[int, Field(ge=1)] = 512
     """MLP width."""
 
 
