@@ -85,7 +85,7 @@ def pretrain(model, tokenizer, task: SumTask, cfg: PretrainConfig,
     t0, loss_val = time.time(), float("nan")
     order: list[int] = []
     for step in range(cfg.steps):
-        if len(order) < cfg.batch_size:
+        while len(order) < cfg.batch_size:  # reshuffle once per pass over the examples
             more = list(range(len(examples)))
             rng.shuffle(more)
             order += more
