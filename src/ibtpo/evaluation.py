@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch
 
+from ibtpo.rewards import score_completions
 from ibtpo.rollout.sampling import SamplingParams, sample
 
 
@@ -49,12 +50,12 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
         prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in chunk]
         groups = sample(model, prompts, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens),
                         eos, pad, generator=gen, n=k)
-        texts = [[tokenizer.decode(g.token_ids, skip_special_tokens=True) for g in grp] for grp in groups]
-        flat = [t for grp in texts for t in grp]
-        scores = reward_fn([p.prompt for p in chunk for _ in range(k)], flat, None,
-                           answer=[p.answer for p in chunk for _ in range(k)])
+        flat, scores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk for _ in range(k)],
+                                         [g.token_ids for grp in groups for g in grp],
+                                         {"answer": [p.answer for p in chunk for _ in range(k)]})
         lengths += [len(g.token_ids) for grp in groups for g in grp]
-        for i, grp in enumerate(texts):
+        for i in range(len(chunk)):
+            grp = flat[i * k:(i + 1) * k]
             ok = [s == 1.0 for s in scores[i * k:(i + 1) * k]]
             c = sum(ok)
             totals["avg"] += c / k
@@ -63,8 +64,8 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
                 totals["maj"] += majority_correct([extract(t) for t in grp], ok)
         if greedy:
             gg = sample(model, prompts, SamplingParams(greedy=True, max_new_tokens=max_new_tokens), eos, pad)
-            gtexts = [tokenizer.decode(g[0].token_ids, skip_special_tokens=True) for g in gg]
-            gscores = reward_fn([p.prompt for p in chunk], gtexts, None, answer=[p.answer for p in chunk])
+            _, gscores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk],
+                                           [g[0].token_ids for g in gg], {"answer": [p.answer for p in chunk]})
             totals["greedy"] += sum(s == 1.0 for s in gscores)
     n = len(problems)
     out = {f"avg@{k}": totals["avg"] / n, f"pass@{k}": totals["passk"] / n,

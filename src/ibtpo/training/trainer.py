@@ -28,6 +28,7 @@ from ibtpo.algos.losses import LossConfig, agg_loss, get_policy_loss, kl_k3, mas
 from ibtpo.config import TrainConfig, save_config
 from ibtpo.evaluation import evaluate
 from ibtpo.models import load_policy
+from ibtpo.rewards import score_completions
 from ibtpo.rollout.independent import sample_independent
 from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.tree import Tree
@@ -124,12 +125,11 @@ class Trainer:
         self.policy.train()
         for tree, problem in zip(trees, problems):
             leaves = tree.leaves()
-            ids = [Tree.completion(leaf)[0] for leaf in leaves]
-            texts = [tok.decode(i, skip_special_tokens=True) for i in ids]
-            scores = self.reward_fn([problem.prompt] * len(leaves), texts, ids,
-                                    **{k: [v] * len(leaves) for k, v in tree.columns.items()})
+            _, scores = score_completions(self.reward_fn, tok, [problem.prompt] * len(leaves),
+                                          [Tree.completion(leaf)[0] for leaf in leaves],
+                                          {k: [v] * len(leaves) for k, v in tree.columns.items()})
             for leaf, s in zip(leaves, scores):
-                leaf.reward = float(s) if s is not None else 0.0
+                leaf.reward = s
         return trees
 
     def update(self, batch: TrainBatch, advantages: torch.Tensor) -> dict[str, float]:

@@ -1,0 +1,19 @@
+"""Calling a reward function with TRL's signature on generated token ids."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+RewardFn = Callable[..., list]
+
+
+def score_completions(reward_fn: RewardFn, tokenizer, prompts: list[str], completion_ids: list[list[int]],
+                      columns: dict[str, list[Any]]) -> tuple[list[str], list[float]]:
+    """Decode completions and score them: ``reward_fn(prompts, completions, completion_ids, **columns)``.
+
+    `columns` holds one list per dataset column, aligned with `prompts`. A score of None counts as 0.0.
+    Returns (decoded completions, float scores).
+    """
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in completion_ids]
+    scores = reward_fn(prompts, texts, completion_ids, **columns)
+    return texts, [0.0 if s is None else float(s) for s in scores]
