@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ibtpo.algos.losses import LOSS_AGG_MODES
 
 TESTBED_MODEL = "testbed"
+SAMPLER_NAMES = ("independent", "ib", "entropy", "random", "fixed_width")
 
 
 class ConfigError(ValueError):
@@ -62,8 +63,27 @@ class TrainConfig(BaseModel):
     top_k: int = Field(0, ge=0, description="Top-k sampling of rollouts (0 = off).")
     max_completion_length: int = Field(48, ge=1, le=4096, description="Length cap (tokens) of a completion.")
 
+    # --- tree rollouts -----------------------------------------------------------------------------------------------
+    sampler: Literal[SAMPLER_NAMES] = Field("independent", description="Rollout: independent (G=num_generations), ib (IBTree), entropy (TreeRL), random, fixed_width (TreePO).")
+    tree_b0: int = Field(4, ge=1, description="Tree samplers: B0, trajectories sampled from the root first.")
+    tree_l: int = Field(9, ge=1, description="Tree samplers: L, rounds including the first (G = B0 + (L-1)*K*B).")
+    tree_k: int = Field(1, ge=1, description="Tree samplers: K, fork points per tree per round.")
+    tree_b: int = Field(1, ge=1, description="Tree samplers: B, continuations drawn at each fork point.")
+    tree_min_room: int = Field(8, ge=1, description="A fork point needs at least this many tokens left under max_completion_length.")
+    ib_beta: float = Field(5.0, gt=0.0, description="IB-Score beta (METHOD.md section 3).")
+    ib_conf: Literal["mean", "product"] = Field("mean", description="Step confidence: exp(mean token log-prob) or exp(sum).")
+    ib_zero_phat: Literal["one", "skip"] = Field("one", description="IB rule at a node with p_hat=0: score it with r=1, or skip it.")
+    tree_root_candidate: bool = Field(True, description="Tree rounds may fork from the root (a fresh trajectory).")
+    treepo_segment_length: int = Field(8, ge=1, description="fixed_width sampler: tokens per segment.")
+    treepo_width: int = Field(2, ge=1, description="fixed_width sampler: children of each open segment per depth.")
+    treepo_max_depth: int = Field(6, ge=1, description="fixed_width sampler: deepest level that still branches.")
+    step_delimiter: str = Field("\n\n", min_length=1, description="Text that ends a reasoning step.")
+    min_step_tokens: int = Field(3, ge=1, description="Steps shorter than this merge into the previous step.")
+    prefix_reuse: bool = Field(True, description="Continue forks from the cached keys/values of their prefix (false: re-encode the prefix).")
+    dump_trees: int = Field(0, ge=0, description="Write the step's trees as JSON to RUN_DIR/trees every N steps (0 = never).")
+
     # --- algorithm -------------------------------------------------------------------------------------------------
-    adv_estimator: Literal["grpo"] = Field("grpo", description="Advantage estimator (registered name).")
+    adv_estimator: Literal["grpo", "tree_grpo"] = Field("grpo", description="Advantage estimator (registered name).")
     policy_loss: Literal["ppo_clip"] = Field("ppo_clip", description="Policy loss (registered name).")
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Divide centred rewards by the group std, the batch std, or not at all.")
     epsilon: float = Field(0.2, ge=0.0, le=1.0, description="Lower clip range of the ratio (1 - epsilon).")
@@ -91,6 +111,13 @@ class TrainConfig(BaseModel):
         if self.task_min_terms > self.task_max_terms:
             raise ValueError(f"task_min_terms ({self.task_min_terms}) must be <= task_max_terms ({self.task_max_terms})")
         return self
+
+    @property
+    def group_size(self) -> int:
+        """Trajectories per question: num_generations for independent sampling, else B0 + (L-1)*K*B."""
+        if self.sampler == "independent":
+            return self.num_generations
+        return self.tree_b0 + (self.tree_l - 1) * self.tree_k * self.tree_b
 
 
 # verl / TRL names accepted as aliases of ours.

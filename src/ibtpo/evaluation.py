@@ -9,7 +9,8 @@ from typing import Callable
 import torch
 
 from ibtpo.rewards import score_completions
-from ibtpo.rollout.sampling import SamplingParams, sample
+from ibtpo.rollout.engine import sample
+from ibtpo.rollout.sampling import SamplingParams
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

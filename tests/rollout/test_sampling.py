@@ -1,6 +1,7 @@
 import torch
 
-from ibtpo.rollout.sampling import SamplingParams, filter_logits, left_pad, sample
+from ibtpo.rollout.engine import sample
+from ibtpo.rollout.sampling import SamplingParams, filter_logits, left_pad
 from ibtpo.training.batch import token_logprobs
 
 

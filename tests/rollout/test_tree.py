@@ -1,15 +1,67 @@
-from ibtpo.rollout.tree import Tree
+import json
+
+import pytest
+
+from ibtpo.rollout.tree import Node, Tree, compute_p_hat
 
 
-def test_paths_completion_and_token_accounting():
-    t = Tree(question_id="q", prompt_ids=[9, 9])
-    a = t.root.add_child([1, 2], [-0.1, -0.2], [0.5, 0.6])
-    a1 = a.add_child([3], [-0.3], [0.7])
-    a2 = a.add_child([4, 5], [-0.4, -0.5], [0.8, 0.9])
-    b = t.root.add_child([6], [-0.6], [1.0])
-    assert [n.path for n in t.nodes()] == ["0", "0/0", "0/1", "1"]
-    assert t.leaves() == [a1, a2, b]
-    assert Tree.completion(a2) == ([1, 2, 4, 5], [-0.1, -0.2, -0.4, -0.5], [0.5, 0.6, 0.8, 0.9])
-    assert t.new_tokens == 6  # the shared prefix [1, 2] counts once
-    d = t.to_dict()
-    assert [n["path"] for n in d["nodes"]] == ["0", "0/0", "0/1", "1"]
+def build_tree():
+    """root -> a(2 tok) -> {a0 (R=1), a1 (R=0)};  root -> b(3 tok, R=1);  root -> c(1 tok) -> c0 (R=0)."""
+    t = Tree(question_id="q", prompt_ids=[5, 6])
+    a = t.root.add_child([10, 11], [-0.1, -0.2], [0.5, 0.6])
+    a0 = a.add_child([12], [-0.3], [0.1])
+    a1 = a.add_child([13, 14], [-1.0, -2.0], [0.2, 0.3])
+    b = t.root.add_child([20, 21, 22], [-0.5] * 3, [0.0] * 3)
+    c = t.root.add_child([30], [-0.7], [0.4])
+    c0 = c.add_child([31], [-0.01], [0.0])
+    a0.reward, a1.reward, b.reward, c0.reward = 1.0, 0.0, 1.0, 0.0
+    return t, dict(a=a, a0=a0, a1=a1, b=b, c=c, c0=c0)
+
+
+def test_paths_offsets_and_completion():
+    t, n = build_tree()
+    assert [x.path for x in t.nodes()] == ["0", "0/0", "0/1", "1", "2", "2/0"]
+    assert n["a1"].offset == 2 and n["a1"].end == 4 and n["a1"].depth == 2
+    assert Tree.completion(n["a1"])[0] == [10, 11, 13, 14]
+    assert Tree.completion(n["a1"])[1] == [-0.1, -0.2, -1.0, -2.0]
+    assert len(t.leaves()) == 4 and t.new_tokens == 2 + 1 + 2 + 3 + 1 + 1
+
+
+def test_p_hat_bottom_up():
+    t, n = build_tree()
+    compute_p_hat(t.root)
+    assert t.root.p_hat == pytest.approx(0.5) and t.root.n_leaves == 4
+    assert n["a"].p_hat == pytest.approx(0.5) and n["a"].n_leaves == 2
+    assert n["b"].p_hat == 1.0 and n["c"].p_hat == 0.0 and n["c0"].p_hat == 0.0
+
+
+def test_split_keeps_paths_tokens_and_rewards():
+    t, n = build_tree()
+    before = {tuple(Tree.completion(leaf)[0]): leaf.reward for leaf in t.leaves()}
+    tail = n["b"].split(1)
+    assert n["b"].token_ids == [20] and tail.token_ids == [21, 22] and tail.reward == 1.0 and n["b"].reward is None
+    assert tail.path == "1/0" and tail.offset == 1 and tail.depth == 2
+    tail_a = n["a"].split(1)
+    assert [c.path for c in tail_a.children] == ["0/0/0", "0/0/1"] and tail_a.children[1].offset == 2
+    after = {tuple(Tree.completion(leaf)[0]): leaf.reward for leaf in t.leaves()}
+    assert after == before
+    with pytest.raises(ValueError):
+        n["c"].split(1)
+
+
+def test_confidence_modes():
+    node = Node(path="0", token_ids=[1, 2], logprobs=[-0.2, -0.6])
+    assert node.confidence("mean") == pytest.approx(2.718281828 ** -0.4)
+    assert node.confidence("product") == pytest.approx(2.718281828 ** -0.8)
+
+
+def test_json_round_trip_and_stats(tokenizer):
+    t, _ = build_tree()
+    t.meta["reused_prefix_tokens"] = 7
+    data = json.loads(json.dumps(t.to_dict()))
+    assert data["trajectories"] == 4 and data["branching_nodes"] == 2 and data["depth"] == 2
+    assert data["p_hat"] == 0.5 and data["meta"]["reused_prefix_tokens"] == 7
+    back = Tree.from_dict(data)
+    assert [Tree.completion(x)[0] for x in back.leaves()] == [Tree.completion(x)[0] for x in t.leaves()]
+    assert [x.reward for x in back.leaves()] == [x.reward for x in t.leaves()]
+    assert "text" in Tree(question_id="z", prompt_ids=[5], root=t.root).to_dict(tokenizer)["nodes"][0]

@@ -16,6 +16,10 @@ VARIANTS = [
     {"epsilon_high": 0.28},
     {"dual_clip_c": 3.0, "ppo_epochs": 2, "mini_batch_size": 6},
     {"scale_rewards": "none", "lr_scheduler": "cosine", "warmup_steps": 1},
+    {"sampler": "ib", "adv_estimator": "tree_grpo", "tree_b0": 2, "tree_l": 3, "tree_min_room": 2},
+    {"sampler": "entropy", "adv_estimator": "tree_grpo", "tree_b0": 2, "tree_l": 3, "tree_min_room": 2},
+    {"sampler": "random", "tree_b0": 2, "tree_l": 2, "tree_k": 2, "prefix_reuse": False},
+    {"sampler": "fixed_width", "treepo_segment_length": 3, "tree_b0": 2, "tree_l": 2},
 ]
 
 
@@ -68,3 +72,17 @@ def test_token_budget_stops_run(tmp_path, tiny_model_dir):
         steps += 1
     assert trainer.tokens >= 30 and steps < 100
     assert trainer.tokens - 30 < 3 * 4 * 12  # stopped within one step of the budget
+
+
+def test_tree_rollout_metrics_and_dump(tmp_path, tiny_model_dir):
+    import json
+
+    trainer = _trainer(tmp_path, tiny_model_dir, sampler="ib", adv_estimator="tree_grpo", tree_b0=2, tree_l=4,
+                       tree_min_room=2, dump_trees=1)
+    metrics = trainer.train_step()
+    assert metrics["rollout/trajectories_per_question"] == 2 + 3
+    assert metrics["rollout/reused_prefix_tokens"] > 0 and metrics["rollout/tree_depth"] >= 1
+    data = json.loads((trainer.run_dir / "trees" / "step_000001.json").read_text())
+    assert data["sampler"] == "ib" and len(data["trees"]) == 3
+    tree = data["trees"][0]
+    assert tree["trajectories"] == 5 and all("text" in n and "p_hat" in n for n in tree["nodes"])

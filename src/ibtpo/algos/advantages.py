@@ -60,3 +60,14 @@ def grpo_advantage(*, rewards: torch.Tensor, response_mask: torch.Tensor, group_
     else:
         raise ValueError(f"scale_rewards must be group, batch or none; got {scale_rewards!r}")
     return adv[:, None] * response_mask.float()
+
+
+@register_adv_est("tree_grpo")
+def tree_grpo_advantage(**kwargs) -> torch.Tensor:
+    """GRPO's outcome advantage over the leaves of each tree (the IB-TPO paper's "IBTree sampler only" ablation).
+
+    Every leaf's root-to-leaf path is one sequence and its group is its tree (``group_ids`` = tree index), so this is
+    ``grpo`` with groups = trees: A_i = (R_i - mean_tree(R)) / (std_tree(R) + eps) on every token of path i, shared
+    prefix tokens included (no down-weighting). Same arguments and shapes as ``grpo``.
+    """
+    return grpo_advantage(**kwargs)

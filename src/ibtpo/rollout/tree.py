@@ -9,6 +9,7 @@ Node ids are path strings (TreePO style): the root is "", its children "0", "1",
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -31,14 +32,45 @@ class Node:
     """Outcome reward (leaves only)."""
     finished: bool = False
     """Leaves: True if the trajectory ended with EOS, False if it hit the length cap."""
+    p_hat: float | None = None
+    """Share of correct leaves under this node (set by :func:`compute_p_hat`)."""
+    n_leaves: int = 0
+    """Number of leaves under this node (set by :func:`compute_p_hat`)."""
+    depth: int = 0
+    """Nodes from the root (the root is 0)."""
+    offset: int = 0
+    """Completion tokens before this node (length of the path above it, prompt excluded)."""
 
     def add_child(self, token_ids: list[int], logprobs: list[float], entropies: list[float]) -> "Node":
         """Attach and return a new child holding the given tokens."""
         path = f"{self.path}/{len(self.children)}" if self.path else str(len(self.children))
         child = Node(path=path, token_ids=list(token_ids), logprobs=list(logprobs), entropies=list(entropies),
-                     parent=self)
+                     parent=self, depth=self.depth + 1, offset=self.end)
         self.children.append(child)
         return child
+
+    @property
+    def end(self) -> int:
+        """Completion tokens up to and including this node."""
+        return self.offset + len(self.token_ids)
+
+    def split(self, at: int) -> "Node":
+        """Cut this node after its first `at` tokens (0 < at < len); the rest moves to a new single child.
+
+        Used by token-level forks (entropy rule). The tail keeps this node's children, reward and finished flag;
+        path ids of the tail's subtree get a "/0" inserted. Returns the tail.
+        """
+        if not 0 < at < len(self.token_ids):
+            raise ValueError(f"cannot split a node of {len(self.token_ids)} tokens at {at}")
+        tail = Node(path="", token_ids=self.token_ids[at:], logprobs=self.logprobs[at:], entropies=self.entropies[at:],
+                    parent=self, children=self.children, reward=self.reward, finished=self.finished,
+                    depth=self.depth + 1, offset=self.offset + at)
+        del self.token_ids[at:], self.logprobs[at:], self.entropies[at:]
+        self.children, self.reward, self.finished = [tail], None, False
+        for c in tail.children:
+            c.parent = tail
+        _renumber(self)
+        return tail
 
     @property
     def is_leaf(self) -> bool:
@@ -50,6 +82,13 @@ class Node:
         for c in self.children:
             yield from c.iter_nodes()
 
+    def confidence(self, mode: str = "mean") -> float:
+        """The policy's confidence in this step: exp(mean token log-prob) ("mean") or exp(sum) ("product")."""
+        if not self.logprobs:
+            return 1.0
+        total = sum(self.logprobs)
+        return math.exp(total / len(self.logprobs) if mode == "mean" else total)
+
     def lineage(self) -> list["Node"]:
         """The non-root nodes from the root's child down to this node."""
         out, node = [], self
@@ -57,6 +96,34 @@ class Node:
             out.append(node)
             node = node.parent
         return out[::-1]
+
+
+def _renumber(node: Node) -> None:
+    """Recompute path ids, depths and offsets below `node` (after a split)."""
+    for i, c in enumerate(node.children):
+        c.path = f"{node.path}/{i}" if node.path else str(i)
+        c.depth, c.offset = node.depth + 1, node.end
+        _renumber(c)
+
+
+def compute_p_hat(root: Node) -> None:
+    """Bottom-up: n_leaves and p_hat (share of leaves with reward > 0) of every node under `root`.
+
+    Rewards above 0 count as correct (outcome rewards are 0/1); an unrewarded leaf counts as incorrect.
+    """
+    def visit(node: Node) -> tuple[int, float]:
+        if not node.children:
+            correct = 1.0 if (node.reward or 0.0) > 0 else 0.0
+            node.n_leaves, node.p_hat = 1, correct
+            return 1, correct
+        n, c = 0, 0.0
+        for child in node.children:
+            dn, dc = visit(child)
+            n, c = n + dn, c + dc
+        node.n_leaves, node.p_hat = n, c / n
+        return n, c
+
+    visit(root)
 
 
 @dataclass(eq=False)
@@ -68,6 +135,8 @@ class Tree:
     root: Node = field(default_factory=lambda: Node(path=""))
     columns: dict[str, Any] = field(default_factory=dict)
     """The question's other dataset columns (e.g. the reference answer), passed to the reward function."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Rollout bookkeeping: reused_prefix_tokens, encoded_prefix_tokens (set by the rollout engine)."""
 
     def leaves(self) -> list[Node]:
         """Leaves in depth-first order: one per trajectory."""
@@ -92,15 +161,42 @@ class Tree:
         """Tokens generated for this tree; a shared prefix counts once."""
         return sum(len(n.token_ids) for n in self.nodes())
 
-    def to_dict(self) -> dict:
-        """JSON-serialisable form (nodes as a flat list keyed by path)."""
+    def stats(self) -> dict[str, float]:
+        """Shape of the tree: trajectories, new tokens, depth (nodes on the longest path), branching nodes."""
+        nodes = self.nodes()
         return {
-            "question_id": self.question_id,
-            "prompt_ids": self.prompt_ids,
-            "columns": self.columns,
-            "nodes": [
-                {"path": n.path, "token_ids": n.token_ids, "logprobs": n.logprobs, "entropies": n.entropies,
-                 "reward": n.reward, "finished": n.finished}
-                for n in self.nodes()
-            ],
+            "trajectories": len(self.leaves()),
+            "new_tokens": sum(len(n.token_ids) for n in nodes),
+            "depth": max((n.depth for n in nodes), default=0),
+            "branching_nodes": sum(1 for n in self.root.iter_nodes() if len(n.children) > 1),
+            "nodes": len(nodes),
         }
+
+    def to_dict(self, tokenizer=None) -> dict:
+        """JSON-serialisable form (nodes as a flat list keyed by path); with a tokenizer, also each node's text."""
+        compute_p_hat(self.root)
+        nodes = []
+        for n in self.nodes():
+            d = {"path": n.path, "token_ids": n.token_ids, "logprobs": n.logprobs, "entropies": n.entropies,
+                 "reward": n.reward, "finished": n.finished, "p_hat": n.p_hat, "n_leaves": n.n_leaves}
+            if tokenizer is not None:
+                d["text"] = tokenizer.decode(n.token_ids, skip_special_tokens=False)
+            nodes.append(d)
+        out = {"question_id": self.question_id, "prompt_ids": self.prompt_ids, "columns": self.columns,
+               "p_hat": self.root.p_hat, **self.stats(), "meta": self.meta, "nodes": nodes}
+        if tokenizer is not None:
+            out["prompt"] = tokenizer.decode(self.prompt_ids, skip_special_tokens=False)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Tree":
+        """Rebuild a tree from :meth:`to_dict` output (parents before children, as written)."""
+        tree = cls(question_id=data["question_id"], prompt_ids=list(data["prompt_ids"]),
+                   columns=dict(data.get("columns", {})))
+        by_path = {"": tree.root}
+        for d in data["nodes"]:
+            parent_path = d["path"].rpartition("/")[0]
+            node = by_path[parent_path].add_child(d["token_ids"], d["logprobs"], d["entropies"])
+            node.reward, node.finished = d["reward"], d["finished"]
+            by_path[node.path] = node
+        return tree

@@ -45,12 +45,17 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def rollout_metrics(trees: list[Tree]) -> dict[str, float]:
-    """Reward, Eff-Rate, length and cost statistics of one rollout batch (CONVENTIONS.md names)."""
+    """Reward, Eff-Rate, length, cost and tree-shape statistics of one rollout batch (CONVENTIONS.md names).
+
+    Cost is per question: new tokens (a shared prefix counts once), prefix tokens whose keys/values were reused
+    instead of computed, prefix tokens encoded (prompt prefill + one re-fed token per fork row with reuse).
+    """
     rewards = [leaf.reward or 0.0 for t in trees for leaf in t.leaves()]
     lengths = [len(Tree.completion(leaf)[0]) for t in trees for leaf in t.leaves()]
     entropies = [e for t in trees for n in t.nodes() for e in n.entropies]
     effective = [len({leaf.reward for leaf in t.leaves()}) > 1 for t in trees]
     truncated = [not leaf.finished for t in trees for leaf in t.leaves()]
+    stats = [t.stats() for t in trees]
     mu = mean(rewards)
     return {
         "reward/mean": mu,
@@ -61,4 +66,9 @@ def rollout_metrics(trees: list[Tree]) -> dict[str, float]:
         "response_length/clip_ratio": mean(truncated),
         "rollout/new_tokens_per_question": mean(t.new_tokens for t in trees),
         "rollout/trajectories_per_question": mean(len(t.leaves()) for t in trees),
+        "rollout/reused_prefix_tokens": mean(t.meta.get("reused_prefix_tokens", 0) for t in trees),
+        "rollout/encoded_prefix_tokens": mean(t.meta.get("encoded_prefix_tokens", 0) for t in trees),
+        "rollout/tree_depth": mean(s["depth"] for s in stats),
+        "rollout/branching_nodes": mean(s["branching_nodes"] for s in stats),
+        "rollout/nodes_per_question": mean(s["nodes"] for s in stats),
     }

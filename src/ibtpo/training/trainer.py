@@ -14,6 +14,7 @@ Simplified on purpose: one process; the behaviour log-probs recorded at sampling
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -29,8 +30,10 @@ from ibtpo.config import TrainConfig, save_config
 from ibtpo.evaluation import evaluate
 from ibtpo.models import load_policy
 from ibtpo.rewards import score_completions
-from ibtpo.rollout.independent import sample_independent
+from ibtpo.rollout.engine import Engine
+from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
 from ibtpo.rollout.sampling import SamplingParams
+from ibtpo.rollout.steps import StepSplitter
 from ibtpo.rollout.tree import Tree
 from ibtpo.testbed.task import SumTask, extract_answer, sum_reward
 from ibtpo.training.batch import TrainBatch, flatten_paths, token_logprobs
@@ -44,6 +47,16 @@ EVAL_SEED_OFFSET = 1_000_003
 def build_task(cfg: TrainConfig) -> SumTask:
     return SumTask(min_terms=cfg.task_min_terms, max_terms=cfg.task_max_terms, max_value=cfg.task_max_value,
                    seed=cfg.task_seed, test_size=cfg.test_size)
+
+
+def tree_shape(cfg: TrainConfig) -> TreeShape:
+    """The sampler parameters of a run (the independent sampler draws G = num_generations from the root)."""
+    independent = cfg.sampler == "independent"
+    return TreeShape(b0=cfg.num_generations if independent else cfg.tree_b0, rounds=1 if independent else cfg.tree_l,
+                     k=cfg.tree_k, b=cfg.tree_b, min_room=cfg.tree_min_room, beta=cfg.ib_beta, conf_mode=cfg.ib_conf,
+                     root_candidate=cfg.tree_root_candidate, zero_phat=cfg.ib_zero_phat,
+                     segment_length=cfg.treepo_segment_length, width=cfg.treepo_width,
+                     max_depth=cfg.treepo_max_depth)
 
 
 class Trainer:
@@ -83,6 +96,8 @@ class Trainer:
                                    loss_agg_mode=cfg.loss_agg_mode, norm_length=cfg.max_completion_length)
         self.sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                        max_new_tokens=cfg.max_completion_length)
+        self.splitter = StepSplitter(self.tokenizer, cfg.step_delimiter, cfg.min_step_tokens)
+        self.shape = tree_shape(cfg)
         self.step, self.tokens, self.data_pos = 0, 0, 0
         if ckpt is not None:
             state = load_trainer_state(ckpt)
@@ -104,7 +119,7 @@ class Trainer:
         return 1.0
 
     def _minibatches_per_epoch(self) -> int:
-        n = self.cfg.questions_per_step * self.cfg.num_generations
+        n = self.cfg.questions_per_step * self.cfg.group_size
         return max(1, math.ceil(n / self.cfg.mini_batch_size)) if self.cfg.mini_batch_size else 1
 
     def done(self) -> bool:
@@ -118,18 +133,27 @@ class Trainer:
         problems = [self.task.train_problem(self.data_pos + i) for i in range(cfg.questions_per_step)]
         self.data_pos += len(problems)
         prompts = [tok(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
-        self.policy.eval()
-        trees = sample_independent(self.policy, prompts, [p.id for p in problems], [{"answer": p.answer} for p in problems],
-                                   self.sampling, cfg.num_generations, tok.eos_token_id, tok.pad_token_id,
-                                   self.generator)
-        self.policy.train()
-        for tree, problem in zip(trees, problems):
-            leaves = tree.leaves()
-            _, scores = score_completions(self.reward_fn, tok, [problem.prompt] * len(leaves),
+        prompt_text = {p.id: p.prompt for p in problems}
+
+        def score(tree: Tree, leaves: list) -> None:
+            _, scores = score_completions(self.reward_fn, tok, [prompt_text[tree.question_id]] * len(leaves),
                                           [Tree.completion(leaf)[0] for leaf in leaves],
                                           {k: [v] * len(leaves) for k, v in tree.columns.items()})
             for leaf, s in zip(leaves, scores):
                 leaf.reward = s
+
+        engine = Engine(self.policy, self.sampling, tok.eos_token_id, tok.pad_token_id, self.generator,
+                        prefix_reuse=cfg.prefix_reuse)
+        # tie-breaking and node draws of the tree rules come from the run's generator (checkpointed with it)
+        rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
+        ctx = GrowContext(engine=engine, splitter=self.splitter, shape=self.shape, cap=cfg.max_completion_length,
+                          score=score, rng=rng)
+        self.policy.eval()
+        try:
+            trees = grow_trees(cfg.sampler, ctx, prompts, [p.id for p in problems],
+                               [{"answer": p.answer} for p in problems])
+        finally:
+            self.policy.train()
         return trees
 
     def update(self, batch: TrainBatch, advantages: torch.Tensor) -> dict[str, float]:
@@ -184,6 +208,14 @@ class Trainer:
                  "data_pos": self.data_pos, "config": self.cfg.model_dump()}
         save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, keep=self.cfg.keep_checkpoints)
 
+    def dump_trees(self, trees: list[Tree], step: int) -> Path:
+        """Write one step's trees (with node texts and p_hat) to RUN_DIR/trees/step_NNNNNN.json."""
+        path = self.run_dir / "trees" / f"step_{step:06d}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"step": step, "sampler": self.cfg.sampler,
+                                    "trees": [t.to_dict(self.tokenizer) for t in trees]}))
+        return path
+
     # ----------------------------------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
         """One RL step; returns its metrics."""
@@ -194,6 +226,8 @@ class Trainer:
         advantages = self.adv_fn(rewards=batch.rewards, response_mask=batch.response_mask, group_ids=batch.group_ids,
                                  scale_rewards=self.cfg.scale_rewards, leaves=batch.leaves, cfg=self.cfg)
         metrics = rollout_metrics(trees)
+        if self.cfg.dump_trees and (self.step + 1) % self.cfg.dump_trees == 0:
+            self.dump_trees(trees, self.step + 1)
         t1 = time.perf_counter()
         metrics.update(self.update(batch, advantages))
         t_update = time.perf_counter() - t1

@@ -1,0 +1,313 @@
+"""The rollout engine: batched decoding that continues trees from cached prefixes.
+
+Every sampler (independent, IBTree, the peer trees) asks the engine for the same thing: "from these nodes of these
+trees, draw n continuations each, at most `limit` new tokens". The engine batches all requests of a round, across
+questions, into one decode loop and returns the generated rows.
+
+Prefix reuse (``prefix_reuse=True``): the key/value cache of every generated token is kept per tree node
+(:class:`KVStore`: the prompt's on the root, each node's own tokens on the node, so a shared prefix is stored once).
+Continuing from node v concatenates the cached keys/values along v's lineage, crops the last prefix token and feeds
+it again (one token of compute, which yields the logits of the first new token), then decodes. No prefix is re-encoded.
+With ``prefix_reuse=False`` every continuation re-encodes its prompt + path (the reference the tests compare to).
+
+Simplified on purpose:
+- Caches are plain per-layer (key, value) tensors of a transformers ``DynamicCache``: full-attention decoder models
+  (Llama, Qwen, GPT-2, ...). Models with sliding-window or recurrent layers should run with ``prefix_reuse=False``.
+- Finished rows are dropped from the running batch (their cache rows are copied out first), so a long straggler
+  does not keep paying for finished rows.
+- Behaviour log-probs and entropies are those of ``softmax(logits / temperature)`` over the full vocabulary; top-k
+  and top-p only restrict which token is drawn (as verl and TRL recompute old log-probs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from ibtpo.rollout.sampling import Generation, SamplingParams, filter_logits, left_pad
+from ibtpo.rollout.tree import Node, Tree
+
+LayerKV = list[tuple[torch.Tensor, torch.Tensor]]
+"""Per layer, (keys, values) of one sequence segment, each (kv_heads, tokens, head_dim)."""
+
+
+@dataclass
+class Request:
+    """Continue `tree` after `node` (the root = from the prompt): `n` continuations of at most `limit` tokens."""
+
+    tree: Tree
+    node: Node
+    n: int
+    limit: int
+
+
+@dataclass
+class Continuation(Generation):
+    """One generated row, with the caches the tree store keeps."""
+
+    kv: LayerKV | None = field(default=None, repr=False)
+    """Cache of the fed tokens of this row (all generated tokens but possibly the last); None without reuse."""
+    prefix_last_kv: LayerKV | None = field(default=None, repr=False)
+    """Cache of the last prefix token, computed again when the row started (with reuse only)."""
+
+
+class KVStore:
+    """Per-node key/value segments of the trees being grown (a shared prefix is stored once)."""
+
+    def __init__(self):
+        self._kv: dict[int, LayerKV] = {}
+
+    def __contains__(self, node: Node) -> bool:
+        return id(node) in self._kv
+
+    def put(self, node: Node, kv: LayerKV) -> None:
+        self._kv[id(node)] = kv
+
+    def length(self, node: Node) -> int:
+        kv = self._kv.get(id(node))
+        return 0 if kv is None else kv[0][0].shape[-2]
+
+    def slice(self, kv: LayerKV, start: int, stop: int | None = None) -> LayerKV:
+        return [(k[:, start:stop], v[:, start:stop]) for k, v in kv]
+
+    def split(self, head: Node, tail: Node, at: int) -> None:
+        """`head` was cut after `at` tokens; its cache moves accordingly (after :meth:`Node.split`)."""
+        kv = self._kv.get(id(head))
+        if kv is None:
+            return
+        self._kv[id(head)] = self.slice(kv, 0, at)
+        if kv[0][0].shape[-2] > at:
+            self._kv[id(tail)] = self.slice(kv, at)
+
+    def complete(self, node: Node, last: LayerKV) -> None:
+        """Append the cache of `node`'s last token when it was missing (the row stopped right after drawing it)."""
+        kv = self._kv.get(id(node))
+        if kv is not None and kv[0][0].shape[-2] == len(node.token_ids) - 1:
+            self._kv[id(node)] = [(torch.cat([k, lk], 1), torch.cat([v, lv], 1)) for (k, v), (lk, lv) in zip(kv, last)]
+
+    def prefix(self, tree: Tree, node: Node) -> LayerKV | None:
+        """Cache of prompt + path up to `node`, minus the last token; None if any piece is missing."""
+        pieces = [tree.root] + node.lineage()
+        kvs = []
+        for i, n in enumerate(pieces):
+            want = len(tree.prompt_ids) if n is tree.root else len(n.token_ids)
+            have = self.length(n)
+            last = i == len(pieces) - 1
+            if have != want and not (last and have == want - 1):
+                return None
+            kvs.append(self._kv[id(n)])
+        total = len(tree.prompt_ids) + node.end - 1
+        layers = []
+        for layer in range(len(kvs[0])):
+            k = torch.cat([kv[layer][0] for kv in kvs], 1)[:, :total]
+            v = torch.cat([kv[layer][1] for kv in kvs], 1)[:, :total]
+            layers.append((k, v))
+        return layers
+
+    def clear(self) -> None:
+        self._kv.clear()
+
+
+class Engine:
+    """Batched continuation of tree nodes with optional prefix KV reuse; counts tokens per tree in `tree.meta`."""
+
+    def __init__(self, model, params: SamplingParams, eos_id: int, pad_id: int,
+                 generator: torch.Generator | None = None, prefix_reuse: bool = True):
+        self.model = model
+        self.params = params
+        self.eos_id, self.pad_id = eos_id, pad_id
+        self.generator = generator
+        self.prefix_reuse = prefix_reuse
+        self.store = KVStore()
+        self.device = next(model.parameters()).device
+
+    # ----------------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def expand(self, requests: list[Request]) -> list[list[Continuation]]:
+        """Run every request in one batched decode loop; returns n continuations per request (rewards not set)."""
+        live = [i for i, r in enumerate(requests) if r.n > 0 and r.limit > 0]
+        if len(live) < len(requests):  # nothing to draw for some: they get empty groups
+            out: list[list[Continuation]] = [[] for _ in requests]
+            for i, group in zip(live, self.expand([requests[i] for i in live]) if live else []):
+                out[i] = group
+            return out
+        prefixes = None
+        if self.prefix_reuse:
+            prefixes = [self.store.prefix(r.tree, r.node) for r in requests]
+            if any(p is None for p in prefixes):
+                if any(p is not None for p in prefixes):  # mixed batch: split it, each half stays batched
+                    cached = [i for i, p in enumerate(prefixes) if p is not None]
+                    fresh = [i for i, p in enumerate(prefixes) if p is None]
+                    out = [[] for _ in requests]
+                    for idx, res in ((fresh, self.expand([requests[i] for i in fresh])),
+                                     (cached, self.expand([requests[i] for i in cached]))):
+                        for i, r in zip(idx, res):
+                            out[i] = r
+                    return out
+                prefixes = None
+        if prefixes is None:
+            return self._expand_encoded(requests)
+        return self._expand_cached(requests, prefixes)
+
+    def _expand_encoded(self, requests: list[Request]) -> list[list[Continuation]]:
+        """Encode each request's prompt + path once, repeat its cache n times, decode."""
+        seqs = [r.tree.prompt_ids + _path_tokens(r.node) for r in requests]
+        ids, mask = left_pad(seqs, self.pad_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
+        width = ids.shape[1]
+        for r, seq in zip(requests, seqs):
+            r.tree.meta["encoded_prefix_tokens"] = r.tree.meta.get("encoded_prefix_tokens", 0) + len(seq)
+            r.tree.meta["reused_prefix_tokens"] = r.tree.meta.get("reused_prefix_tokens", 0) + (r.n - 1) * len(seq)
+        if self.prefix_reuse:  # the prompt's cache goes on the root (only requests from the root get here)
+            for j, r in enumerate(requests):
+                if r.node is r.tree.root:
+                    self.store.put(r.node, [(layer.keys[j, :, width - len(seqs[j]):].clone(),
+                                             layer.values[j, :, width - len(seqs[j]):].clone())
+                                            for layer in cache.layers])
+        reps = torch.tensor([r.n for r in requests], device=self.device)
+        if bool((reps > 1).any()):
+            index = torch.repeat_interleave(torch.arange(len(requests), device=self.device), reps)
+            cache.batch_select_indices(index)
+            mask, positions = mask[index], positions[index]
+            logits = out.logits[index, -1, :]
+        else:
+            logits = out.logits[:, -1, :]
+        return self._decode(requests, cache, mask, positions[:, -1:] + 1, logits, width)
+
+    def _expand_cached(self, requests: list[Request], prefixes: list[LayerKV]) -> list[list[Continuation]]:
+        """Build the batch cache from stored prefixes (minus the last token), feed the last token, decode."""
+        lengths = [p[0][0].shape[-2] for p in prefixes]
+        width = max(lengths)
+        reps = [r.n for r in requests]
+        rows = sum(reps)
+        n_layers = len(prefixes[0])
+        k0 = prefixes[0][0][0]
+        heads, dim = k0.shape[0], k0.shape[-1]
+        cache = DynamicCache()
+        mask = torch.zeros((rows, width + 1), dtype=torch.long, device=self.device)
+        for layer in range(n_layers):
+            keys = k0.new_zeros((rows, heads, width, dim))
+            values = k0.new_zeros((rows, heads, width, dim))
+            row = 0
+            for p, n, length in zip(prefixes, reps, lengths):
+                if length:
+                    keys[row:row + n, :, width - length:] = p[layer][0]
+                    values[row:row + n, :, width - length:] = p[layer][1]
+                row += n
+            if width:
+                cache.update(keys, values, layer)
+        row = 0
+        last_tokens, positions = [], []
+        for r, n, length in zip(requests, reps, lengths):
+            mask[row:row + n, width - length:] = 1
+            row += n
+            seq_len = len(r.tree.prompt_ids) + r.node.end
+            last = r.node.token_ids[-1] if r.node is not r.tree.root else r.tree.prompt_ids[-1]
+            last_tokens += [last] * n
+            positions += [seq_len - 1] * n
+            r.tree.meta["reused_prefix_tokens"] = r.tree.meta.get("reused_prefix_tokens", 0) + n * length
+            r.tree.meta["encoded_prefix_tokens"] = r.tree.meta.get("encoded_prefix_tokens", 0) + n
+        tok = torch.tensor(last_tokens, device=self.device)[:, None]
+        pos = torch.tensor(positions, device=self.device)[:, None]
+        out = self.model(input_ids=tok, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        conts = self._decode(requests, cache, mask, pos + 1, out.logits[:, -1, :], width + 1)
+        # the re-fed last prefix token's cache completes a node whose row had stopped right after drawing it
+        for r, group in zip(requests, conts):
+            if r.node is not r.tree.root and group[0].prefix_last_kv is not None:
+                self.store.complete(r.node, group[0].prefix_last_kv)
+        return conts
+
+    def _decode(self, requests: list[Request], cache: DynamicCache, mask: torch.Tensor, next_pos: torch.Tensor,
+                logits: torch.Tensor, gen_col0: int) -> list[list[Continuation]]:
+        """The decode loop over all rows; rows leave the batch when they draw EOS or reach their limit.
+
+        gen_col0: cache column of the first generated token (the columns before it hold the prefix).
+        """
+        p = self.params
+        limits_list = [r.limit for r in requests for _ in range(r.n)]
+        rows = len(limits_list)
+        limits = torch.tensor(limits_list, device=self.device)
+        max_len = max(limits_list)
+        tokens = torch.full((rows, max_len), self.pad_id, dtype=torch.long)
+        logps = torch.zeros((rows, max_len))
+        ents = torch.zeros((rows, max_len))
+        lengths = [0] * rows
+        finished = [False] * rows
+        kvs: list[LayerKV | None] = [None] * rows
+        refed: list[LayerKV | None] = [None] * rows
+        active = torch.arange(rows, device=self.device)
+        keep_kv = self.prefix_reuse
+        for t in range(max_len):
+            scaled = logits.float() / p.temperature
+            logp_all = scaled.log_softmax(-1)
+            ent = -(logp_all.exp() * logp_all).sum(-1)
+            if p.greedy:
+                tok = scaled.argmax(-1)
+            else:
+                probs = filter_logits(scaled, p.top_k, p.top_p).softmax(-1)
+                tok = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+            act = active.cpu()
+            tokens[act, t] = tok.cpu()
+            logps[act, t] = logp_all.gather(-1, tok[:, None]).squeeze(-1).cpu()
+            ents[act, t] = ent.cpu()
+            stop = (tok == self.eos_id) | (limits[active] <= t + 1)
+            if bool(stop.any()):
+                for i in stop.nonzero().flatten().tolist():
+                    r = int(act[i])
+                    lengths[r] = t + 1
+                    finished[r] = bool(tok[i] == self.eos_id)
+                    if keep_kv:
+                        kvs[r] = [(layer.keys[i, :, gen_col0:].clone(), layer.values[i, :, gen_col0:].clone())
+                                  for layer in cache.layers] if t > 0 else _empty_kv(cache, gen_col0)
+                        if gen_col0 > 0:
+                            refed[r] = [(layer.keys[i, :, gen_col0 - 1:gen_col0].clone(),
+                                         layer.values[i, :, gen_col0 - 1:gen_col0].clone()) for layer in cache.layers]
+                keep = (~stop).nonzero().flatten()
+                if keep.numel() == 0:
+                    break
+                cache.batch_select_indices(keep)
+                active, mask, next_pos, tok = active[keep], mask[keep], next_pos[keep], tok[keep]
+            mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=self.device)], dim=1)
+            out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
+                             past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1, :]
+            next_pos = next_pos + 1
+        results: list[list[Continuation]] = []
+        row = 0
+        for r in requests:
+            group = []
+            for _ in range(r.n):
+                n = lengths[row]
+                group.append(Continuation(tokens[row, :n].tolist(), logps[row, :n].tolist(), ents[row, :n].tolist(),
+                                          finished[row], kvs[row], refed[row]))
+                row += 1
+            results.append(group)
+        return results
+
+
+def sample(model, prompts: list[list[int]], params: SamplingParams, eos_id: int, pad_id: int,
+           generator: torch.Generator | None = None, n: int = 1) -> list[list[Generation]]:
+    """Draw `n` continuations of at most ``params.max_new_tokens`` for each prompt (each prompt encoded once).
+
+    prompts: token-id lists (no padding). Returns one list of `n` generations per prompt.
+    """
+    engine = Engine(model, params, eos_id, pad_id, generator, prefix_reuse=False)
+    trees = [Tree(question_id=str(i), prompt_ids=list(p)) for i, p in enumerate(prompts)]
+    return engine.expand([Request(t, t.root, n, params.max_new_tokens) for t in trees])
+
+
+def _empty_kv(cache: DynamicCache, col: int) -> LayerKV:
+    return [(layer.keys[0, :, col:col].clone(), layer.values[0, :, col:col].clone()) for layer in cache.layers]
+
+
+def _path_tokens(node: Node) -> list[int]:
+    ids: list[int] = []
+    for n in node.lineage():
+        ids += n.token_ids
+    return ids
