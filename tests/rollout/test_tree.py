@@ -65,3 +65,19 @@ def test_json_round_trip_and_stats(tokenizer):
     assert [Tree.completion(x)[0] for x in back.leaves()] == [Tree.completion(x)[0] for x in t.leaves()]
     assert [x.reward for x in back.leaves()] == [x.reward for x in t.leaves()]
     assert "text" in Tree(question_id="z", prompt_ids=[5], root=t.root).to_dict(tokenizer)["nodes"][0]
+
+
+def test_render_tree(tokenizer):
+    from ibtpo.rollout.render import render_tree
+
+    t = Tree(question_id="q", prompt_ids=tokenizer("Q:1+2", add_special_tokens=False)["input_ids"])
+    a = t.root.add_child(tokenizer("1+2=3\n\n", add_special_tokens=False)["input_ids"], [0.0] * 7, [0.0] * 7)
+    a.add_child(tokenizer("A:3", add_special_tokens=False)["input_ids"], [0.0] * 3, [0.0] * 3).reward = 1.0
+    a.add_child(tokenizer("A:4", add_special_tokens=False)["input_ids"], [0.0] * 3, [0.0] * 3).reward = 0.0
+    text = render_tree(t, tokenizer)
+    assert text.splitlines() == [
+        '[prompt] "Q:1+2"  p=0.50  (2 trajectories, 13 new tokens)',
+        '└─ "1+2=3\\n\\n"  p=0.50',
+        '   ├─ "A:3"  p=1.00  R=1',
+        '   └─ "A:4"  p=0.00  R=0',
+    ]

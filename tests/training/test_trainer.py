@@ -86,3 +86,4 @@ def test_tree_rollout_metrics_and_dump(tmp_path, tiny_model_dir):
     assert data["sampler"] == "ib" and len(data["trees"]) == 3
     tree = data["trees"][0]
     assert tree["trajectories"] == 5 and all("text" in n and "p_hat" in n for n in tree["nodes"])
+    assert (trainer.run_dir / "trees" / "step_000001.txt").read_text().count("[prompt]") == 3

@@ -31,6 +31,7 @@ from ibtpo.evaluation import evaluate
 from ibtpo.models import load_policy
 from ibtpo.rewards import score_completions
 from ibtpo.rollout.engine import Engine
+from ibtpo.rollout.render import render_tree
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
 from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
@@ -209,11 +210,12 @@ class Trainer:
         save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, keep=self.cfg.keep_checkpoints)
 
     def dump_trees(self, trees: list[Tree], step: int) -> Path:
-        """Write one step's trees (with node texts and p_hat) to RUN_DIR/trees/step_NNNNNN.json."""
+        """Write one step's trees to RUN_DIR/trees/step_NNNNNN.json (tokens, texts, p_hat) and .txt (drawn)."""
         path = self.run_dir / "trees" / f"step_{step:06d}.json"
         path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps({"step": step, "sampler": self.cfg.sampler,
                                     "trees": [t.to_dict(self.tokenizer) for t in trees]}))
+        path.with_suffix(".txt").write_text("\n\n".join(render_tree(t, self.tokenizer) for t in trees) + "\n")
         return path
 
     # ----------------------------------------------------------------------------------------------------------------

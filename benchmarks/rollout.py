@@ -1,0 +1,133 @@
+"""Tree rollouts against independent sampling on the shipped base policy, at the paper's group sizes.
+
+    python benchmarks/rollout.py [--repeats 3] [--questions 64] [--batch 16] [--threads 2] [--json out.json]
+
+For each sampler, the same fixed test questions (the first --questions of the testbed's test split, in rollout batches
+of --batch, T=1, cap 48) are grown into trees; per question we count trajectories, new tokens (a shared prefix counts
+once), Eff-Rate (share of questions whose rewards are not all equal), mean reward and wall-clock. Every repeat runs
+all samplers in a rotated order with the same seed; ratios to independent G=8 are taken within a repeat, and the
+table shows medians over repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+
+import torch
+
+from ibtpo.models import load_policy
+from ibtpo.rewards import score_completions
+from ibtpo.rollout.engine import Engine
+from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
+from ibtpo.rollout.sampling import SamplingParams
+from ibtpo.rollout.steps import StepSplitter
+from ibtpo.rollout.tree import Tree
+from ibtpo.testbed.task import SumTask, sum_reward
+
+CAP = 48
+# name -> (sampler, shape)
+CONFIGS = {
+    "independent G=8": ("independent", TreeShape(b0=8, rounds=1)),
+    "independent G=12": ("independent", TreeShape(b0=12, rounds=1)),
+    "IBTree (4,9,1,1)": ("ib", TreeShape(b0=4, rounds=9, k=1, b=1)),
+    "IBTree (4,9,1,1) no root": ("ib", TreeShape(b0=4, rounds=9, k=1, b=1, root_candidate=False)),
+    "entropy tree (4,9,1,1)": ("entropy", TreeShape(b0=4, rounds=9, k=1, b=1)),
+    "random tree (4,9,1,1)": ("random", TreeShape(b0=4, rounds=9, k=1, b=1)),
+    "fixed-width G=12 (seg 8, w 2, d 6)": ("fixed_width", TreeShape(b0=4, rounds=9, k=1, b=1, segment_length=8,
+                                                                      width=2, max_depth=6)),
+}
+
+
+def run_one(model, tok, problems, sampler, shape, seed, batch, reuse=True) -> dict:
+    splitter = StepSplitter(tok)
+    gen = torch.Generator().manual_seed(seed)
+    prompt_of = {p.id: p.prompt for p in problems}
+
+    def score(tree, leaves):
+        _, s = score_completions(sum_reward, tok, [prompt_of[tree.question_id]] * len(leaves),
+                                 [Tree.completion(x)[0] for x in leaves], {"answer": [tree.columns["answer"]] * len(leaves)})
+        for leaf, r in zip(leaves, s):
+            leaf.reward = r
+
+    trees = []
+    t0 = time.perf_counter()
+    for i in range(0, len(problems), batch):
+        chunk = problems[i:i + batch]
+        engine = Engine(model, SamplingParams(temperature=1.0, max_new_tokens=CAP), tok.eos_token_id,
+                        tok.pad_token_id, gen, prefix_reuse=reuse)
+        ctx = GrowContext(engine, splitter, shape, CAP, score, random.Random(seed + i))
+        trees += grow_trees(sampler, ctx, [tok(p.prompt, add_special_tokens=False)["input_ids"] for p in chunk],
+                            [p.id for p in chunk], [{"answer": p.answer} for p in chunk])
+    wall = time.perf_counter() - t0
+    n = len(trees)
+    traj = sum(len(t.leaves()) for t in trees) / n
+    new = sum(t.new_tokens for t in trees) / n
+    return {
+        "trajectories": traj,
+        "new_tokens": new,
+        "traj_per_1k": 1000 * traj / new,
+        "eff_rate": sum(len({x.reward for x in t.leaves()}) > 1 for t in trees) / n,
+        "reward": statistics.mean(x.reward for t in trees for x in t.leaves()),
+        "reused_prefix": sum(t.meta.get("reused_prefix_tokens", 0) for t in trees) / n,
+        "ms_per_q": 1000 * wall / n,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--questions", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=16, help="questions per rollout batch (questions_per_step)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-reuse", action="store_true", help="re-encode prefixes instead of reusing their cache")
+    ap.add_argument("--json", help="also write the raw per-repeat numbers here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model, tok = load_policy("testbed")
+    model.eval()
+    problems = list(SumTask().test_problems[: args.questions])
+    names = list(CONFIGS)
+    run_one(model, tok, problems[: args.batch], "independent", TreeShape(b0=8, rounds=1), 0, args.batch)  # warm-up
+    raw: dict[str, list[dict]] = {k: [] for k in names}
+    for rep in range(args.repeats):
+        order = names[rep % len(names):] + names[: rep % len(names)]
+        for name in order:
+            sampler, shape = CONFIGS[name]
+            raw[name].append(run_one(model, tok, problems, sampler, shape, seed=rep, batch=args.batch,
+                                     reuse=not args.no_reuse))
+            print(f"  repeat {rep + 1}/{args.repeats} {name}: {raw[name][-1]['ms_per_q']:.1f} ms/question", flush=True)
+    base = raw["independent G=8"]
+    header = (f"{'sampler':<36}{'traj/q':>7}{'new tok/q':>10}{'traj/1k tok':>12}{'Eff-Rate':>9}{'reward':>8}"
+              f"{'reused/q':>9}{'ms/q':>8}{'tokens x':>9}{'time x':>8}")
+    print(f"\n{args.questions} test questions, batches of {args.batch}, cap {CAP}, T=1, medians of {args.repeats} "
+          f"repeats; 'x' = ratio to independent G=8 within a repeat")
+    print(header)
+    print("-" * len(header))
+    summary = {}
+    for name in names:
+        rows = raw[name]
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        med["tokens_x"] = statistics.median(r["new_tokens"] / b["new_tokens"] for r, b in zip(rows, base))
+        med["time_x"] = statistics.median(r["ms_per_q"] / b["ms_per_q"] for r, b in zip(rows, base))
+        summary[name] = med
+        print(f"{name:<36}{med['trajectories']:>7.1f}{med['new_tokens']:>10.1f}{med['traj_per_1k']:>12.1f}"
+              f"{med['eff_rate']:>9.3f}{med['reward']:>8.3f}{med['reused_prefix']:>9.0f}{med['ms_per_q']:>8.1f}"
+              f"{med['tokens_x']:>9.2f}{med['time_x']:>8.2f}")
+    ib, g12 = summary["IBTree (4,9,1,1)"], summary["independent G=12"]
+    print(f"\nIBTree G=12 new tokens: {ib['tokens_x']:.2f}x independent G=8 (target <= 1.05), "
+          f"{ib['new_tokens'] / g12['new_tokens']:.2f}x independent G=12 (target <= 0.70); "
+          f"wall-clock {ib['time_x']:.2f}x independent G=8 (target <= 0.90)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "raw": raw, "median": summary}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
