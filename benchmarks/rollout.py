@@ -20,12 +20,11 @@ import time
 import torch
 
 from ibtpo.models import load_policy
-from ibtpo.rewards import score_completions
+from ibtpo.rewards import reward_leaves
 from ibtpo.rollout.engine import Engine
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
 from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
-from ibtpo.rollout.tree import Tree
 from ibtpo.testbed.task import SumTask, sum_reward
 
 CAP = 48
@@ -48,10 +47,7 @@ def run_one(model, tok, problems, sampler, shape, seed, batch, reuse=True) -> di
     prompt_of = {p.id: p.prompt for p in problems}
 
     def score(tree, leaves):
-        _, s = score_completions(sum_reward, tok, [prompt_of[tree.question_id]] * len(leaves),
-                                 [Tree.completion(x)[0] for x in leaves], {"answer": [tree.columns["answer"]] * len(leaves)})
-        for leaf, r in zip(leaves, s):
-            leaf.reward = r
+        reward_leaves(sum_reward, tok, prompt_of[tree.question_id], tree, leaves)
 
     trees = []
     t0 = time.perf_counter()

@@ -29,7 +29,7 @@ from ibtpo.algos.losses import LossConfig, agg_loss, get_policy_loss, kl_k3, mas
 from ibtpo.config import TrainConfig, save_config
 from ibtpo.evaluation import evaluate
 from ibtpo.models import load_policy
-from ibtpo.rewards import score_completions
+from ibtpo.rewards import reward_leaves
 from ibtpo.rollout.engine import Engine
 from ibtpo.rollout.render import render_tree
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
@@ -137,11 +137,7 @@ class Trainer:
         prompt_text = {p.id: p.prompt for p in problems}
 
         def score(tree: Tree, leaves: list) -> None:
-            _, scores = score_completions(self.reward_fn, tok, [prompt_text[tree.question_id]] * len(leaves),
-                                          [Tree.completion(leaf)[0] for leaf in leaves],
-                                          {k: [v] * len(leaves) for k, v in tree.columns.items()})
-            for leaf, s in zip(leaves, scores):
-                leaf.reward = s
+            reward_leaves(self.reward_fn, tok, prompt_text[tree.question_id], tree, leaves)
 
         engine = Engine(self.policy, self.sampling, tok.eos_token_id, tok.pad_token_id, self.generator,
                         prefix_reuse=cfg.prefix_reuse)
