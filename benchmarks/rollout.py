@@ -6,7 +6,8 @@ For each sampler, the same fixed test questions (the first --questions of the te
 of --batch, T=1, cap 48) are grown into trees; per question we count trajectories, new tokens (a shared prefix counts
 once), Eff-Rate (share of questions whose rewards are not all equal), mean reward and wall-clock. Every repeat runs
 all samplers in a rotated order with the same seed; ratios to independent G=8 are taken within a repeat, and the
-table shows medians over repeats.
+table shows medians over repeats. "re-encoding" grows the same IBTree with prefix cache reuse off (each fork
+re-encodes prompt + path), to show what the reuse saves.
 """
 
 from __future__ import annotations
@@ -28,16 +29,17 @@ from ibtpo.rollout.steps import StepSplitter
 from ibtpo.testbed.task import SumTask, sum_reward
 
 CAP = 48
-# name -> (sampler, shape)
+# name -> (sampler, shape, reuse prefix caches)
 CONFIGS = {
-    "independent G=8": ("independent", TreeShape(b0=8, rounds=1)),
-    "independent G=12": ("independent", TreeShape(b0=12, rounds=1)),
-    "IBTree (4,9,1,1)": ("ib", TreeShape(b0=4, rounds=9, k=1, b=1)),
-    "IBTree (4,9,1,1) no root": ("ib", TreeShape(b0=4, rounds=9, k=1, b=1, root_candidate=False)),
-    "entropy tree (4,9,1,1)": ("entropy", TreeShape(b0=4, rounds=9, k=1, b=1)),
-    "random tree (4,9,1,1)": ("random", TreeShape(b0=4, rounds=9, k=1, b=1)),
+    "independent G=8": ("independent", TreeShape(b0=8, rounds=1), True),
+    "independent G=12": ("independent", TreeShape(b0=12, rounds=1), True),
+    "IBTree (4,9,1,1)": ("ib", TreeShape(b0=4, rounds=9, k=1, b=1), True),
+    "IBTree (4,9,1,1) re-encoding": ("ib", TreeShape(b0=4, rounds=9, k=1, b=1), False),
+    "IBTree (4,9,1,1) no root": ("ib", TreeShape(b0=4, rounds=9, k=1, b=1, root_candidate=False), True),
+    "entropy tree (4,9,1,1)": ("entropy", TreeShape(b0=4, rounds=9, k=1, b=1), True),
+    "random tree (4,9,1,1)": ("random", TreeShape(b0=4, rounds=9, k=1, b=1), True),
     "fixed-width G=12 (seg 8, w 2, d 6)": ("fixed_width", TreeShape(b0=4, rounds=9, k=1, b=1, segment_length=8,
-                                                                      width=2, max_depth=6)),
+                                                                      width=2, max_depth=6), True),
 }
 
 
@@ -69,6 +71,7 @@ def run_one(model, tok, problems, sampler, shape, seed, batch, reuse=True) -> di
         "eff_rate": sum(len({x.reward for x in t.leaves()}) > 1 for t in trees) / n,
         "reward": statistics.mean(x.reward for t in trees for x in t.leaves()),
         "reused_prefix": sum(t.meta.get("reused_prefix_tokens", 0) for t in trees) / n,
+        "encoded_prefix": sum(t.meta.get("encoded_prefix_tokens", 0) for t in trees) / n,
         "ms_per_q": 1000 * wall / n,
     }
 
@@ -95,13 +98,13 @@ def main() -> None:
     for rep in range(args.repeats):
         order = names[rep % len(names):] + names[: rep % len(names)]
         for name in order:
-            sampler, shape = CONFIGS[name]
+            sampler, shape, reuse = CONFIGS[name]
             raw[name].append(run_one(model, tok, problems, sampler, shape, seed=rep, batch=args.batch,
-                                     reuse=not args.no_reuse))
+                                     reuse=reuse and not args.no_reuse))
             print(f"  repeat {rep + 1}/{args.repeats} {name}: {raw[name][-1]['ms_per_q']:.1f} ms/question", flush=True)
     base = raw["independent G=8"]
     header = (f"{'sampler':<36}{'traj/q':>7}{'new tok/q':>10}{'traj/1k tok':>12}{'Eff-Rate':>9}{'reward':>8}"
-              f"{'reused/q':>9}{'ms/q':>8}{'tokens x':>9}{'time x':>8}")
+              f"{'reused/q':>9}{'enc/q':>7}{'ms/q':>8}{'tokens x':>9}{'time x':>8}")
     print(f"\n{args.questions} test questions, batches of {args.batch}, cap {CAP}, T=1, medians of {args.repeats} "
           f"repeats; 'x' = ratio to independent G=8 within a repeat")
     print(header)
@@ -114,7 +117,8 @@ def main() -> None:
         med["time_x"] = statistics.median(r["ms_per_q"] / b["ms_per_q"] for r, b in zip(rows, base))
         summary[name] = med
         print(f"{name:<36}{med['trajectories']:>7.1f}{med['new_tokens']:>10.1f}{med['traj_per_1k']:>12.1f}"
-              f"{med['eff_rate']:>9.3f}{med['reward']:>8.3f}{med['reused_prefix']:>9.0f}{med['ms_per_q']:>8.1f}"
+              f"{med['eff_rate']:>9.3f}{med['reward']:>8.3f}{med['reused_prefix']:>9.0f}{med['encoded_prefix']:>7.0f}"
+              f"{med['ms_per_q']:>8.1f}"
               f"{med['tokens_x']:>9.2f}{med['time_x']:>8.2f}")
     ib, g12 = summary["IBTree (4,9,1,1)"], summary["independent G=12"]
     print(f"\nIBTree G=12 new tokens: {ib['tokens_x']:.2f}x independent G=8 (target <= 1.05), "

@@ -26,14 +26,18 @@ class CountingEngine(Engine):
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        self.calls, self.generated = [], 0
+        self.calls, self.generated, self.sequences = [], 0, {}
 
     def expand(self, requests):
         call = [(len(r.tree.prompt_ids) + r.node.end, r.n) for r in requests if r.n > 0 and r.limit > 0]
+        prefixes = [Tree.completion(r.node)[0] if r.node.parent is not None else [] for r in requests]
         out = super().expand(requests)
         if call:
             self.calls.append(call)
         self.generated += sum(len(c.token_ids) for group in out for c in group)
+        for r, prefix, group in zip(requests, prefixes, out):
+            for c in group:  # what was generated, as a whole completion: the prefix then the new tokens
+                self.sequences.setdefault(r.tree.question_id, []).append((prefix + c.token_ids, c.finished))
         return out
 
 
@@ -72,6 +76,10 @@ def test_tree_invariants(tiny_model, tokenizer, sampler):
             assert leaf.finished == (ids[-1] == eos)
             assert leaf.finished or len(ids) == CAP
     assert not engine.store._kv  # caches are freed after the rollout
+    for t in trees:  # every trajectory is exactly a generated sequence, and every ended sequence is a trajectory
+        paths = sorted(Tree.completion(leaf)[0] for leaf in t.leaves())
+        ended = sorted(seq for seq, fin in engine.sequences[t.question_id] if fin or len(seq) == CAP)
+        assert paths == ended
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
