@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py [--repeats 5] [--threads 2]
 
-Sampling: one GRPO rollout batch (16 questions x 8 samples, T=1, cap 48) through ``rollout.sampling.sample``;
+Sampling: one GRPO rollout batch (16 questions x 8 samples, T=1, cap 48) through the independent sampler;
 counts generated tokens. Training: one forward+backward+AdamW step of the GRPO loss on a batch of that shape; counts
 all tokens of the padded batch. Also compares sampling with the group's shared prompt cache against encoding every
 sample's prompt separately (the prefix-reuse idea in its simplest form). Prints medians over repeats.
@@ -11,6 +11,7 @@ sample's prompt separately (the prefix-reuse idea in its simplest form). Prints 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 
@@ -19,8 +20,10 @@ import torch
 from ibtpo.algos.advantages import get_adv_estimator
 from ibtpo.algos.losses import LossConfig, get_policy_loss
 from ibtpo.models import load_policy
-from ibtpo.rollout.independent import sample_independent
-from ibtpo.rollout.sampling import SamplingParams, sample
+from ibtpo.rollout.engine import Engine, sample
+from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
+from ibtpo.rollout.sampling import SamplingParams
+from ibtpo.rollout.steps import StepSplitter
 from ibtpo.testbed.task import SumTask
 from ibtpo.training.batch import flatten_paths, token_logprobs
 
@@ -47,8 +50,10 @@ def main() -> None:
         gen = torch.Generator().manual_seed(r)
         model.eval()
         t0 = time.perf_counter()
-        trees = sample_independent(model, prompts, [p.id for p in problems], [{}] * len(problems), params,
-                                   args.generations, tok.eos_token_id, tok.pad_token_id, gen)
+        engine = Engine(model, params, tok.eos_token_id, tok.pad_token_id, gen)
+        ctx = GrowContext(engine, StepSplitter(tok), TreeShape(b0=args.generations, rounds=1), params.max_new_tokens,
+                          lambda tree, leaves: None, random.Random(r))
+        trees = grow_trees("independent", ctx, prompts, [p.id for p in problems], [{}] * len(problems))
         dt = time.perf_counter() - t0
         new = sum(t.new_tokens for t in trees)
         t0 = time.perf_counter()

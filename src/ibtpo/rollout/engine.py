@@ -120,6 +120,8 @@ class Engine:
         self.eos_id, self.pad_id = eos_id, pad_id
         self.generator = generator
         self.prefix_reuse = prefix_reuse
+        self.keep_kv = prefix_reuse
+        """Keep the caches of generated tokens for later forks (off when nothing will fork, e.g. independent sampling)."""
         self.store = KVStore()
         self.device = next(model.parameters()).device
 
@@ -134,7 +136,7 @@ class Engine:
                 out[i] = group
             return out
         prefixes = None
-        if self.prefix_reuse:
+        if self.keep_kv:
             prefixes = [self.store.prefix(r.tree, r.node) for r in requests]
             if any(p is None for p in prefixes):
                 if any(p is not None for p in prefixes):  # mixed batch: split it, each half stays batched
@@ -164,7 +166,7 @@ class Engine:
         for r, seq in zip(requests, seqs):
             r.tree.meta["encoded_prefix_tokens"] = r.tree.meta.get("encoded_prefix_tokens", 0) + len(seq)
             r.tree.meta["reused_prefix_tokens"] = r.tree.meta.get("reused_prefix_tokens", 0) + (r.n - 1) * len(seq)
-        if self.prefix_reuse:  # the prompt's cache goes on the root (only requests from the root get here)
+        if self.keep_kv:  # the prompt's cache goes on the root (only requests from the root get here)
             for j, r in enumerate(requests):
                 if r.node is r.tree.root:
                     self.store.put(r.node, [(layer.keys[j, :, width - len(seqs[j]):].clone(),
@@ -242,7 +244,7 @@ class Engine:
         kvs: list[LayerKV | None] = [None] * rows
         refed: list[LayerKV | None] = [None] * rows
         active = torch.arange(rows, device=self.device)
-        keep_kv = self.prefix_reuse
+        keep_kv = self.keep_kv
         for t in range(max_len):
             scaled = logits.float() / p.temperature
             logp_all = scaled.log_softmax(-1)

@@ -82,6 +82,7 @@ def grow_trees(name: str, ctx: GrowContext, prompts: list[list[int]], question_i
                columns: list[dict]) -> list[Tree]:
     """One rewarded tree per prompt, grown by the named sampler. The engine's cache store is emptied afterwards."""
     trees = [Tree(question_id=q, prompt_ids=list(p), columns=dict(c)) for p, q, c in zip(prompts, question_ids, columns)]
+    ctx.engine.keep_kv = ctx.engine.prefix_reuse and name != "independent"  # nothing forks: keep no caches
     try:
         SAMPLERS.get(name)(ctx, trees)
     finally:
