@@ -11,6 +11,9 @@ PANELS = [
     ("eff_rate", ("eff_rate",)),
     ("response_length/mean", ("response_length/mean",)),
     ("actor/pg_clipfrac", ("actor/pg_clipfrac",)),
+    ("ib/score_mean", ("ib/score_mean",)),
+    ("ib/cov_conf_gain", ("ib/cov_conf_gain",)),
+    ("rollout/new_tokens_per_question", ("rollout/new_tokens_per_question",)),
 ]
 
 
@@ -51,7 +54,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     out_dir.mkdir(exist_ok=True)
     paths = []
     for x_key, label in (("step", "RL step"), ("tokens", "generated tokens")):
-        fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+        fig, axes = plt.subplots(3, 3, figsize=(14, 10))
         for ax, (title, patterns) in zip(axes.flat, PANELS):
             for key in keys:
                 if any(p in key for p in patterns) and not key.startswith("perf/"):

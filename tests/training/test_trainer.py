@@ -83,6 +83,8 @@ def test_tree_rollout_metrics_and_dump(tmp_path, tiny_model_dir):
     metrics = trainer.train_step()
     assert metrics["rollout/trajectories_per_question"] == 2 + 3
     assert metrics["rollout/reused_prefix_tokens"] > 0 and metrics["rollout/tree_depth"] >= 1
+    assert math.isfinite(metrics["ib/score_mean"]) and math.isfinite(metrics["ib/cov_conf_gain"])
+    assert metrics["ib/branching_nodes"] >= 1
     data = json.loads((trainer.run_dir / "trees" / "step_000001.json").read_text())
     assert data["sampler"] == "ib" and len(data["trees"]) == 3
     tree = data["trees"][0]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ibtpo.algos.advantages import get_adv_estimator
+from ibtpo.algos.ib_score import tree_ib_stats
 from ibtpo.algos.losses import LossConfig, agg_loss, get_policy_loss, kl_k3, masked_mean
 from ibtpo.config import TrainConfig, save_config
 from ibtpo.evaluation import evaluate
@@ -224,6 +225,9 @@ class Trainer:
         advantages = self.adv_fn(rewards=batch.rewards, response_mask=batch.response_mask, group_ids=batch.group_ids,
                                  scale_rewards=self.cfg.scale_rewards, leaves=batch.leaves, cfg=self.cfg)
         metrics = rollout_metrics(trees)
+        # IB monitoring from the step's own trees (independent runs: the root's first steps are the branching node)
+        ib = tree_ib_stats(trees, self.cfg.ib_beta, self.cfg.ib_conf)
+        metrics.update({k: v for k, v in ib.items() if not math.isnan(v)})
         if self.cfg.dump_trees and (self.step + 1) % self.cfg.dump_trees == 0:
             self.dump_trees(trees, self.step + 1)
         t1 = time.perf_counter()
