@@ -112,13 +112,6 @@ class TrainConfig(BaseModel):
             raise ValueError(f"task_min_terms ({self.task_min_terms}) must be <= task_max_terms ({self.task_max_terms})")
         return self
 
-    @property
-    def group_size(self) -> int:
-        """Trajectories per question: num_generations for independent sampling, else B0 + (L-1)*K*B."""
-        if self.sampler == "independent":
-            return self.num_generations
-        return self.tree_b0 + (self.tree_l - 1) * self.tree_k * self.tree_b
-
 
 # verl / TRL names accepted as aliases of ours.
 ALIASES = {

@@ -59,9 +59,6 @@ class KVStore:
     def __init__(self):
         self._kv: dict[int, LayerKV] = {}
 
-    def __contains__(self, node: Node) -> bool:
-        return id(node) in self._kv
-
     def put(self, node: Node, kv: LayerKV) -> None:
         self._kv[id(node)] = kv
 
@@ -131,31 +128,27 @@ class Engine:
         """Run every request in one batched decode loop; returns n continuations per request (rewards not set)."""
         live = [i for i, r in enumerate(requests) if r.n > 0 and r.limit > 0]
         if len(live) < len(requests):  # nothing to draw for some: they get empty groups
-            out: list[list[Continuation]] = [[] for _ in requests]
-            for i, group in zip(live, self.expand([requests[i] for i in live]) if live else []):
-                out[i] = group
-            return out
-        prefixes = None
-        if self.keep_kv:
-            prefixes = [self.store.prefix(r.tree, r.node) for r in requests]
-            if any(p is None for p in prefixes):
-                if any(p is not None for p in prefixes):  # mixed batch: split it, each half stays batched
-                    cached = [i for i, p in enumerate(prefixes) if p is not None]
-                    fresh = [i for i, p in enumerate(prefixes) if p is None]
-                    out = [[] for _ in requests]
-                    for idx, res in ((fresh, self.expand([requests[i] for i in fresh])),
-                                     (cached, self.expand([requests[i] for i in cached]))):
-                        for i, r in zip(idx, res):
-                            out[i] = r
-                    return out
-                prefixes = None
-        if prefixes is None:
+            return self._expand_parts(requests, [live])
+        prefixes = [self.store.prefix(r.tree, r.node) for r in requests] if self.keep_kv else [None] * len(requests)
+        cached = [i for i, p in enumerate(prefixes) if p is not None]
+        if not cached:
             return self._expand_encoded(requests)
+        if len(cached) < len(requests):  # mixed batch: split it, each part stays batched
+            return self._expand_parts(requests, [[i for i, p in enumerate(prefixes) if p is None], cached])
         return self._expand_cached(requests, prefixes)
+
+    def _expand_parts(self, requests: list[Request], parts: list[list[int]]) -> list[list[Continuation]]:
+        """Expand each part (a list of request indices) as its own batch; requests in no part get empty groups."""
+        out: list[list[Continuation]] = [[] for _ in requests]
+        for part in parts:
+            if part:
+                for i, group in zip(part, self.expand([requests[i] for i in part])):
+                    out[i] = group
+        return out
 
     def _expand_encoded(self, requests: list[Request]) -> list[list[Continuation]]:
         """Encode each request's prompt + path once, repeat its cache n times, decode."""
-        seqs = [r.tree.prompt_ids + _path_tokens(r.node) for r in requests]
+        seqs = [r.tree.prompt_ids + Tree.completion(r.node)[0] for r in requests]
         ids, mask = left_pad(seqs, self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -266,7 +259,7 @@ class Engine:
                     finished[r] = bool(tok[i] == self.eos_id)
                     if keep_kv:
                         kvs[r] = [(layer.keys[i, :, gen_col0:].clone(), layer.values[i, :, gen_col0:].clone())
-                                  for layer in cache.layers] if t > 0 else _empty_kv(cache, gen_col0)
+                                  for layer in cache.layers]  # the t tokens fed so far (none at t = 0)
                         if gen_col0 > 0:
                             refed[r] = [(layer.keys[i, :, gen_col0 - 1:gen_col0].clone(),
                                          layer.values[i, :, gen_col0 - 1:gen_col0].clone()) for layer in cache.layers]
@@ -302,14 +295,3 @@ def sample(model, prompts: list[list[int]], params: SamplingParams, eos_id: int,
     engine = Engine(model, params, eos_id, pad_id, generator, prefix_reuse=False)
     trees = [Tree(question_id=str(i), prompt_ids=list(p)) for i, p in enumerate(prompts)]
     return engine.expand([Request(t, t.root, n, params.max_new_tokens) for t in trees])
-
-
-def _empty_kv(cache: DynamicCache, col: int) -> LayerKV:
-    return [(layer.keys[0, :, col:col].clone(), layer.values[0, :, col:col].clone()) for layer in cache.layers]
-
-
-def _path_tokens(node: Node) -> list[int]:
-    ids: list[int] = []
-    for n in node.lineage():
-        ids += n.token_ids
-    return ids

@@ -166,7 +166,7 @@ class Tree:
         nodes = self.nodes()
         return {
             "trajectories": len(self.leaves()),
-            "new_tokens": sum(len(n.token_ids) for n in nodes),
+            "new_tokens": self.new_tokens,
             "depth": max((n.depth for n in nodes), default=0),
             "branching_nodes": sum(1 for n in self.root.iter_nodes() if len(n.children) > 1),
             "nodes": len(nodes),

@@ -91,6 +91,7 @@ class Trainer:
             self.ref.eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.learning_rate,
                                            weight_decay=cfg.weight_decay)
+        self.shape = tree_shape(cfg)  # before the scheduler: its LR factor counts optimizer steps from the group size
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.adv_fn = get_adv_estimator(cfg.adv_estimator)
         self.loss_fn = get_policy_loss(cfg.policy_loss)
@@ -99,7 +100,6 @@ class Trainer:
         self.sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                        max_new_tokens=cfg.max_completion_length)
         self.splitter = StepSplitter(self.tokenizer, cfg.step_delimiter, cfg.min_step_tokens)
-        self.shape = tree_shape(cfg)
         self.step, self.tokens, self.data_pos = 0, 0, 0
         if ckpt is not None:
             state = load_trainer_state(ckpt)
@@ -121,7 +121,7 @@ class Trainer:
         return 1.0
 
     def _minibatches_per_epoch(self) -> int:
-        n = self.cfg.questions_per_step * self.cfg.group_size
+        n = self.cfg.questions_per_step * self.shape.group_size
         return max(1, math.ceil(n / self.cfg.mini_batch_size)) if self.cfg.mini_batch_size else 1
 
     def done(self) -> bool:
