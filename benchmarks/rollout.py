@@ -7,7 +7,9 @@ of --batch, T=1, cap 48) are grown into trees; per question we count trajectorie
 once), Eff-Rate (share of questions whose rewards are not all equal), mean reward and wall-clock. Every repeat runs
 all samplers in a rotated order with the same seed; ratios to independent G=8 are taken within a repeat, and the
 table shows medians over repeats. "re-encoding" grows the same IBTree with prefix cache reuse off (each fork
-re-encodes prompt + path), to show what the reuse saves.
+re-encodes prompt + path), to show what the reuse saves. 'steps' = sequential decode steps per batch (rounds wait
+for each other); 'bound' = the fewest possible if each tree ran its rounds on its own (max over trees of the sum of
+its continuations' lengths), i.e. what an asynchronous per-tree scheduler could reach at best.
 """
 
 from __future__ import annotations
@@ -43,6 +45,33 @@ CONFIGS = {
 }
 
 
+class RecordingEngine(Engine):
+    """Records, per decode loop, the longest continuation drawn for each question (sequential decode steps)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loops: list[dict[str, int]] = []
+
+    def expand(self, requests):
+        out = super().expand(requests)
+        longest: dict[str, int] = {}
+        for r, group in zip(requests, out):
+            for c in group:
+                longest[r.tree.question_id] = max(longest.get(r.tree.question_id, 0), len(c.token_ids))
+        if longest:
+            self.loops.append(longest)
+        return out
+
+    def sequential_steps(self) -> tuple[int, int]:
+        """(decode steps of the round-synchronous loops, lower bound if each tree ran its rounds on its own)."""
+        synced = sum(max(loop.values()) for loop in self.loops)
+        per_tree: dict[str, int] = {}
+        for loop in self.loops:
+            for q, n in loop.items():
+                per_tree[q] = per_tree.get(q, 0) + n
+        return synced, max(per_tree.values())
+
+
 def run_one(model, tok, problems, sampler, shape, seed, batch, reuse=True) -> dict:
     splitter = StepSplitter(tok)
     gen = torch.Generator().manual_seed(seed)
@@ -51,15 +80,16 @@ def run_one(model, tok, problems, sampler, shape, seed, batch, reuse=True) -> di
     def score(tree, leaves):
         reward_leaves(sum_reward, tok, prompt_of[tree.question_id], tree, leaves)
 
-    trees = []
+    trees, steps = [], []
     t0 = time.perf_counter()
     for i in range(0, len(problems), batch):
         chunk = problems[i:i + batch]
-        engine = Engine(model, SamplingParams(temperature=1.0, max_new_tokens=CAP), tok.eos_token_id,
+        engine = RecordingEngine(model, SamplingParams(temperature=1.0, max_new_tokens=CAP), tok.eos_token_id,
                         tok.pad_token_id, gen, prefix_reuse=reuse)
         ctx = GrowContext(engine, splitter, shape, CAP, score, random.Random(seed + i))
         trees += grow_trees(sampler, ctx, [tok(p.prompt, add_special_tokens=False)["input_ids"] for p in chunk],
                             [p.id for p in chunk], [{"answer": p.answer} for p in chunk])
+        steps.append(engine.sequential_steps())
     wall = time.perf_counter() - t0
     n = len(trees)
     traj = sum(len(t.leaves()) for t in trees) / n
@@ -73,6 +103,8 @@ def run_one(model, tok, problems, sampler, shape, seed, batch, reuse=True) -> di
         "reused_prefix": sum(t.meta.get("reused_prefix_tokens", 0) for t in trees) / n,
         "encoded_prefix": sum(t.meta.get("encoded_prefix_tokens", 0) for t in trees) / n,
         "ms_per_q": 1000 * wall / n,
+        "seq_steps": statistics.mean(a for a, _ in steps),
+        "per_tree_steps": statistics.mean(b for _, b in steps),
     }
 
 
@@ -104,7 +136,7 @@ def main() -> None:
             print(f"  repeat {rep + 1}/{args.repeats} {name}: {raw[name][-1]['ms_per_q']:.1f} ms/question", flush=True)
     base = raw["independent G=8"]
     header = (f"{'sampler':<36}{'traj/q':>7}{'new tok/q':>10}{'traj/1k tok':>12}{'Eff-Rate':>9}{'reward':>8}"
-              f"{'reused/q':>9}{'enc/q':>7}{'ms/q':>8}{'tokens x':>9}{'time x':>8}")
+              f"{'reused/q':>9}{'enc/q':>7}{'steps':>7}{'bound':>7}{'ms/q':>8}{'tokens x':>9}{'time x':>8}")
     print(f"\n{args.questions} test questions, batches of {args.batch}, cap {CAP}, T=1, medians of {args.repeats} "
           f"repeats; 'x' = ratio to independent G=8 within a repeat")
     print(header)
@@ -118,7 +150,7 @@ def main() -> None:
         summary[name] = med
         print(f"{name:<36}{med['trajectories']:>7.1f}{med['new_tokens']:>10.1f}{med['traj_per_1k']:>12.1f}"
               f"{med['eff_rate']:>9.3f}{med['reward']:>8.3f}{med['reused_prefix']:>9.0f}{med['encoded_prefix']:>7.0f}"
-              f"{med['ms_per_q']:>8.1f}"
+              f"{med['seq_steps']:>7.0f}{med['per_tree_steps']:>7.0f}{med['ms_per_q']:>8.1f}"
               f"{med['tokens_x']:>9.2f}{med['time_x']:>8.2f}")
     ib, g12 = summary["IBTree (4,9,1,1)"], summary["independent G=12"]
     print(f"\nIBTree G=12 new tokens: {ib['tokens_x']:.2f}x independent G=8 (target <= 1.05), "
