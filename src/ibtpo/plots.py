@@ -1,4 +1,4 @@
-"""PNG plots of a run's metrics.jsonl: training dynamics against step and against generated tokens."""
+"""PNG plots of a run's metrics.jsonl: training dynamics against step and generated tokens; the IB instrument."""
 
 from __future__ import annotations
 
@@ -38,42 +38,69 @@ def _moving_average(ys: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_run(run_dir: str | Path) -> list[Path]:
-    """Write plots/vs_step.png and plots/vs_tokens.png; returns their paths."""
+IB_PANELS = [  # key substrings: the run's own trees per step and the probe (``probe/...``) every ib_probe_every steps
+    ("IB-Score (mean over branching nodes)", ("ib/score_mean",)),
+    ("Cov(conf, gain)", ("ib/cov_conf_gain",)),
+    ("Tsallis-2 step entropy", ("ib/step_entropy",)),
+    ("token entropy", ("actor/entropy", "probe/token_entropy")),
+    ("Eff-Rate", ("eff_rate",)),
+    ("held-out accuracy", ("avg@", "pass@", "greedy_acc")),
+]
+
+
+def _draw(ax, records: list[dict], keys: list[str], x_key: str, legend: bool) -> None:
+    """One panel: per-step metrics as a faint raw curve + moving average, sparse ones as markers."""
+    seen = set()
+    for i, key in enumerate(keys):
+        xs, ys = _series(records, key, x_key)
+        if (tuple(xs), tuple(ys)) in seen:  # e.g. ib/* copied from probe/ib/* in independent runs: draw once
+            continue
+        seen.add((tuple(xs), tuple(ys)))
+        if len(xs) > 40:
+            ax.plot(xs, ys, alpha=0.25, lw=0.8, color=f"C{i}")
+            ax.plot(xs, _moving_average(ys, max(5, len(ys) // 40)), color=f"C{i}", lw=1.8, label=key)
+        elif xs:
+            ax.plot(xs, ys, marker="o", ms=3, color=f"C{i}", label=key)
+    if legend and ax.lines:
+        ax.legend(fontsize=7)
+
+
+def _figure(records: list[dict], panels, x_key: str, label: str, title: str, path: Path, legend_all: bool) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    keys = sorted({k for r in records for k in r if not k.startswith("perf/") and not k.endswith("_se")})
+    cols = 3
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(14, 3.4 * rows))
+    for ax, (name, patterns) in zip(axes.flat, panels):
+        matched = [k for k in keys if any(p in k for p in patterns)]
+        _draw(ax, records, matched, x_key, legend=legend_all or name == "held-out accuracy")
+        ax.set_title(name)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Write plots/vs_step.png, plots/vs_tokens.png and plots/ib.png (IB instrument next to entropy and Eff-Rate)."""
     from ibtpo.training.metrics import read_metrics
 
     run_dir = Path(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
-    keys = sorted({k for r in records for k in r})
     out_dir = run_dir / "plots"
     out_dir.mkdir(exist_ok=True)
     paths = []
     for x_key, label in (("step", "RL step"), ("tokens", "generated tokens")):
-        fig, axes = plt.subplots(3, 3, figsize=(14, 10))
-        for ax, (title, patterns) in zip(axes.flat, PANELS):
-            for key in keys:
-                if any(p in key for p in patterns) and not key.startswith("perf/"):
-                    xs, ys = _series(records, key, x_key)
-                    if len(xs) > 40:  # per-step metric: faint raw curve + moving average
-                        ax.plot(xs, ys, alpha=0.25, lw=0.8, color="C0")
-                        ax.plot(xs, _moving_average(ys, max(5, len(ys) // 40)), color="C0", lw=1.8)
-                    elif xs:
-                        ax.plot(xs, ys, marker="o", ms=3, label=key.split("/")[-1]
-                                if title == "held-out accuracy" else None)
-            ax.set_title(title)
-            ax.set_xlabel(label)
-            ax.grid(alpha=0.3)
-            if title == "held-out accuracy" and ax.lines:
-                ax.legend(fontsize=8)
-        fig.suptitle(f"{run_dir.name}: training dynamics vs {label}")
-        fig.tight_layout()
-        path = out_dir / f"vs_{x_key}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_figure(records, PANELS, x_key, label, f"{run_dir.name}: training dynamics vs {label}",
+                             out_dir / f"vs_{x_key}.png", legend_all=False))
+    paths.append(_figure(records, IB_PANELS, "step", "RL step",
+                         f"{run_dir.name}: IB-Score instrument (own trees per step; probe = fixed test questions)",
+                         out_dir / "ib.png", legend_all=True))
     return paths

@@ -31,7 +31,7 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     t_start = time.perf_counter()
     if trainer.step == 0:
         last_eval = trainer.evaluate()
-        trainer.logger.log(0, last_eval)
+        trainer.logger.log(0, {**last_eval, **(trainer.probe() if cfg.ib_probe_every else {})})
     with _progress(console, cfg.progress) as progress:
         task = progress.add_task("train", total=cfg.max_steps, completed=trainer.step, reward=0.0,
                                  acc="-") if progress else None
@@ -40,6 +40,8 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
             if trainer.done() or (cfg.eval_every and trainer.step % cfg.eval_every == 0):
                 last_eval = trainer.evaluate()
                 metrics.update(last_eval)
+            if cfg.ib_probe_every and (trainer.done() or trainer.step % cfg.ib_probe_every == 0):
+                metrics.update(trainer.probe())
             trainer.logger.log(trainer.step, metrics)
             if trainer.done() or (cfg.save_every and trainer.step % cfg.save_every == 0):
                 trainer.save()
@@ -49,7 +51,13 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     trainer.logger.close()
     summary = {"steps": trainer.step, "generated_tokens": trainer.tokens,
                "wall_clock_s": round(time.perf_counter() - t_start, 1), "final": last_eval}
-    initial = [r for r in read_metrics(trainer.logger.path) if r["step"] == 0]
+    records = read_metrics(trainer.logger.path)
+    if cfg.ib_probe_every:
+        probe_s = sum(r.get("perf/probe_time_s", 0.0) for r in records)
+        step_s = sum(r.get("perf/step_time_s", 0.0) for r in records)
+        summary["ib_probe"] = {"probes": sum("perf/probe_time_s" in r for r in records), "time_s": round(probe_s, 1),
+                               "share_of_step_time": round(probe_s / max(step_s, 1e-9), 4)}
+    initial = [r for r in records if r["step"] == 0]
     if initial:
         summary["initial"] = {k: v for k, v in initial[0].items() if k != "step"}
     (trainer.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -30,10 +30,10 @@ from ibtpo.algos.losses import LossConfig, agg_loss, get_policy_loss, kl_k3, mas
 from ibtpo.config import TrainConfig, save_config
 from ibtpo.evaluation import evaluate
 from ibtpo.models import load_policy
-from ibtpo.rewards import reward_leaves
-from ibtpo.rollout.engine import Engine
+from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, probe_metrics
 from ibtpo.rollout.render import render_tree
-from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
+from ibtpo.rollout.grow import grow_problem_trees
+from ibtpo.rollout.samplers import TreeShape
 from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
 from ibtpo.rollout.tree import Tree
@@ -51,9 +51,9 @@ def build_task(cfg: TrainConfig) -> SumTask:
                    seed=cfg.task_seed, test_size=cfg.test_size)
 
 
-def tree_shape(cfg: TrainConfig) -> TreeShape:
+def tree_shape(cfg: TrainConfig, sampler: str | None = None) -> TreeShape:
     """The sampler parameters of a run (the independent sampler draws G = num_generations from the root)."""
-    independent = cfg.sampler == "independent"
+    independent = (sampler or cfg.sampler) == "independent"
     return TreeShape(b0=cfg.num_generations if independent else cfg.tree_b0, rounds=1 if independent else cfg.tree_l,
                      k=cfg.tree_k, b=cfg.tree_b, min_room=cfg.tree_min_room, beta=cfg.ib_beta, conf_mode=cfg.ib_conf,
                      root_candidate=cfg.tree_root_candidate, zero_phat=cfg.ib_zero_phat,
@@ -129,30 +129,15 @@ class Trainer:
         return self.step >= cfg.max_steps or (cfg.max_tokens > 0 and self.tokens >= cfg.max_tokens)
 
     # ----------------------------------------------------------------------------------------------------------------
-    def rollout(self):
+    def rollout(self) -> list[Tree]:
         """Sample and reward one batch of trees; advances the data position."""
-        cfg, tok = self.cfg, self.tokenizer
+        cfg = self.cfg
         problems = [self.task.train_problem(self.data_pos + i) for i in range(cfg.questions_per_step)]
         self.data_pos += len(problems)
-        prompts = [tok(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
-        prompt_text = {p.id: p.prompt for p in problems}
-
-        def score(tree: Tree, leaves: list) -> None:
-            reward_leaves(self.reward_fn, tok, prompt_text[tree.question_id], tree, leaves)
-
-        engine = Engine(self.policy, self.sampling, tok.eos_token_id, tok.pad_token_id, self.generator,
-                        prefix_reuse=cfg.prefix_reuse)
         # tie-breaking and node draws of the tree rules come from the run's generator (checkpointed with it)
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
-        ctx = GrowContext(engine=engine, splitter=self.splitter, shape=self.shape, cap=cfg.max_completion_length,
-                          score=score, rng=rng)
-        self.policy.eval()
-        try:
-            trees = grow_trees(cfg.sampler, ctx, prompts, [p.id for p in problems],
-                               [{"answer": p.answer} for p in problems])
-        finally:
-            self.policy.train()
-        return trees
+        return grow_problem_trees(cfg.sampler, self.policy, self.tokenizer, problems, self.reward_fn, self.shape,
+                                  self.sampling, self.splitter, self.generator, rng, cfg.prefix_reuse)
 
     def update(self, batch: TrainBatch, advantages: torch.Tensor) -> dict[str, float]:
         """`ppo_epochs` passes of clipped policy-gradient mini-batch steps over one rollout batch."""
@@ -200,6 +185,20 @@ class Trainer:
                        greedy=cfg.eval_greedy, seed=cfg.seed + EVAL_SEED_OFFSET, extract=extract_answer)
         return {f"val/{cfg.task}/{k}": v for k, v in res.items()}
 
+    def probe(self) -> dict[str, float]:
+        """IB probe of the current policy (``probe/*``); in independent-sampling runs also its ``ib/*`` metrics."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        problems = list(self.task.test_problems[:cfg.ib_probe_questions])
+        trees = grow_probe(self.policy, self.tokenizer, problems, self.reward_fn, tree_shape(cfg, "ib"), self.sampling,
+                           self.splitter, seed=cfg.seed + PROBE_SEED_OFFSET, batch_questions=len(problems),
+                           prefix_reuse=cfg.prefix_reuse)
+        out = probe_metrics(trees, cfg.ib_beta, cfg.ib_conf)
+        if cfg.sampler == "independent":
+            out.update({k[len("probe/"):]: v for k, v in out.items() if k.startswith("probe/ib/")})
+        out["perf/probe_time_s"] = time.perf_counter() - t0
+        return out
+
     def save(self) -> None:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "rng": rng_state(self.generator), "step": self.step, "tokens": self.tokens,
@@ -225,9 +224,9 @@ class Trainer:
         advantages = self.adv_fn(rewards=batch.rewards, response_mask=batch.response_mask, group_ids=batch.group_ids,
                                  scale_rewards=self.cfg.scale_rewards, leaves=batch.leaves, cfg=self.cfg)
         metrics = rollout_metrics(trees)
-        # IB monitoring from the step's own trees (independent runs: the root's first steps are the branching node)
-        ib = tree_ib_stats(trees, self.cfg.ib_beta, self.cfg.ib_conf)
-        metrics.update({k: v for k, v in ib.items() if not math.isnan(v)})
+        if self.cfg.sampler != "independent":  # IB monitoring from the step's own trees (independent runs: probe)
+            ib = tree_ib_stats(trees, self.cfg.ib_beta, self.cfg.ib_conf)
+            metrics.update({k: v for k, v in ib.items() if not math.isnan(v)})
         if self.cfg.dump_trees and (self.step + 1) % self.cfg.dump_trees == 0:
             self.dump_trees(trees, self.step + 1)
         t1 = time.perf_counter()

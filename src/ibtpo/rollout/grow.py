@@ -1,0 +1,50 @@
+"""Grow rewarded trees for a list of problems: tokenise, build the engine and context, run a sampler, reward leaves.
+
+The one place that turns "these questions, this policy, this sampler" into trees; training rollouts, the IB probe
+and ``ibtpo score`` all call it.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+import torch
+
+from ibtpo.rewards import RewardFn, reward_leaves
+from ibtpo.rollout.engine import Engine
+from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
+from ibtpo.rollout.sampling import SamplingParams
+from ibtpo.rollout.steps import StepSplitter
+from ibtpo.rollout.tree import Tree
+
+
+def answer_column(problem) -> dict[str, Any]:
+    """Dataset columns passed to the reward function with every completion (default: the reference answer)."""
+    return {"answer": problem.answer}
+
+
+def grow_problem_trees(sampler: str, model, tokenizer, problems: list, reward_fn: RewardFn, shape: TreeShape,
+                       sampling: SamplingParams, splitter: StepSplitter, generator: torch.Generator,
+                       rng: random.Random, prefix_reuse: bool = True,
+                       columns: Callable[[Any], dict[str, Any]] = answer_column) -> list[Tree]:
+    """One rewarded tree per problem (objects with ``id`` and ``prompt``), grown by the named sampler.
+
+    The model is put in eval mode while sampling and restored afterwards. Token draws come from `generator`,
+    the tree rules' node draws and tie-breaks from `rng`.
+    """
+    prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
+    prompt_text = {p.id: p.prompt for p in problems}
+
+    def score(tree: Tree, leaves: list) -> None:
+        reward_leaves(reward_fn, tokenizer, prompt_text[tree.question_id], tree, leaves)
+
+    engine = Engine(model, sampling, tokenizer.eos_token_id, tokenizer.pad_token_id, generator,
+                    prefix_reuse=prefix_reuse)
+    ctx = GrowContext(engine=engine, splitter=splitter, shape=shape, cap=sampling.max_new_tokens, score=score, rng=rng)
+    was_training = model.training
+    model.eval()
+    try:
+        return grow_trees(sampler, ctx, prompts, [p.id for p in problems], [columns(p) for p in problems])
+    finally:
+        model.train(was_training)
