@@ -1,9 +1,13 @@
-"""IB monitoring of a finished run, as window means: IB-Score, Cov(conf, gain), step entropy, token entropy, Eff-Rate.
+"""IB monitoring of a finished run: the probe's readings at every probe step, and window means of per-step metrics.
 
     python experiments/ib_curves.py RUN_DIR [--window 20]
 
-Reads RUN_DIR/metrics.jsonl (any algorithm; every run logs ib/* from its own trees) and prints one row per window of
-training steps, so the paper's picture (Cov falls under GRPO, entropy collapses) can be checked at a glance.
+Reads RUN_DIR/metrics.jsonl. Table 1 (every run with ib_probe_every > 0): at each probe step, the probe's IB-Score and
+Cov(conf, gain) with their standard errors over questions, Tsallis-2 step entropy, token entropy, Eff-Rate and mean
+reward of the probe trees, next to the training batch's token entropy and Eff-Rate (mean over the window of steps
+ending there) and held-out accuracy when evaluated at that step. Table 2 (tree-based runs): window means of the ib/*
+metrics read from the run's own trees. So the paper's picture (under GRPO, Cov falls toward zero and entropy
+collapses) can be checked at a glance.
 """
 
 from __future__ import annotations
@@ -14,20 +18,57 @@ from pathlib import Path
 
 from ibtpo.training.metrics import read_metrics
 
-KEYS = ["ib/score_mean", "ib/cov_conf_gain", "ib/step_entropy", "actor/entropy", "eff_rate", "reward/mean"]
+
+def _fmt(r: dict, key: str, width: int = 9, digits: int = 4) -> str:
+    return f"{r[key]:>{width}.{digits}f}" if key in r else f"{'-':>{width}}"
+
+
+def probe_table(records: list[dict]) -> list[str]:
+    probes = [r for r in records if "probe/reward_mean" in r]
+    steps = [r for r in records if "actor/entropy" in r]
+    acc_key = next((k for r in records for k in r if "/avg@" in k), None)
+    lines = [f"{'step':>5} {'IB-Score':>9} {'+/-se':>7} {'Cov':>8} {'+/-se':>7} {'step H2':>8} {'tok H':>7} "
+             f"{'Eff':>6} {'reward':>7} | {'train H':>8} {'train Eff':>9} | {'held-out':>8}"]
+    prev = -1
+    for p in probes:
+        window = [r for r in steps if prev < r["step"] <= p["step"]]
+        train_h = f"{statistics.mean(r['actor/entropy'] for r in window):>8.4f}" if window else f"{'-':>8}"
+        train_e = f"{statistics.mean(r['eff_rate'] for r in window):>9.3f}" if window else f"{'-':>9}"
+        lines.append(f"{p['step']:>5} {_fmt(p, 'probe/ib/score_mean')} {_fmt(p, 'probe/ib/score_se', 7, 3)} "
+                     f"{_fmt(p, 'probe/ib/cov_conf_gain', 8)} {_fmt(p, 'probe/ib/cov_se', 7)} "
+                     f"{_fmt(p, 'probe/ib/step_entropy', 8)} {_fmt(p, 'probe/token_entropy', 7)} "
+                     f"{_fmt(p, 'probe/eff_rate', 6, 3)} {_fmt(p, 'probe/reward_mean', 7, 3)} | {train_h} {train_e} | "
+                     f"{_fmt(p, acc_key, 8, 3) if acc_key else '-':>8}")
+        prev = p["step"]
+    return lines
+
+
+def own_tree_table(records: list[dict], window: int) -> list[str]:
+    keys = ["ib/score_mean", "ib/cov_conf_gain", "ib/step_entropy", "actor/entropy", "eff_rate", "reward/mean"]
+    rows = [r for r in records if "ib/score_mean" in r and "actor/entropy" in r  # independent runs: a probe copy
+            and r["ib/score_mean"] != r.get("probe/ib/score_mean")]
+    lines = [f"{'steps':>9} " + " ".join(f"{k:>17}" for k in keys)]
+    for start in range(0, len(rows), window):
+        seg = rows[start:start + window]
+        cells = " ".join(f"{statistics.mean(r[k] for r in seg):>17.4f}" for k in keys)
+        lines.append(f"{seg[0]['step']:>4}-{seg[-1]['step']:<4} {cells}")
+    return lines if rows else []
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir")
-    ap.add_argument("--window", type=int, default=20)
+    ap.add_argument("--window", type=int, default=20, help="steps per row of the own-tree table")
     args = ap.parse_args()
-    rows = [r for r in read_metrics(Path(args.run_dir) / "metrics.jsonl") if "ib/score_mean" in r]
-    print(f"{'steps':>9} " + " ".join(f"{k:>17}" for k in KEYS))
-    for start in range(0, len(rows), args.window):
-        seg = rows[start:start + args.window]
-        cells = " ".join(f"{statistics.mean(r[k] for r in seg):>17.4f}" for k in KEYS)
-        print(f"{seg[0]['step']:>4}-{seg[-1]['step']:<4} {cells}")
+    records = read_metrics(Path(args.run_dir) / "metrics.jsonl")
+    table = probe_table(records)
+    if len(table) > 1:
+        print("IB probe (fixed test questions; training columns = mean over the steps since the previous probe)")
+        print("\n".join(table))
+    own = own_tree_table(records, args.window)
+    if own:
+        print("\nIB metrics from the run's own trees (window means)")
+        print("\n".join(own))
 
 
 if __name__ == "__main__":

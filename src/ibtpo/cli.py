@@ -1,7 +1,8 @@
-"""The ``ibtpo`` command line: train, eval, pretrain.
+"""The ``ibtpo`` command line: train, eval, score, pretrain.
 
     ibtpo train [CONFIG.yaml] [key=value | --key value ...] [--resume RUN_DIR]
     ibtpo eval  [model=PATH_OR_RUN_DIR] [eval_k=8 ...] [--json FILE]
+    ibtpo score [model=PATH_OR_RUN_DIR] [tree_b0=4 tree_l=9 ...] [--dataset sum|FILE.jsonl] [--questions N] [--out DIR]
     ibtpo pretrain [--out DIR] [steps=900 ...]
 
 Bad input ends with one line on stderr naming the culprit and exit code 2.
@@ -104,6 +105,86 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _score_questions(args: argparse.Namespace, cfg) -> tuple[list, str]:
+    """The question set of `ibtpo score` and its name."""
+    from ibtpo.data import load_jsonl_questions
+    from ibtpo.training.trainer import build_task
+
+    if args.dataset == "sum":
+        task = build_task(cfg)
+        if args.split == "test":
+            questions = list(task.test_problems)
+        else:
+            questions = [task.train_problem(i) for i in range(args.questions or 512)]
+        name = f"sum/{args.split}"
+    else:
+        questions, name = load_jsonl_questions(args.dataset), args.dataset
+    return questions[: args.questions] if args.questions else questions, name
+
+
+def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from ibtpo.models import load_policy
+    from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, plot_summary, summarize
+    from ibtpo.rollout.sampling import SamplingParams
+    from ibtpo.rollout.steps import StepSplitter
+    from ibtpo.testbed.task import sum_reward
+    from ibtpo.training.trainer import tree_shape
+
+    path, rest = _split_config_path(rest)
+    cfg = build_config(path, parse_overrides(rest))
+    out_dir = Path(args.out)
+    if (out_dir / "score.json").exists() and not args.overwrite:
+        raise UsageError(f"--out {out_dir}: already holds score.json; pass --overwrite or another --out")
+    for flag, value in (("--questions", args.questions), ("--batch", args.batch)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag}: must be >= 1, got {value}")
+    torch.set_num_threads(cfg.threads)
+    questions, dataset = _score_questions(args, cfg)
+    model, tok = load_policy(_resolve_eval_model(cfg.model), cfg.dtype)
+    shape = tree_shape(cfg, "ib")
+    sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                              max_new_tokens=cfg.max_completion_length)
+    console = Console(stderr=True)
+    with Progress(TextColumn("growing IBTrees"), BarColumn(), MofNCompleteColumn(), TextColumn("questions"),
+                  TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("score", total=len(questions))
+        trees = grow_probe(model, tok, questions, sum_reward, shape, sampling,
+                           StepSplitter(tok, cfg.step_delimiter, cfg.min_step_tokens), seed=cfg.seed + PROBE_SEED_OFFSET,
+                           batch_questions=args.batch, prefix_reuse=cfg.prefix_reuse,
+                           on_batch=lambda n: progress.advance(bar, n))
+    summary = summarize(trees, cfg.ib_beta, cfg.ib_conf)
+    settings = {"model": cfg.model, "dataset": dataset, "questions": len(questions), "seed": cfg.seed,
+                "tree": {"b0": shape.b0, "l": shape.rounds, "k": shape.k, "b": shape.b, "G": shape.group_size},
+                "ib_beta": cfg.ib_beta, "ib_conf": cfg.ib_conf, "temperature": cfg.temperature,
+                "max_completion_length": cfg.max_completion_length}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "score.json").write_text(json.dumps({"settings": settings, **summary}, indent=2))
+    plot_summary(summary, out_dir / "score.png", f"{cfg.model} on {dataset}: IBTree {shape.b0},{shape.rounds},"
+                                                f"{shape.k},{shape.b} (beta {cfg.ib_beta})")
+    agg = summary["aggregate"]
+    table = Table(title=f"IB probe of {cfg.model} on {dataset} ({len(questions)} questions, G={shape.group_size})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("per question: mean +/- se", justify="right")
+    for key in ("ib_score", "cov_conf_gain", "step_entropy", "token_entropy", "eff_rate", "mean_reward",
+                "branching_nodes_per_question", "new_tokens_per_question"):
+        value = "n/a" if agg[key] is None else f"{agg[key]:.4f}"
+        pq = agg["per_question"].get(key)
+        spread = "" if not pq or pq["mean"] is None else (
+            f"{pq['mean']:.4f} +/- {pq['se']:.4f}" if pq["se"] is not None else f"{pq['mean']:.4f}")
+        table.add_row(key, value, spread)
+    root = summary["p_hat"]["root"]
+    table.add_row("p_hat at root = 0 / = 1", f"{root['zero']} / {root['one']} of {root['n']}", "")
+    Console().print(table)
+    console.print(f"wrote {out_dir / 'score.json'} and {out_dir / 'score.png'}")
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace, rest: list[str]) -> int:
     from pydantic import TypeAdapter, ValidationError
 
@@ -140,11 +221,18 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--help-config", action="store_true", help="list every config field with its default and doc")
     p_eval = sub.add_parser("eval", help="held-out avg@k / pass@k / maj@k / greedy accuracy")
     p_eval.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p_score = sub.add_parser("score", help="IB-Score probe: grow IBTrees with a policy on a question set")
+    p_score.add_argument("--dataset", default="sum", help="'sum' (the testbed task) or a JSONL file with prompt/answer (scored by the testbed verifier, final line A:<answer>)")
+    p_score.add_argument("--split", choices=("test", "train"), default="test", help="testbed split (--dataset sum)")
+    p_score.add_argument("--questions", type=int, default=None, help="score only the first N questions")
+    p_score.add_argument("--batch", type=int, default=64, help="questions grown together in one batch")
+    p_score.add_argument("--out", default="runs/score", help="directory for score.json and score.png")
+    p_score.add_argument("--overwrite", action="store_true", help="replace an existing score.json in --out")
     p_pre = sub.add_parser("pretrain", help="supervised warm-up that builds the testbed base policy")
     p_pre.add_argument("--out", default="runs/pretrain", help="where to save the policy and tokenizer")
     args, rest = parser.parse_known_args(argv)
     _quiet_transformers()
-    handlers = {"train": cmd_train, "eval": cmd_eval, "pretrain": cmd_pretrain}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "pretrain": cmd_pretrain}
     try:
         return handlers[args.command](args, rest)
     except (ConfigError, UsageError) as exc:
@@ -152,9 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted; the last checkpoint is kept", 130)
     except Exception as exc:  # known one-line failures
+        from ibtpo.data import DataError
         from ibtpo.models import ModelLoadError
 
-        if isinstance(exc, (ModelLoadError, FileNotFoundError, FileExistsError)):
+        if isinstance(exc, (ModelLoadError, DataError, FileNotFoundError, FileExistsError)):
             return _fail(str(exc))
         raise
 

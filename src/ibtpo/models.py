@@ -37,6 +37,12 @@ def load_policy(name: str, dtype: str = "float32"):
     except Exception as exc:  # transformers raises many kinds; the user needs the path and the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load a causal LM from {path}: {first}") from None
+    if tokenizer.eos_token_id is None:
+        raise ModelLoadError(f"cannot use the model at {path}: its tokenizer has no EOS token (trajectories could not end)")
+    embedded = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > embedded:
+        raise ModelLoadError(f"tokenizer and model at {path} do not match: the tokenizer has {len(tokenizer)} tokens, "
+                             f"the model embeds {embedded}")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

@@ -13,7 +13,7 @@ Per question (one tree): IB-Score, Cov(conf, r) and Tsallis-2 step entropy, each
 nodes (>= 2 children; null when the tree has none), token entropy, mean reward, p_hat at the root, whether the
 question is effective (rewards not all equal). Aggregates: node-level means over all branching nodes (the same
 definition as the training metrics ``ib/*``), question-level mean and standard error, Eff-Rate, mean reward, and the
-distribution of p_hat at the roots and at every node.
+distribution of p_hat at the roots and at the inner nodes (neither root nor leaf; a leaf's p_hat is its reward).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def summarize(trees: list[Tree], beta: float, conf_mode: str) -> dict:
     questions = [question_record(t, beta, conf_mode) for t in trees]
     ib = tree_ib_stats(trees, beta, conf_mode)
     ro = rollout_metrics(trees)
-    node_phat = [float(n.p_hat) for t in trees for n in t.nodes() if n.parent is not None]
+    inner_phat = [float(n.p_hat) for t in trees for n in t.nodes() if n.parent is not None and n.children]
     aggregate = {
         "ib_score": _finite(ib["ib/score_mean"]), "cov_conf_gain": _finite(ib["ib/cov_conf_gain"]),
         "step_entropy": _finite(ib["ib/step_entropy"]), "branching_nodes_per_question": ib["ib/branching_nodes"],
@@ -100,7 +100,7 @@ def summarize(trees: list[Tree], beta: float, conf_mode: str) -> dict:
     }
     return {"aggregate": aggregate,
             "p_hat": {"root": p_hat_histogram([q["p_hat_root"] for q in questions]),
-                      "nodes": p_hat_histogram(node_phat)},
+                      "inner_nodes": p_hat_histogram(inner_phat)},
             "questions": questions}
 
 
@@ -120,7 +120,7 @@ def probe_metrics(trees: list[Tree], beta: float, conf_mode: str) -> dict[str, f
 
 
 def plot_summary(summary: dict, path, title: str) -> None:
-    """PNG: p_hat at the roots and at all nodes, per-question IB-Score against mean reward, and the IB histogram."""
+    """PNG: p_hat at the roots and at the inner nodes, per-question IB-Score against mean reward, and the IB histogram."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,7 +128,7 @@ def plot_summary(summary: dict, path, title: str) -> None:
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for ax, key, label in ((axes[0, 0], "root", "p_hat at the root (per question)"),
-                           (axes[0, 1], "nodes", "p_hat at every node")):
+                           (axes[0, 1], "inner_nodes", "p_hat at inner nodes")):
         h = summary["p_hat"][key]
         widths = np.diff(h["edges"])
         ax.bar(h["edges"][:-1], h["counts"], width=widths, align="edge", edgecolor="k", alpha=0.7)

@@ -109,3 +109,34 @@ def test_tree_run_resumes_exactly_from_a_checkpoint(tmp_path, tiny_model_dir):
     assert [[Tree.completion(x)[0] for x in t.leaves()] for t in last] == \
            [[Tree.completion(x)[0] for x in t.leaves()] for t in expected]
     assert [[x.path for x in t.leaves()] for t in last] == [[x.path for x in t.leaves()] for t in expected]
+
+
+def test_probe_gives_independent_runs_ib_metrics_without_touching_the_run_rng(tmp_path, tiny_model_dir):
+    over = dict(ib_probe_questions=3, tree_b0=2, tree_l=3, tree_min_room=2)
+    trainer = _trainer(tmp_path, tiny_model_dir, **over)
+    state = trainer.generator.get_state()
+    first, again = trainer.probe(), trainer.probe()
+    assert torch.equal(trainer.generator.get_state(), state)  # probing does not shift the training stream
+    strip = lambda m: {k: v for k, v in m.items() if not k.startswith("perf/")}  # noqa: E731
+    assert strip(first) == strip(again)  # fixed seed: same policy, same readings
+    assert first["probe/ib/score_mean"] == first["ib/score_mean"] and "probe/ib/cov_conf_gain" in first
+    assert "ib/score_mean" not in trainer.train_step()  # independent steps have no branching below the root
+    tree = _trainer(tmp_path / "t", tiny_model_dir, sampler="ib", **over)
+    probe = tree.probe()
+    assert "probe/ib/score_mean" in probe and "ib/score_mean" not in probe  # tree runs: ib/* from their own trees
+
+
+def test_run_probes_on_its_cadence_and_reports_overhead(tmp_path, tiny_model_dir):
+    from ibtpo.training.metrics import read_metrics
+    from ibtpo.training.run import train
+
+    cfg = build_config(None, {"model": str(tiny_model_dir), "out_dir": str(tmp_path / "run"), "questions_per_step": 2,
+                              "num_generations": 2, "max_completion_length": 10, "tensorboard": False,
+                              "plots": True, "progress": False, "eval_questions": 2, "eval_k": 1, "max_steps": 3,
+                              "ib_probe_every": 2, "ib_probe_questions": 2, "tree_b0": 2, "tree_l": 2,
+                              "tree_min_room": 2})
+    summary = train(cfg)
+    probed = [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "probe/reward_mean" in r]
+    assert probed == [0, 2, 3]
+    assert summary["ib_probe"]["probes"] == 3 and 0 < summary["ib_probe"]["share_of_step_time"]
+    assert (tmp_path / "run" / "plots" / "ib.png").exists()
