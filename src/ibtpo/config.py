@@ -82,7 +82,7 @@ class TrainConfig(BaseModel):
     prefix_reuse: bool = Field(True, description="Continue forks from the cached keys/values of their prefix (false: re-encode the prefix).")
     dump_trees: int = Field(0, ge=0, description="Write the step's trees as JSON to RUN_DIR/trees every N steps (0 = never).")
     ib_probe_every: int = Field(100, ge=0, description="Grow IBTrees (tree_b0/l/k/b) on the probe questions every N steps, and before the first and after the last (0 = never).")
-    ib_probe_questions: int = Field(64, ge=1, description="Probe questions: the first N of the test split, the same at every probe (grown in one batch).")
+    ib_probe_questions: int = Field(32, ge=1, description="Probe questions: the first N of the test split, the same at every probe (grown in one batch).")
 
     # --- algorithm -------------------------------------------------------------------------------------------------
     adv_estimator: Literal["grpo", "tree_grpo"] = Field("grpo", description="Advantage estimator (registered name).")

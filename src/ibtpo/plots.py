@@ -48,6 +48,9 @@ IB_PANELS = [  # key substrings: the run's own trees per step and the probe (``p
 ]
 
 
+PROBE_SE = {"score_mean": "probe/ib/score_se", "cov_conf_gain": "probe/ib/cov_se"}
+
+
 def _draw(ax, records: list[dict], keys: list[str], x_key: str, legend: bool) -> None:
     """One panel: per-step metrics as a faint raw curve + moving average, sparse ones as markers."""
     seen = set()
@@ -60,7 +63,12 @@ def _draw(ax, records: list[dict], keys: list[str], x_key: str, legend: bool) ->
             ax.plot(xs, ys, alpha=0.25, lw=0.8, color=f"C{i}")
             ax.plot(xs, _moving_average(ys, max(5, len(ys) // 40)), color=f"C{i}", lw=1.8, label=key)
         elif xs:
-            ax.plot(xs, ys, marker="o", ms=3, color=f"C{i}", label=key)
+            se_key = PROBE_SE.get(key.rsplit("/", 1)[-1])
+            errs = [r.get(se_key) for r in records if key in r] if se_key else []
+            if errs and all(e is not None for e in errs):  # probe readings: +/- one standard error over questions
+                ax.errorbar(xs, ys, yerr=errs, marker="o", ms=3, capsize=2, color=f"C{i}", label=f"{key} (+/- se)")
+            else:
+                ax.plot(xs, ys, marker="o", ms=3, color=f"C{i}", label=key)
     if legend and ax.lines:
         ax.legend(fontsize=7)
 

@@ -6,7 +6,8 @@ One step:
   3. reward every leaf with the task's verifier;
   4. lay the trees out as a training batch (``flatten_paths``) and compute advantages (registered estimator);
   5. ``ppo_epochs`` passes of mini-batch updates with the registered policy loss (+ k3 KL, - entropy bonus);
-  6. log metrics, evaluate every ``eval_every`` steps, checkpoint every ``save_every`` steps.
+  6. log metrics, evaluate every ``eval_every`` steps, checkpoint every ``save_every`` steps, and probe the policy's
+     IB-Score on fixed test questions every ``ib_probe_every`` steps (``probe``; the cadence lives in ``run.py``).
 
 Simplified on purpose: one process; the behaviour log-probs recorded at sampling time serve as the "old" log-probs
 (sampling and training use the same weights and temperature, so they agree to float tolerance).
@@ -44,6 +45,8 @@ from ibtpo.training.checkpoint import (latest_checkpoint, load_trainer_state, rn
 from ibtpo.training.metrics import MetricsLogger, rollout_metrics
 
 EVAL_SEED_OFFSET = 1_000_003
+IB_KEYS = ("ib/score_mean", "ib/cov_conf_gain", "ib/step_entropy", "ib/branching_nodes")
+"""IB metrics a tree run reads from its own trees and an independent run copies from its probe."""
 
 
 def build_task(cfg: TrainConfig) -> SumTask:
@@ -195,7 +198,7 @@ class Trainer:
                            prefix_reuse=cfg.prefix_reuse)
         out = probe_metrics(trees, cfg.ib_beta, cfg.ib_conf)
         if cfg.sampler == "independent":
-            out.update({k[len("probe/"):]: v for k, v in out.items() if k.startswith("probe/ib/")})
+            out.update({k: out[f"probe/{k}"] for k in IB_KEYS if f"probe/{k}" in out})
         out["perf/probe_time_s"] = time.perf_counter() - t0
         return out
 
