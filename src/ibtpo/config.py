@@ -85,8 +85,16 @@ class TrainConfig(BaseModel):
     ib_probe_questions: int = Field(32, ge=1, description="Probe questions: the first N of the test split, the same at every probe (grown in one batch).")
 
     # --- algorithm -------------------------------------------------------------------------------------------------
-    adv_estimator: Literal["grpo", "tree_grpo"] = Field("grpo", description="Advantage estimator (registered name).")
-    policy_loss: Literal["ppo_clip"] = Field("ppo_clip", description="Policy loss (registered name).")
+    adv_estimator: Literal["grpo", "tree_grpo", "treerl", "treepo", "ib_tpo"] = Field("grpo", description="Advantage estimator (registered name): grpo, tree_grpo (GRPO over a tree's leaves), treerl, treepo, ib_tpo.")
+    ib_tpo_lambda: float = Field(0.1, ge=0.0, description="ib_tpo: weight lambda of the local IB advantage A_IB (METHOD.md section 5).")
+    adv_leaf_weight: bool = Field(False, description="treerl / ib_tpo: divide each step's advantage by sqrt(leaves under it) (TreeRL).")
+    policy_loss: Literal["ppo_clip", "clip_cov", "kl_cov"] = Field("ppo_clip", description="Policy loss (registered name): ppo_clip, clip_cov, kl_cov (arXiv 2505.22617).")
+    clip_cov_ratio: float = Field(2e-4, ge=0.0, le=1.0, description="clip_cov: share of response tokens whose gradient is removed.")
+    clip_cov_lb: float = Field(1.0, description="clip_cov: lower bound of the token covariance band tokens are drawn from.")
+    clip_cov_ub: float = Field(5.0, description="clip_cov: upper bound of that band.")
+    kl_cov_ratio: float = Field(2e-3, ge=0.0, le=1.0, description="kl_cov: share of response tokens (highest covariance) that get the KL penalty.")
+    kl_cov_coef: float = Field(1.0, ge=0.0, description="kl_cov: coefficient of |log pi - log pi_old| on those tokens.")
+    ibro_coef: float = Field(0.0, ge=0.0, description="IBRO: coefficient of the advantage-weighted entropy term -A_t*H_t (0 = off).")
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Divide centred rewards by the group std, the batch std, or not at all.")
     epsilon: float = Field(0.2, ge=0.0, le=1.0, description="Lower clip range of the ratio (1 - epsilon).")
     epsilon_high: float | None = Field(None, ge=0.0, le=10.0, description="Upper clip range (clip-higher); null = epsilon.")

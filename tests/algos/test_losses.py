@@ -66,3 +66,64 @@ def test_kl_k3_hand_computed_and_nonnegative():
 def test_entropy_from_logits():
     assert entropy_from_logits(torch.zeros(4)).item() == pytest.approx(math.log(4))
     assert entropy_from_logits(torch.tensor([0.0, -1e9])).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_token_covariance_hand_computed():
+    from ibtpo.algos.losses import token_covariance
+
+    logp = torch.tensor([[-1.0, -3.0, 0.0]])
+    adv = torch.tensor([[2.0, 0.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    # masked means: logp -2, adv 1 -> (1)(1), (-1)(-1); the padded token gets 0
+    assert token_covariance(logp, adv, mask).tolist() == [[1.0, 1.0, 0.0]]
+
+
+def test_clip_cov_removes_gradient_of_drawn_high_covariance_tokens():
+    old = torch.zeros(1, 4)
+    logp = torch.tensor([[-0.5, -2.5, -1.5, -1.5]], requires_grad=True)  # mean -1.5
+    adv = torch.tensor([[2.0, -2.0, 0.0, 0.0]])  # mean 0 -> covariances [2, 2, 0, 0]
+    mask = torch.ones(1, 4)
+    cfg = LossConfig(epsilon=10.0, loss_agg_mode="token-mean", clip_cov_ratio=0.25, clip_cov_lb=1.0, clip_cov_ub=5.0)
+    torch.manual_seed(0)
+    loss, m = get_policy_loss("clip_cov")(old, logp, adv, mask, cfg)
+    loss.backward()
+    grads = logp.grad[0].tolist()
+    # one token (25% of 4) among the two in the band (1, 5) loses its gradient; the others keep -A*r/4
+    assert m["actor/clip_cov_frac"] == 0.25
+    full = [-2.0 * math.exp(-0.5) / 4, 2.0 * math.exp(-2.5) / 4]
+    assert sorted([grads[0] == 0.0, grads[1] == 0.0]) == [False, True]
+    assert grads[0] in (0.0, pytest.approx(full[0])) and grads[1] in (0.0, pytest.approx(full[1]))
+    none, _ = get_policy_loss("clip_cov")(old, logp.detach(), adv, mask,
+                                          LossConfig(epsilon=10.0, loss_agg_mode="token-mean", clip_cov_lb=3.0))
+    ppo, _ = get_policy_loss("ppo_clip")(old, logp.detach(), adv, mask, LossConfig(epsilon=10.0,
+                                                                                     loss_agg_mode="token-mean"))
+    assert none.item() == pytest.approx(ppo.item())  # nothing in the band: plain PPO
+
+
+def test_kl_cov_penalises_top_covariance_tokens():
+    old = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    logp = torch.tensor([[-0.5, -2.5, -1.5, -1.5]])
+    adv = torch.tensor([[2.0, -1.0, 0.0, 0.0]])  # adv mean 0.25 -> covariances [1.75, 1.25, 0, 0]
+    cfg = LossConfig(loss_agg_mode="token-mean", kl_cov_ratio=0.25, kl_cov_coef=2.0)
+    loss, m = get_policy_loss("kl_cov")(old, logp, adv, torch.ones(1, 4), cfg)
+    r = [math.exp(x) for x in (-0.5, -2.5, -1.5, -1.5)]
+    unclipped = [-2.0 * r[0], 1.0 * r[1], 0.0, 0.0]
+    assert loss.item() == pytest.approx((sum(unclipped) + 2.0 * 0.5) / 4)  # only token 0 is penalised
+    assert m["actor/kl_cov_frac"] == 0.25
+
+
+def test_regularizers_hand_computed():
+    from ibtpo.algos.losses import REGULARIZERS
+
+    logp = torch.tensor([[-1.0, -2.0]])
+    ref = torch.tensor([[-1.0, -1.0]])
+    ent = torch.tensor([[0.5, 1.5]])
+    adv = torch.tensor([[2.0, -1.0]])
+    mask = torch.ones(1, 2)
+    cfg = LossConfig(loss_agg_mode="token-mean", kl_coef=0.1, entropy_coef=0.01, ibro_coef=0.2)
+    kl, m = REGULARIZERS["kl"](logp, ent, adv, mask, ref, cfg)
+    assert kl.item() == pytest.approx(0.1 * (0 + (math.exp(1) - 1 - 1)) / 2) and m["actor/kl"] > 0
+    bonus, _ = REGULARIZERS["entropy"](logp, ent, adv, mask, ref, cfg)
+    assert bonus.item() == pytest.approx(-0.01 * 1.0)
+    ibro, _ = REGULARIZERS["ibro"](logp, ent, adv, mask, ref, cfg)
+    assert ibro.item() == pytest.approx(-0.2 * (2.0 * 0.5 - 1.0 * 1.5) / 2)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ibtpo.algos.advantages import NodeStats
 from ibtpo.rollout.tree import Node, Tree
 
 
@@ -34,7 +35,13 @@ class TrainBatch:
     group_ids: torch.Tensor
     """(N,) long, index of the tree each sequence comes from."""
     leaves: list[Node]
-    """The leaf of each sequence, in row order (tree-aware estimators read the structure from it)."""
+    """The leaf of each sequence, in row order."""
+    node_index: torch.Tensor | None = None
+    """(N, L-1) long: index into ``nodes`` of the tree node each predicted token belongs to (-1 off the response)."""
+    nodes: NodeStats | None = None
+    """Per-node tensors of every non-root node of the batch's trees (step-level estimators read them)."""
+    ancestor_index: torch.Tensor | None = None
+    """(N, D) long: indices into ``nodes`` of each sequence's strict non-root ancestors (-1 padded)."""
 
     @property
     def size(self) -> int:
@@ -43,12 +50,57 @@ class TrainBatch:
     def select(self, rows: torch.Tensor) -> "TrainBatch":
         """The sub-batch of the given rows (a mini-batch)."""
         idx = rows.tolist()
+        pick = (lambda t: None if t is None else t[rows])  # noqa: E731
         return TrainBatch(self.input_ids[rows], self.attention_mask[rows], self.response_mask[rows],
-                          self.old_logp[rows], self.rewards[rows], self.group_ids[rows], [self.leaves[i] for i in idx])
+                          self.old_logp[rows], self.rewards[rows], self.group_ids[rows], [self.leaves[i] for i in idx],
+                          pick(self.node_index), self.nodes, pick(self.ancestor_index))
+
+
+def node_stats(trees: list[Tree]) -> tuple[list[Node], NodeStats]:
+    """Every non-root node of the trees (tree by tree, depth-first) and their per-node tensors.
+
+    Needs ``compute_p_hat`` to have run on every tree (the samplers do it).
+    """
+    nodes, rows = [], []
+    for g, tree in enumerate(trees):
+        rewards = [float(leaf.reward or 0.0) for leaf in tree.leaves()]
+        mu = sum(rewards) / len(rewards)
+        std = (sum((r - mu) ** 2 for r in rewards) / (len(rewards) - 1)) ** 0.5 if len(rewards) > 1 else 0.0
+        value = _mean_rewards(tree.root)
+        for node in tree.nodes():
+            nodes.append(node)
+            rows.append((node.p_hat, node.parent.p_hat, tree.root.p_hat, value[id(node)], std, sum(node.logprobs),
+                         len(node.logprobs), node.n_leaves, g))
+    cols = list(zip(*rows)) if rows else [()] * 9
+    f = lambda i: torch.tensor(cols[i], dtype=torch.float)  # noqa: E731
+    return nodes, NodeStats(p_hat=f(0), parent_p_hat=f(1), root_p_hat=f(2), value=f(3), tree_reward_std=f(4),
+                            logp_sum=f(5), length=f(6), n_leaves=f(7), tree=torch.tensor(cols[8], dtype=torch.long))
+
+
+def _mean_rewards(root: Node) -> dict[int, float]:
+    """Mean leaf reward under every node (keys: id(node))."""
+    out: dict[int, float] = {}
+
+    def visit(node: Node) -> tuple[float, int]:
+        if not node.children:
+            total, count = float(node.reward or 0.0), 1
+        else:
+            total, count = 0.0, 0
+            for child in node.children:
+                t, c = visit(child)
+                total, count = total + t, count + c
+        out[id(node)] = total / count
+        return total, count
+
+    visit(root)
+    return out
 
 
 def flatten_paths(trees: list[Tree], pad_id: int) -> TrainBatch:
-    """One sequence per leaf: prompt + path tokens, right-padded; rewards and behaviour log-probs attached."""
+    """One sequence per leaf: prompt + path tokens, right-padded; rewards, behaviour log-probs and, for step-level
+    estimators, the node of every token and the ancestors of every sequence attached."""
+    nodes, stats = node_stats(trees)
+    index = {id(n): i for i, n in enumerate(nodes)}
     rows = []
     for g, tree in enumerate(trees):
         for leaf in tree.leaves():
@@ -60,6 +112,9 @@ def flatten_paths(trees: list[Tree], pad_id: int) -> TrainBatch:
     attention = torch.zeros((n, width), dtype=torch.long)
     resp = torch.zeros((n, width - 1))
     old = torch.zeros((n, width - 1))
+    node_index = torch.full((n, width - 1), -1, dtype=torch.long)
+    lineages = [leaf.lineage() for *_rest, leaf in rows]
+    ancestor_index = torch.full((n, max(1, max(len(lin) for lin in lineages) - 1)), -1, dtype=torch.long)
     for i, (prompt, comp, lps, *_rest) in enumerate(rows):
         seq = prompt + comp
         input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
@@ -67,6 +122,10 @@ def flatten_paths(trees: list[Tree], pad_id: int) -> TrainBatch:
         start = len(prompt) - 1  # column predicting the first completion token
         resp[i, start: start + len(comp)] = 1.0
         old[i, start: start + len(comp)] = torch.tensor(lps, dtype=torch.float)
+        for d, node in enumerate(lineages[i]):
+            node_index[i, start + node.offset: start + node.end] = index[id(node)]
+            if d < len(lineages[i]) - 1:
+                ancestor_index[i, d] = index[id(node)]
     return TrainBatch(
         input_ids=input_ids,
         attention_mask=attention,
@@ -75,6 +134,9 @@ def flatten_paths(trees: list[Tree], pad_id: int) -> TrainBatch:
         rewards=torch.tensor([r[3] for r in rows], dtype=torch.float),
         group_ids=torch.tensor([r[4] for r in rows], dtype=torch.long),
         leaves=[r[5] for r in rows],
+        node_index=node_index,
+        nodes=stats,
+        ancestor_index=ancestor_index,
     )
 
 

@@ -27,7 +27,7 @@ import torch
 
 from ibtpo.algos.advantages import get_adv_estimator
 from ibtpo.algos.ib_score import tree_ib_stats
-from ibtpo.algos.losses import LossConfig, agg_loss, get_policy_loss, kl_k3, masked_mean
+from ibtpo.algos.losses import REGULARIZERS, LossConfig, get_policy_loss, masked_mean
 from ibtpo.config import TrainConfig, save_config
 from ibtpo.evaluation import evaluate
 from ibtpo.models import load_policy
@@ -99,7 +99,13 @@ class Trainer:
         self.adv_fn = get_adv_estimator(cfg.adv_estimator)
         self.loss_fn = get_policy_loss(cfg.policy_loss)
         self.loss_cfg = LossConfig(epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, dual_clip_c=cfg.dual_clip_c,
-                                   loss_agg_mode=cfg.loss_agg_mode, norm_length=cfg.max_completion_length)
+                                   loss_agg_mode=cfg.loss_agg_mode, norm_length=cfg.max_completion_length,
+                                   clip_cov_ratio=cfg.clip_cov_ratio, clip_cov_lb=cfg.clip_cov_lb,
+                                   clip_cov_ub=cfg.clip_cov_ub, kl_cov_ratio=cfg.kl_cov_ratio,
+                                   kl_cov_coef=cfg.kl_cov_coef, kl_coef=cfg.beta, entropy_coef=cfg.entropy_coef,
+                                   ibro_coef=cfg.ibro_coef)
+        self.regularizers = [REGULARIZERS.get(name) for name, coef in
+                             (("kl", cfg.beta), ("entropy", cfg.entropy_coef), ("ibro", cfg.ibro_coef)) if coef > 0]
         self.sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                        max_new_tokens=cfg.max_completion_length)
         self.splitter = StepSplitter(self.tokenizer, cfg.step_delimiter, cfg.min_step_tokens)
@@ -159,13 +165,11 @@ class Trainer:
                 logp, entropy = token_logprobs(self.policy, batch.input_ids[rows], batch.attention_mask[rows],
                                                cfg.temperature)
                 loss, m = self.loss_fn(batch.old_logp[rows], logp, advantages[rows], mask, self.loss_cfg)
-                if ref_logp is not None:
-                    kl = agg_loss(kl_k3(logp, ref_logp[rows]), mask, cfg.loss_agg_mode, cfg.max_completion_length)
-                    loss = loss + cfg.beta * kl
-                    m["actor/kl"] = float(kl.detach())
-                if cfg.entropy_coef > 0:
-                    ent = agg_loss(entropy, mask, cfg.loss_agg_mode, cfg.max_completion_length)
-                    loss = loss - cfg.entropy_coef * ent
+                for reg in self.regularizers:
+                    term, rm = reg(logp, entropy, advantages[rows], mask,
+                                   None if ref_logp is None else ref_logp[rows], self.loss_cfg)
+                    loss = loss + term
+                    m.update(rm)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 m["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm))
@@ -225,7 +229,8 @@ class Trainer:
         t_roll = time.perf_counter() - t0
         batch = flatten_paths(trees, self.tokenizer.pad_token_id)
         advantages = self.adv_fn(rewards=batch.rewards, response_mask=batch.response_mask, group_ids=batch.group_ids,
-                                 scale_rewards=self.cfg.scale_rewards, leaves=batch.leaves, cfg=self.cfg)
+                                 scale_rewards=self.cfg.scale_rewards, cfg=self.cfg, node_index=batch.node_index,
+                                 nodes=batch.nodes, ancestor_index=batch.ancestor_index)
         metrics = rollout_metrics(trees)
         if self.cfg.sampler != "independent":  # IB monitoring from the step's own trees (independent runs: probe)
             ib = tree_ib_stats(trees, self.cfg.ib_beta, self.cfg.ib_conf)
