@@ -15,9 +15,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ibtpo.algos.losses import LOSS_AGG_MODES
+from ibtpo.algos.presets import ALGORITHM_NAMES, apply_preset
 
 TESTBED_MODEL = "testbed"
 SAMPLER_NAMES = ("independent", "ib", "entropy", "random", "fixed_width")
+DEFAULT_ALGORITHM = "grpo"
 
 
 class ConfigError(ValueError):
@@ -85,6 +87,7 @@ class TrainConfig(BaseModel):
     ib_probe_questions: int = Field(32, ge=1, description="Probe questions: the first N of the test split, the same at every probe (grown in one batch).")
 
     # --- algorithm -------------------------------------------------------------------------------------------------
+    algorithm: Literal[ALGORITHM_NAMES] = Field(DEFAULT_ALGORITHM, description="Preset = sampler + advantage estimator + loss (README table); fields you set yourself win.")
     adv_estimator: Literal["grpo", "tree_grpo", "treerl", "treepo", "ib_tpo"] = Field("grpo", description="Advantage estimator (registered name): grpo, tree_grpo (GRPO over a tree's leaves), treerl, treepo, ib_tpo.")
     ib_tpo_lambda: float = Field(0.1, ge=0.0, description="ib_tpo: weight lambda of the local IB advantage A_IB (METHOD.md section 5).")
     adv_leaf_weight: bool = Field(False, description="treerl / ib_tpo: divide each step's advantage by sqrt(leaves under it) (TreeRL).")
@@ -115,6 +118,11 @@ class TrainConfig(BaseModel):
     eval_k: int = Field(4, ge=1, description="Samples per test question for avg@k and pass@k.")
     eval_temperature: float = Field(1.0, gt=0.0, description="Sampling temperature of evaluation.")
     eval_greedy: bool = Field(True, description="Also measure greedy accuracy.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_preset(cls, data: Any) -> Any:
+        return apply_preset(data, DEFAULT_ALGORITHM) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _check_relations(self) -> "TrainConfig":

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from ibtpo.algos.presets import ALGORITHM_NAMES, PRESETS
 from ibtpo.config import build_config
 from ibtpo.training.batch import flatten_paths, token_logprobs
 from ibtpo.rollout.tree import Tree
@@ -140,3 +141,16 @@ def test_run_probes_on_its_cadence_and_reports_overhead(tmp_path, tiny_model_dir
     assert probed == [0, 2, 3]
     assert summary["ib_probe"]["probes"] == 3 and 0 < summary["ib_probe"]["share_of_step_time"]
     assert (tmp_path / "run" / "plots" / "ib.png").exists()
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+def test_every_preset_trains_one_step(tmp_path, tiny_model_dir, algorithm):
+    trainer = _trainer(tmp_path, tiny_model_dir, algorithm=algorithm, tree_b0=2, tree_l=3, tree_min_room=2,
+                       treepo_segment_length=3)
+    preset = PRESETS[algorithm].fields
+    assert all(getattr(trainer.cfg, k) == v for k, v in preset.items() if not k.startswith("tree_"))
+    before = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    metrics = trainer.train_step()
+    assert math.isfinite(metrics["actor/loss"]) and metrics["eff_rate"] > 0
+    unchanged = [n for n, p in trainer.policy.named_parameters() if torch.equal(p.detach(), before[n])]
+    assert not unchanged, f"{algorithm}: parameters not updated: {unchanged}"
