@@ -1,8 +1,9 @@
-"""The ``ibtpo`` command line: train, eval, score, pretrain.
+"""The ``ibtpo`` command line: train, eval, score, compare, pretrain.
 
     ibtpo train [CONFIG.yaml] [key=value | --key value ...] [--resume RUN_DIR]
     ibtpo eval  [model=PATH_OR_RUN_DIR] [eval_k=8 ...] [--json FILE]
     ibtpo score [model=PATH_OR_RUN_DIR] [tree_b0=4 tree_l=9 ...] [--dataset sum|FILE.jsonl] [--questions N] [--out DIR]
+    ibtpo compare [CONFIG.yaml] [--presets grpo ib_tpo ...] [--seeds 0 1 2] [--tokens N] [--out DIR] [key=value ...]
     ibtpo pretrain [--out DIR] [steps=900 ...]
 
 Bad input ends with one line on stderr naming the culprit and exit code 2.
@@ -185,6 +186,49 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace, rest: list[str]) -> int:
+    from rich.console import Console
+
+    from ibtpo.algos.presets import PRESETS
+    from ibtpo.compare import build_report, run_dir
+    from ibtpo.training.run import train
+
+    rest = [p for p in args.presets if "=" in p] + rest  # key=value typed after --presets belongs to the config
+    args.presets = [p for p in args.presets if "=" not in p]
+    unknown = [p for p in args.presets if p not in PRESETS]
+    if unknown:
+        raise UsageError(f"--presets: unknown preset {unknown[0]!r}; known: {', '.join(PRESETS)}")
+    if args.tokens < 1:
+        raise UsageError(f"--tokens: must be >= 1, got {args.tokens}")
+    path, rest = _split_config_path(rest)
+    shared = parse_overrides(rest)
+    for key in ("algorithm", "seed", "out_dir", "max_tokens"):
+        if key in shared:
+            raise UsageError(f"{key}: set by compare itself (use --presets, --seeds, --out, --tokens)")
+    out = Path(args.out)
+    plan = []  # build every config first: a bad setting fails before any run starts
+    for preset in args.presets:
+        for seed in args.seeds:
+            over = {"max_steps": 1_000_000, **shared, "algorithm": preset, "seed": seed,
+                    "out_dir": str(run_dir(out, preset, seed)), "max_tokens": args.tokens, "overwrite": True}
+            plan.append((preset, seed, build_config(path, over)))
+    console = Console(stderr=True)
+    if not args.report_only:
+        for i, (preset, seed, cfg) in enumerate(plan, start=1):
+            rd = Path(cfg.out_dir)
+            if (rd / "summary.json").exists():
+                console.print(f"[{i}/{len(plan)}] {preset} seed {seed}: finished earlier, reused")
+                continue
+            resume = (rd / "checkpoints" / "latest").exists()
+            console.print(f"[bold][{i}/{len(plan)}] {preset} seed {seed}[/bold]"
+                          + (" (resuming its last checkpoint)" if resume else ""))
+            train(cfg, resume=resume, console=console)
+    data = build_report(out, args.presets, args.seeds, baseline=args.baseline)
+    print((out / "report.md").read_text())
+    console.print(f"wrote {out / 'report.md'}, {out / 'report.json'} and {out / 'plots' / 'compare_vs_tokens.png'}")
+    return 0 if data["rows"] else 1
+
+
 def cmd_pretrain(args: argparse.Namespace, rest: list[str]) -> int:
     from pydantic import TypeAdapter, ValidationError
 
@@ -228,11 +272,19 @@ def main(argv: list[str] | None = None) -> int:
     p_score.add_argument("--batch", type=int, default=64, help="questions grown together in one batch")
     p_score.add_argument("--out", default="runs/score", help="directory for score.json and score.png")
     p_score.add_argument("--overwrite", action="store_true", help="replace an existing score.json in --out")
+    p_cmp = sub.add_parser("compare", help="presets x seeds at the same generated-token budget, with a report")
+    p_cmp.add_argument("--presets", nargs="+", default=["grpo", "ib_tpo"], help="algorithm presets to compare")
+    p_cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of every preset")
+    p_cmp.add_argument("--tokens", type=int, default=1_500_000, help="generated-token budget of every run")
+    p_cmp.add_argument("--baseline", default="grpo", help="the preset others are measured against")
+    p_cmp.add_argument("--out", default="reports/compare", help="report directory (runs go to OUT/runs)")
+    p_cmp.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs only")
     p_pre = sub.add_parser("pretrain", help="supervised warm-up that builds the testbed base policy")
     p_pre.add_argument("--out", default="runs/pretrain", help="where to save the policy and tokenizer")
     args, rest = parser.parse_known_args(argv)
     _quiet_transformers()
-    handlers = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "pretrain": cmd_pretrain}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "compare": cmd_compare,
+                "pretrain": cmd_pretrain}
     try:
         return handlers[args.command](args, rest)
     except (ConfigError, UsageError) as exc:

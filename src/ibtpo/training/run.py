@@ -52,6 +52,10 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     summary = {"steps": trainer.step, "generated_tokens": trainer.tokens,
                "wall_clock_s": round(time.perf_counter() - t_start, 1), "final": last_eval}
     records = read_metrics(trainer.logger.path)
+    if not last_eval:  # resumed a run that had already reached its budget: its final evaluation is on record
+        final = [r for r in records if r["step"] == trainer.step and acc_key in r]
+        last_eval = {k: v for k, v in final[-1].items() if k.startswith("val/")} if final else trainer.evaluate()
+        summary["final"] = last_eval
     if cfg.ib_probe_every:
         probe_s = sum(r.get("perf/probe_time_s", 0.0) for r in records)
         step_s = sum(r.get("perf/step_time_s", 0.0) for r in records)
