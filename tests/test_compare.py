@@ -36,10 +36,13 @@ def test_compare_runs_reports_and_resumes(tmp_path, tiny_model_dir, capsys):
     # an interrupted comparison: one run lost its summary (it had a checkpoint), another never started
     (out / "runs" / "ib_tpo" / "seed1" / "summary.json").unlink()
     capsys.readouterr()
-    assert main([*args, "--presets", "grpo", "ib_tpo", "random_tree", *shared]) == 0
+    variants = tmp_path / "v.yaml"
+    variants.write_text("ib_lambda0: {algorithm: ib_tpo, ib_tpo_lambda: 0.0}\n")
+    assert main([*args, "--presets", "grpo", "ib_tpo", "ib_lambda0", "--variants", str(variants), *shared]) == 0
     err = capsys.readouterr().err
     assert err.count("finished earlier, reused") == 3 and "resuming its last checkpoint" in err
-    assert (out / "runs" / "random_tree" / "seed1" / "summary.json").exists()
+    run = out / "runs" / "ib_lambda0" / "seed1"
+    assert (run / "summary.json").exists() and "ib_tpo_lambda: 0.0" in (run / "config.yaml").read_text()
 
 
 def test_compare_bad_input_is_one_line(tmp_path, capsys):
@@ -49,3 +52,10 @@ def test_compare_bad_input_is_one_line(tmp_path, capsys):
     assert "seed: set by compare itself" in capsys.readouterr().err
     assert main(["compare", "lerning_rate=1", "--out", str(tmp_path)]) == 2
     assert "did you mean 'learning_rate'" in capsys.readouterr().err
+    bad = tmp_path / "v.yaml"
+    bad.write_text("x: {algorithm: nope}\n")
+    assert main(["compare", "--variants", str(bad), "--presets", "x", "--out", str(tmp_path)]) == 2
+    assert "x: 'algorithm' must be one of" in capsys.readouterr().err
+    bad.write_text("x: {algorithm: grpo, ib_tpo_lambda: -1}\n")
+    assert main(["compare", "--variants", str(bad), "--presets", "x", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"ibtpo: error: {bad}: x: ib_tpo_lambda: got -1")

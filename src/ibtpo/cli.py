@@ -186,6 +186,26 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _load_variants(path: str) -> dict[str, dict]:
+    """``name: {algorithm: PRESET, key: value, ...}`` entries of a variants YAML file (ablations for compare)."""
+    import yaml
+
+    from ibtpo.algos.presets import PRESETS
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise UsageError(f"--variants {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--variants {path}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise UsageError(f"--variants {path}: expected 'name: {{algorithm: PRESET, key: value, ...}}' entries")
+    for name, fields in data.items():
+        if fields.get("algorithm") not in PRESETS:
+            raise UsageError(f"--variants {path}: {name}: 'algorithm' must be one of {', '.join(PRESETS)}")
+    return {str(k): v for k, v in data.items()}
+
+
 def cmd_compare(args: argparse.Namespace, rest: list[str]) -> int:
     from rich.console import Console
 
@@ -195,9 +215,10 @@ def cmd_compare(args: argparse.Namespace, rest: list[str]) -> int:
 
     rest = [p for p in args.presets if "=" in p] + rest  # key=value typed after --presets belongs to the config
     args.presets = [p for p in args.presets if "=" not in p]
-    unknown = [p for p in args.presets if p not in PRESETS]
+    variants = _load_variants(args.variants) if args.variants else {}
+    unknown = [p for p in args.presets if p not in PRESETS and p not in variants]
     if unknown:
-        raise UsageError(f"--presets: unknown preset {unknown[0]!r}; known: {', '.join(PRESETS)}")
+        raise UsageError(f"--presets: unknown preset {unknown[0]!r}; known: {', '.join([*PRESETS, *variants])}")
     if args.tokens < 1:
         raise UsageError(f"--tokens: must be >= 1, got {args.tokens}")
     path, rest = _split_config_path(rest)
@@ -209,9 +230,11 @@ def cmd_compare(args: argparse.Namespace, rest: list[str]) -> int:
     plan = []  # build every config first: a bad setting fails before any run starts
     for preset in args.presets:
         for seed in args.seeds:
-            over = {"max_steps": 1_000_000, **shared, "algorithm": preset, "seed": seed,
+            fields = variants.get(preset, {"algorithm": preset})
+            over = {"max_steps": 1_000_000, **shared, **fields, "seed": seed,
                     "out_dir": str(run_dir(out, preset, seed)), "max_tokens": args.tokens, "overwrite": True}
-            plan.append((preset, seed, build_config(path, over)))
+            sources = {k: f"{args.variants}: {preset}" for k in fields} if preset in variants else None
+            plan.append((preset, seed, build_config(path, over, sources=sources)))
     console = Console(stderr=True)
     if not args.report_only:
         for i, (preset, seed, cfg) in enumerate(plan, start=1):
@@ -278,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     p_cmp.add_argument("--tokens", type=int, default=1_500_000, help="generated-token budget of every run")
     p_cmp.add_argument("--baseline", default="grpo", help="the preset others are measured against")
     p_cmp.add_argument("--out", default="reports/compare", help="report directory (runs go to OUT/runs)")
+    p_cmp.add_argument("--variants", metavar="FILE.yaml", help="named ablations: name: {algorithm: PRESET, key: value}")
     p_cmp.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs only")
     p_pre = sub.add_parser("pretrain", help="supervised warm-up that builds the testbed base policy")
     p_pre.add_argument("--out", default="runs/pretrain", help="where to save the policy and tokenizer")

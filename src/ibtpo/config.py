@@ -227,8 +227,10 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 
 def build_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                 base: dict[str, Any] | None = None) -> TrainConfig:
-    """Resolve defaults <- `base` <- YAML file <- overrides into a validated TrainConfig; raises ConfigError."""
+                 base: dict[str, Any] | None = None, sources: dict[str, str] | None = None) -> TrainConfig:
+    """Resolve defaults <- `base` <- YAML file <- overrides into a validated TrainConfig; raises ConfigError.
+
+    `sources` names where an override came from, for error messages (default "command line")."""
     values: dict[str, Any] = dict(base or {})
     where: dict[str, str] = {}
     if yaml_path is not None:
@@ -240,7 +242,7 @@ def build_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] 
     for key, value in (overrides or {}).items():
         name = ALIASES.get(key, key)
         values[name] = value
-        where[name] = "command line"
+        where[name] = (sources or {}).get(key, "command line")
     try:
         return TrainConfig(**values)
     except ValidationError as err:
