@@ -11,13 +11,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from ibtpo.config import TrainConfig
 from ibtpo.training.metrics import read_metrics
+from ibtpo.training.reference import lookup
 from ibtpo.training.trainer import Trainer
 
 
-def _progress(console: Console, enabled: bool):
+def _progress(console: Console, enabled: bool, unit: str):
     if not enabled:
         return nullcontext(None)
-    return Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+    return Progress(TextColumn(unit + " {task.completed:,}/{task.total:,}"), BarColumn(),
                     TextColumn("reward {task.fields[reward]:.3f}  acc {task.fields[acc]}"),
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
 
@@ -32,9 +33,14 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     if trainer.step == 0:
         last_eval = trainer.evaluate()
         trainer.logger.log(0, {**last_eval, **(trainer.probe() if cfg.ib_probe_every else {})})
-    with _progress(console, cfg.progress) as progress:
-        task = progress.add_task("train", total=cfg.max_steps, completed=trainer.step, reward=0.0,
-                                 acc="-") if progress else None
+    by_tokens = cfg.max_tokens > 0  # the bar follows the token budget when there is one
+
+    def done_so_far() -> int:
+        return trainer.tokens if by_tokens else trainer.step
+
+    with _progress(console, cfg.progress, "tokens" if by_tokens else "step") as progress:
+        task = progress.add_task("train", total=cfg.max_tokens if by_tokens else cfg.max_steps,
+                                 completed=done_so_far(), reward=0.0, acc="-") if progress else None
         while not trainer.done():
             metrics = trainer.train_step()
             if trainer.done() or (cfg.eval_every and trainer.step % cfg.eval_every == 0):
@@ -47,7 +53,7 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
                 trainer.save()
             if progress is not None:
                 acc = f"{last_eval[acc_key]:.3f}" if acc_key in last_eval else "-"
-                progress.update(task, completed=trainer.step, reward=metrics["reward/mean"], acc=acc)
+                progress.update(task, completed=done_so_far(), reward=metrics["reward/mean"], acc=acc)
     trainer.logger.close()
     summary = {"steps": trainer.step, "generated_tokens": trainer.tokens,
                "wall_clock_s": round(time.perf_counter() - t_start, 1), "final": last_eval}
@@ -64,12 +70,21 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     initial = [r for r in records if r["step"] == 0]
     if initial:
         summary["initial"] = {k: v for k, v in initial[0].items() if k != "step"}
+    ref = lookup(cfg)
+    if ref is not None and acc_key in last_eval:
+        summary["grpo_reference"] = {"mean": ref["mean"], "ci95": ref["ci95"], "seeds": ref["seeds"],
+                                     "difference": last_eval[acc_key] - ref["mean"], "source": ref["source"]}
     (trainer.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if acc_key in summary.get("initial", {}) and acc_key in last_eval:
         before, after = summary["initial"][acc_key], last_eval[acc_key]
         console.print(f"[bold]held-out {acc_key} (T={cfg.eval_temperature}): {100 * before:.1f}% -> {100 * after:.1f}% "
                       f"({100 * (after - before):+.1f} points) after {trainer.step} steps, {trainer.tokens:,} generated "
                       f"tokens; run directory {trainer.run_dir}[/bold]")
+    if "grpo_reference" in summary:
+        g = summary["grpo_reference"]
+        console.print(f"[bold]GRPO with the same settings and token budget ({len(g['seeds'])} seeds, {g['source']}): "
+                      f"{100 * g['mean']:.1f}% +/- {100 * g['ci95']:.1f}; this run ({cfg.algorithm}): "
+                      f"{100 * last_eval[acc_key]:.1f}% ({100 * g['difference']:+.1f} points)[/bold]")
     if cfg.plots:
         from ibtpo.plots import plot_run
 
