@@ -16,14 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def ci95(values: list[float]) -> float:
-    """Half-width of the 95% t-interval of the mean (0 for a single value)."""
-    if len(values) < 2:
-        return 0.0
-    return T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
+from ibtpo.compare import ci95
 
 
 def run_seed(root: Path, seed: int, extra: list[str]) -> dict:
