@@ -1,8 +1,8 @@
-"""The testbed acceptance experiment: does GRPO with default settings raise held-out sampled accuracy?
+"""The testbed acceptance experiment: does GRPO (defaults, 400 steps) raise held-out sampled accuracy?
 
     python experiments/grpo_gain.py [--seeds 0 1 2] [--root runs] [-- extra key=value overrides]
 
-Runs the main job (``ibtpo train`` with defaults) once per seed into ``ROOT/main_seedS`` (a finished run is reused,
+Runs ``ibtpo train algorithm=grpo max_steps=400 max_tokens=0`` once per seed into ``ROOT/main_seedS`` (a finished run is reused,
 an interrupted one is resumed), then prints a markdown table of held-out accuracy before and after, per seed, with
 the mean and a 95% t-interval over seeds.
 """
@@ -19,11 +19,15 @@ from pathlib import Path
 from ibtpo.compare import ci95
 
 
+GRPO_400 = ["algorithm=grpo", "max_steps=400", "max_tokens=0"]
+"""GRPO for 400 steps: the main job's settings before it switched to IB-TPO at a token budget."""
+
+
 def run_seed(root: Path, seed: int, extra: list[str]) -> dict:
     run = root / f"main_seed{seed}"
     if not (run / "summary.json").exists():
         resume = ["--resume", str(run)] if (run / "checkpoints" / "latest").exists() else []
-        args = resume or [f"seed={seed}", f"out_dir={run}"]
+        args = resume or [f"seed={seed}", f"out_dir={run}", *GRPO_400]
         subprocess.run([sys.executable, "-m", "ibtpo.cli", "train", *args, "progress=false", *extra], check=True)
     return json.loads((run / "summary.json").read_text())
 

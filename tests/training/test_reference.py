@@ -7,7 +7,7 @@ from ibtpo.training.reference import lookup, shared_settings
 
 
 def test_lookup_matches_only_comparable_runs(tmp_path):
-    grpo = build_config(None, {"max_tokens": 1000})
+    grpo = build_config(None, {"max_tokens": 1000, "algorithm": "grpo"})
     path = tmp_path / "ref.json"
     path.write_text(json.dumps({"mean": 0.6, "ci95": 0.02, "seeds": [0, 1, 2], "source": "r",
                                 "settings": shared_settings(grpo)}))

@@ -27,8 +27,10 @@ def records(run):
 
 
 def test_train_writes_run_directory_then_eval(tmp_path):
+    """The main job's path (default algorithm: IB-TPO on IBTrees), with a small tree and budget."""
     run = tmp_path / "run"
-    proc = ibtpo("train", f"out_dir={run}", "max_steps=3", "eval_every=2", "save_every=2", *SMALL)
+    proc = ibtpo("train", f"out_dir={run}", "max_steps=3", "eval_every=2", "save_every=2", "tree_b0=2", "tree_l=3",
+                 *SMALL)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ["config.yaml", "metrics.jsonl", "summary.json", "plots/vs_step.png", "plots/vs_tokens.png",
                  "checkpoints/latest"]:
@@ -53,7 +55,8 @@ def _without_perf(recs):
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
-    args = ["max_steps=8", "save_every=2", "eval_every=3", "tensorboard=false", "plots=false", *SMALL]
+    args = ["algorithm=grpo", "max_steps=8", "save_every=2", "eval_every=3", "tensorboard=false", "plots=false",
+            *SMALL]
     full = tmp_path / "full"
     assert ibtpo("train", f"out_dir={full}", *args).returncode == 0
 

@@ -31,7 +31,8 @@ def parity_reward(prompts, completions, completion_ids, **_):
 
 
 def _trainer(tmp_path, model_dir, **over):
-    cfg = build_config(None, {"model": str(model_dir), "out_dir": str(tmp_path / "run"), "questions_per_step": 3,
+    cfg = build_config(None, {"algorithm": "grpo", "model": str(model_dir), "out_dir": str(tmp_path / "run"),
+                              "questions_per_step": 3,
                               "num_generations": 4, "max_completion_length": 12, "tensorboard": False,
                               "eval_questions": 4, "eval_k": 2, "learning_rate": 1e-3, **over})
     trainer = Trainer(cfg)
@@ -131,7 +132,8 @@ def test_run_probes_on_its_cadence_and_reports_overhead(tmp_path, tiny_model_dir
     from ibtpo.training.metrics import read_metrics
     from ibtpo.training.run import train
 
-    cfg = build_config(None, {"model": str(tiny_model_dir), "out_dir": str(tmp_path / "run"), "questions_per_step": 2,
+    cfg = build_config(None, {"algorithm": "grpo", "model": str(tiny_model_dir), "out_dir": str(tmp_path / "run"),
+                              "questions_per_step": 2,
                               "num_generations": 2, "max_completion_length": 10, "tensorboard": False,
                               "plots": True, "progress": False, "eval_questions": 2, "eval_k": 1, "max_steps": 3,
                               "ib_probe_every": 2, "ib_probe_questions": 2, "tree_b0": 2, "tree_l": 2,
