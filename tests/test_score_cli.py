@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from ibtpo.cli import main
 from ibtpo.config import build_config
