@@ -2,7 +2,6 @@
 
 import json
 
-
 from ibtpo.cli import main
 from ibtpo.config import build_config
 from ibtpo.training.trainer import Trainer
