@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point that sets everything up on a fresh machine, then runs.
-#   ./run.sh train [ibtpo train args]   the main job (defaults: GRPO on the CPU testbed)
+#   ./run.sh train [ibtpo train args]   the main job (defaults: IB-TPO on the CPU testbed, 1.5M tokens)
 #   ./run.sh test  [pytest args]        the test suite
 #   ./run.sh <eval|pretrain|...> ...    any other ibtpo subcommand
 # The virtual environment lives in .venv (override with IBTPO_VENV); it is (re)built when pyproject.toml changes.
