@@ -34,7 +34,7 @@ class TrainConfig(BaseModel):
     # --- run -----------------------------------------------------------------------------------------------------
     out_dir: str = Field("runs/default", description="Run directory (config, metrics, checkpoints, plots).")
     seed: int = Field(0, ge=0, description="Seed of sampling, data order and every RNG of the run.")
-    max_steps: int = Field(100_000, ge=1, description="Stop after this many RL steps (a cap: the main job stops on max_tokens; the cosine schedule decays over max_steps).")
+    max_steps: int = Field(100_000, ge=1, description="Stop after this many RL steps (a cap: the main job stops on max_tokens).")
     max_tokens: int = Field(1_500_000, ge=0, description="Stop once this many new tokens were generated in training: the budget every algorithm is compared at (0 = no limit).")
     eval_every: int = Field(50, ge=0, description="Evaluate every N steps, plus before the first and after the last (0 = only those).")
     save_every: int = Field(50, ge=0, description="Write a checkpoint every N steps, plus at the end (0 = only at the end).")
@@ -106,7 +106,7 @@ class TrainConfig(BaseModel):
     entropy_coef: float = Field(0.0, ge=0.0, description="Entropy bonus coefficient.")
     loss_agg_mode: Literal[LOSS_AGG_MODES] = Field("seq-mean-token-mean", description="Token-loss aggregation (verl names).")
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
-    lr_scheduler: Literal["constant", "cosine"] = Field("constant", description="Learning-rate schedule after warm-up.")
+    lr_scheduler: Literal["constant", "cosine"] = Field("constant", description="Learning-rate schedule after warm-up (cosine decays over max_steps or max_tokens, whichever binds first).")
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")

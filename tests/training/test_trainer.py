@@ -156,3 +156,13 @@ def test_every_preset_trains_one_step(tmp_path, tiny_model_dir, algorithm):
     assert math.isfinite(metrics["actor/loss"]) and metrics["eff_rate"] > 0
     unchanged = [n for n, p in trainer.policy.named_parameters() if torch.equal(p.detach(), before[n])]
     assert not unchanged, f"{algorithm}: parameters not updated: {unchanged}"
+
+
+def test_cosine_schedule_follows_the_token_budget(tmp_path, tiny_model_dir):
+    trainer = _trainer(tmp_path, tiny_model_dir, lr_scheduler="cosine", max_tokens=200, max_steps=100_000)
+    trainer.train_step()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # nothing generated before step 1
+    used = trainer.tokens
+    trainer.train_step()
+    expected = 1e-3 * 0.5 * (1 + math.cos(math.pi * min(1.0, used / 200)))
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)

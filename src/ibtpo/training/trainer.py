@@ -124,9 +124,12 @@ class Trainer:
         cfg = self.cfg
         if opt_step < cfg.warmup_steps:
             return (opt_step + 1) / cfg.warmup_steps
-        if cfg.lr_scheduler == "cosine":
+        if cfg.lr_scheduler == "cosine":  # decays over whichever budget binds first: steps or generated tokens
             total = max(1, cfg.max_steps * cfg.ppo_epochs * self._minibatches_per_epoch() - cfg.warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (opt_step - cfg.warmup_steps) / total)))
+            done = (opt_step - cfg.warmup_steps) / total
+            if cfg.max_tokens > 0:  # tokens generated before this step's rollout (restored on resume)
+                done = max(done, getattr(self, "tokens", 0) / cfg.max_tokens)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
         return 1.0
 
     def _minibatches_per_epoch(self) -> int:
