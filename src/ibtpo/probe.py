@@ -88,7 +88,7 @@ def summarize(trees: list[Tree], beta: float, conf_mode: str) -> dict:
     questions = [question_record(t, beta, conf_mode) for t in trees]
     ib = tree_ib_stats(trees, beta, conf_mode)
     ro = rollout_metrics(trees)
-    inner_phat = [float(n.p_hat) for t in trees for n in t.nodes() if n.parent is not None and n.children]
+    inner_phat = [float(n.p_hat) for t in trees for n in t.nodes() if n.children]
     aggregate = {
         "ib_score": _finite(ib["ib/score_mean"]), "cov_conf_gain": _finite(ib["ib/cov_conf_gain"]),
         "step_entropy": _finite(ib["ib/step_entropy"]), "branching_nodes_per_question": ib["ib/branching_nodes"],
@@ -105,18 +105,17 @@ def summarize(trees: list[Tree], beta: float, conf_mode: str) -> dict:
 
 
 def probe_metrics(trees: list[Tree], beta: float, conf_mode: str) -> dict[str, float]:
-    """Training-log scalars of a probe, named ``probe/...`` (NaN readings are left out)."""
-    ib = tree_ib_stats(trees, beta, conf_mode)
-    ro = rollout_metrics(trees)
-    out = {f"probe/{k}": v for k, v in ib.items()}
-    out.update({"probe/eff_rate": ro["eff_rate"], "probe/reward_mean": ro["reward/mean"],
-                "probe/token_entropy": ro["actor/entropy"]})
-    for key, name in (("ib/score_mean", "score"), ("ib/cov_conf_gain", "cov")):  # question-level standard errors
-        per_tree = [tree_ib_stats([t], beta, conf_mode)[key] for t in trees]
-        se = _mean_se([None if math.isnan(v) else v for v in per_tree])["se"]
-        if se is not None:
-            out[f"probe/ib/{name}_se"] = se
-    return {k: v for k, v in out.items() if not math.isnan(v)}
+    """Training-log scalars of a probe, named ``probe/...``: the aggregate readings of :func:`summarize` and the
+    question-level standard errors of IB-Score and Cov (readings that do not exist, e.g. no branching node, are left
+    out)."""
+    agg = summarize(trees, beta, conf_mode)["aggregate"]
+    per_q = agg["per_question"]
+    out = {"probe/ib/score_mean": agg["ib_score"], "probe/ib/cov_conf_gain": agg["cov_conf_gain"],
+           "probe/ib/step_entropy": agg["step_entropy"], "probe/ib/branching_nodes": agg["branching_nodes_per_question"],
+           "probe/eff_rate": agg["eff_rate"], "probe/reward_mean": agg["mean_reward"],
+           "probe/token_entropy": agg["token_entropy"], "probe/ib/score_se": per_q["ib_score"]["se"],
+           "probe/ib/cov_se": per_q["cov_conf_gain"]["se"]}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def plot_summary(summary: dict, path, title: str) -> None:
