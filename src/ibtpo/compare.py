@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ibtpo.plots import moving_average, series
 from ibtpo.training.metrics import read_metrics
 
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -146,18 +147,11 @@ PLOT_KEYS = [("held-out accuracy", None), ("actor/entropy", "actor/entropy"), ("
 
 
 def _curve(path: Path, key: str | None, acc_key: str) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys, tokens = [], [], 0
-    for r in read_metrics(path / "metrics.jsonl"):
-        tokens = r.get("train/tokens", tokens)
-        k = key or acc_key
-        if k in r:
-            xs.append(tokens)
-            ys.append(r[k])
-    ys = np.asarray(ys, dtype=float)
-    if key is not None and len(ys) > 40:  # per-step metric: trailing moving average
-        w = max(5, len(ys) // 40)
-        ys = np.convolve(ys, np.ones(w) / w, mode="full")[: len(ys)] * w / np.minimum(np.arange(1, len(ys) + 1), w)
-    return np.asarray(xs, dtype=float), ys
+    """A run's metric against generated tokens (held-out accuracy when `key` is None); per-step metrics smoothed."""
+    xs, ys = series(read_metrics(path / "metrics.jsonl"), key or acc_key, "tokens")
+    if key is not None and len(ys) > 40:
+        ys = moving_average(ys, max(5, len(ys) // 40))
+    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
 
 
 def plot_comparison(out: Path, runs: dict[str, dict[int, dict]]) -> Path:

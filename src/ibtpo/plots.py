@@ -17,7 +17,8 @@ PANELS = [
 ]
 
 
-def _series(records: list[dict], key: str, x_key: str) -> tuple[list[float], list[float]]:
+def series(records: list[dict], key: str, x_key: str) -> tuple[list[float], list[float]]:
+    """(x, y) of every record holding `key`; x is the step ("step") or the generated tokens so far ("tokens")."""
     xs, ys, tokens = [], [], 0.0
     for r in records:
         tokens = r.get("train/tokens", tokens)
@@ -27,7 +28,7 @@ def _series(records: list[dict], key: str, x_key: str) -> tuple[list[float], lis
     return xs, ys
 
 
-def _moving_average(ys: list[float], window: int) -> list[float]:
+def moving_average(ys: list[float], window: int) -> list[float]:
     """Trailing mean over up to `window` points (same length as ys)."""
     out, acc = [], 0.0
     for i, y in enumerate(ys):
@@ -55,13 +56,13 @@ def _draw(ax, records: list[dict], keys: list[str], x_key: str, legend: bool) ->
     """One panel: per-step metrics as a faint raw curve + moving average, sparse ones as markers."""
     seen = set()
     for i, key in enumerate(keys):
-        xs, ys = _series(records, key, x_key)
+        xs, ys = series(records, key, x_key)
         if (tuple(xs), tuple(ys)) in seen:  # e.g. ib/* copied from probe/ib/* in independent runs: draw once
             continue
         seen.add((tuple(xs), tuple(ys)))
         if len(xs) > 40:
             ax.plot(xs, ys, alpha=0.25, lw=0.8, color=f"C{i}")
-            ax.plot(xs, _moving_average(ys, max(5, len(ys) // 40)), color=f"C{i}", lw=1.8, label=key)
+            ax.plot(xs, moving_average(ys, max(5, len(ys) // 40)), color=f"C{i}", lw=1.8, label=key)
         elif xs:
             se_key = PROBE_SE.get(key.rsplit("/", 1)[-1])
             errs = [r.get(se_key) for r in records if key in r] if se_key else []
