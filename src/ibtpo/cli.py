@@ -131,10 +131,9 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
 
     from ibtpo.models import load_policy
     from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, plot_summary, summarize
-    from ibtpo.rollout.sampling import SamplingParams
     from ibtpo.rollout.steps import StepSplitter
     from ibtpo.testbed.task import sum_reward
-    from ibtpo.training.trainer import tree_shape
+    from ibtpo.training.trainer import rollout_sampling, tree_shape
 
     path, rest = _split_config_path(rest)
     cfg = build_config(path, parse_overrides(rest))
@@ -148,8 +147,7 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     questions, dataset = _score_questions(args, cfg)
     model, tok = load_policy(_resolve_eval_model(cfg.model), cfg.dtype)
     shape = tree_shape(cfg, "ib")
-    sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                              max_new_tokens=cfg.max_completion_length)
+    sampling = rollout_sampling(cfg)
     console = Console(stderr=True)
     with Progress(TextColumn("growing IBTrees"), BarColumn(), MofNCompleteColumn(), TextColumn("questions"),
                   TimeElapsedColumn(), console=console) as progress:

@@ -64,6 +64,12 @@ def tree_shape(cfg: TrainConfig, sampler: str | None = None) -> TreeShape:
                      max_depth=cfg.treepo_max_depth)
 
 
+def rollout_sampling(cfg: TrainConfig) -> SamplingParams:
+    """How rollouts (and IB probes) draw tokens: temperature, top-p, top-k and the completion cap of the run."""
+    return SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                          max_new_tokens=cfg.max_completion_length)
+
+
 class Trainer:
     """Owns the policy, optimizer and run state of one training run."""
 
@@ -106,8 +112,7 @@ class Trainer:
                                    ibro_coef=cfg.ibro_coef)
         self.regularizers = [REGULARIZERS.get(name) for name, coef in
                              (("kl", cfg.beta), ("entropy", cfg.entropy_coef), ("ibro", cfg.ibro_coef)) if coef > 0]
-        self.sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                       max_new_tokens=cfg.max_completion_length)
+        self.sampling = rollout_sampling(cfg)
         self.splitter = StepSplitter(self.tokenizer, cfg.step_delimiter, cfg.min_step_tokens)
         self.step, self.tokens, self.data_pos = 0, 0, 0
         if ckpt is not None:
