@@ -31,10 +31,11 @@ def test_score_run_checkpoint_and_jsonl(tmp_path, tiny_model_dir):
     qs.write_text("".join(json.dumps({"prompt": f"Q:{a}+{a}+1\n\n", "answer": str(2 * a + 1)}) + "\n"
                           for a in range(1, 6)))
     out = tmp_path / "s"
-    assert main(["score", f"model={tmp_path / 'run'}", "max_completion_length=12", *SMALL[:3], "--dataset", str(qs),
+    assert main(["score", f"model={tmp_path / 'run'}", "max_completion_length=12", "reward_fn=sum", *SMALL[:3],
+                 "--dataset", str(qs),
                  "--out", str(out)]) == 0
     data = json.loads((out / "score.json").read_text())
-    assert data["settings"]["dataset"] == str(qs) and [q["id"] for q in data["questions"]][:2] == ["line-1", "line-2"]
+    assert data["settings"]["dataset"] == str(qs) and [q["id"] for q in data["questions"]][:2] == ["q-0", "q-1"]
 
 
 def test_incompatible_model_and_bad_paths_are_one_line_errors(tmp_path, tiny_model_dir, tokenizer, capsys):
@@ -48,7 +49,7 @@ def test_incompatible_model_and_bad_paths_are_one_line_errors(tmp_path, tiny_mod
     (tmp_path / "bad.jsonl").write_text('{"prompt": "Q:1+2\\n\\n", "answer": 3}\n{"prompt": 1}\n')
     cases = [([f"model={small}"], "do not match: the tokenizer has 100 tokens, the model embeds 50"),
              ([f"model={tmp_path / 'none'}"], "model path not found"),
-             (["--dataset", str(tmp_path / "bad.jsonl")], f"{tmp_path / 'bad.jsonl'}:2: missing field 'answer'"),
+             (["--dataset", str(tmp_path / "bad.jsonl")], f"{tmp_path / 'bad.jsonl'}:2: field 'prompt' must be a non-empty string"),
              (["--batch", "0"], "--batch: must be >= 1")]
     for args, message in cases:
         assert main(["score", *args, "--out", str(tmp_path / "o")]) == 2

@@ -1,8 +1,8 @@
 """The ``ibtpo`` command line: train, eval, score, compare, pretrain.
 
     ibtpo train [CONFIG.yaml] [key=value | --key value ...] [--resume RUN_DIR]
-    ibtpo eval  [model=PATH_OR_RUN_DIR] [eval_k=8 ...] [--json FILE]
-    ibtpo score [model=PATH_OR_RUN_DIR] [tree_b0=4 tree_l=9 ...] [--dataset sum|FILE.jsonl] [--questions N] [--out DIR]
+    ibtpo eval  [model=PATH_OR_RUN_DIR] [eval_datasets=[A.jsonl,NAME=B.parquet]] [eval_k=8 ...] [--json FILE]
+    ibtpo score [model=PATH_OR_RUN_DIR] [tree_b0=4 tree_l=9 ...] [--dataset sum|FILE] [--questions N] [--out DIR]
     ibtpo compare [CONFIG.yaml] [--presets grpo ib_tpo ...] [--seeds 0 1 2] [--tokens N] [--out DIR] [key=value ...]
     ibtpo pretrain [--out DIR] [steps=900 ...]
 
@@ -73,53 +73,71 @@ def _resolve_eval_model(name: str) -> str:
 
 
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
+    import torch
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from ibtpo.evaluation import evaluate
     from ibtpo.models import load_policy
-    from ibtpo.testbed.task import extract_answer, sum_reward
-    from ibtpo.training.trainer import EVAL_SEED_OFFSET, build_task
+    from ibtpo.tasks import build_rewards, build_source
+    from ibtpo.training.trainer import EVAL_SEED_OFFSET
 
     path, rest = _split_config_path(rest)
     cfg = build_config(path, parse_overrides(rest))
-    import torch
-
     torch.set_num_threads(cfg.threads)
+    rewards = build_rewards(cfg)
     model, tok = load_policy(_resolve_eval_model(cfg.model), cfg.dtype)
-    task = build_task(cfg)
-    problems = list(task.test_problems[: cfg.eval_questions])
+    sets = {name: qs[:cfg.eval_questions] for name, qs in build_source(cfg, tok).test_sets.items()}
     console = Console(stderr=True)
-    with console.status(f"evaluating {len(problems)} questions x {cfg.eval_k} samples"):
-        res = evaluate(model, tok, problems, sum_reward, k=cfg.eval_k, temperature=cfg.eval_temperature,
-                       max_new_tokens=cfg.max_completion_length, greedy=cfg.eval_greedy,
-                       seed=cfg.seed + EVAL_SEED_OFFSET, extract=extract_answer)
-    table = Table(title=f"{cfg.task} test split ({len(problems)} questions)")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in res.items():
-        table.add_row(k, f"{v:.4f}")
+    results = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("questions"),
+                  TimeElapsedColumn(), console=console) as progress:
+        for name, problems in sets.items():
+            bar = progress.add_task(f"{name} ({cfg.eval_k} samples + greedy)", total=len(problems))
+            res = evaluate(model, tok, problems, rewards.check, k=cfg.eval_k, temperature=cfg.eval_temperature,
+                           max_new_tokens=cfg.max_completion_length, greedy=cfg.eval_greedy,
+                           seed=cfg.seed + EVAL_SEED_OFFSET, extract=rewards.extract,
+                           on_batch=lambda n, bar=bar: progress.advance(bar, n))
+            results[name] = {"questions": len(problems), **res}
+    metrics = list(next(iter(results.values())))[1:]
+    table = Table(title=f"{cfg.model}: {cfg.eval_k} samples per question at T={cfg.eval_temperature}")
+    table.add_column("dataset")
+    table.add_column("questions", justify="right")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for name, res in results.items():
+        table.add_row(name, str(res["questions"]),
+                      *[f"{100 * res[m]:.1f}%" if m != "response_length" else f"{res[m]:.1f}" for m in metrics])
     Console().print(table)
-    out = {"model": cfg.model, "dataset": cfg.task, "questions": len(problems), **res}
+    errors = rewards.check.pop_stats()
+    if any(errors.values()):
+        console.print(f"reward function: {errors['reward/errors']} errors (scored 0), {errors['reward/none']} "
+                      f"unscorable answers (scored 0)")
+    out = {"model": cfg.model, "eval_k": cfg.eval_k, "eval_temperature": cfg.eval_temperature,
+           "max_completion_length": cfg.max_completion_length, "reward_fn": cfg.reward_fn, "datasets": results,
+           "reward_stats": errors}
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))
+        console.print(f"wrote {args.json}")
     return 0
 
 
-def _score_questions(args: argparse.Namespace, cfg) -> tuple[list, str]:
+def _score_questions(args: argparse.Namespace, cfg, tokenizer) -> tuple[list, str]:
     """The question set of `ibtpo score` and its name."""
-    from ibtpo.data import load_jsonl_questions
-    from ibtpo.training.trainer import build_task
+    from ibtpo.tasks import SumSource, build_source
 
     if args.dataset == "sum":
-        task = build_task(cfg)
+        task = SumSource(cfg)
         if args.split == "test":
-            questions = list(task.test_problems)
+            questions = task.test_sets[task.name]
         else:
             questions = [task.train_problem(i) for i in range(args.questions or 512)]
         name = f"sum/{args.split}"
     else:
-        questions, name = load_jsonl_questions(args.dataset), args.dataset
+        source = build_source(cfg.model_copy(update={"eval_datasets": [args.dataset], "dataset": None}), tokenizer)
+        questions, name = next(iter(source.test_sets.values())), args.dataset
     return questions[: args.questions] if args.questions else questions, name
 
 
@@ -132,7 +150,7 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     from ibtpo.models import load_policy
     from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, plot_summary, summarize
     from ibtpo.rollout.steps import StepSplitter
-    from ibtpo.testbed.task import sum_reward
+    from ibtpo.tasks import build_rewards
     from ibtpo.training.trainer import rollout_sampling, tree_shape
 
     path, rest = _split_config_path(rest)
@@ -144,15 +162,16 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
         if value is not None and value < 1:
             raise UsageError(f"{flag}: must be >= 1, got {value}")
     torch.set_num_threads(cfg.threads)
-    questions, dataset = _score_questions(args, cfg)
     model, tok = load_policy(_resolve_eval_model(cfg.model), cfg.dtype)
+    questions, dataset = _score_questions(args, cfg, tok)
+    reward = build_rewards(cfg.model_copy(update={"dataset": None if args.dataset == "sum" else args.dataset})).check
     shape = tree_shape(cfg, "ib")
     sampling = rollout_sampling(cfg)
     console = Console(stderr=True)
     with Progress(TextColumn("growing IBTrees"), BarColumn(), MofNCompleteColumn(), TextColumn("questions"),
                   TimeElapsedColumn(), console=console) as progress:
         bar = progress.add_task("score", total=len(questions))
-        trees = grow_probe(model, tok, questions, sum_reward, shape, sampling,
+        trees = grow_probe(model, tok, questions, reward, shape, sampling,
                            StepSplitter(tok, cfg.step_delimiter, cfg.min_step_tokens), seed=cfg.seed + PROBE_SEED_OFFSET,
                            batch_questions=args.batch, prefix_reuse=cfg.prefix_reuse,
                            on_batch=lambda n: progress.advance(bar, n))
@@ -287,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p_eval = sub.add_parser("eval", help="held-out avg@k / pass@k / maj@k / greedy accuracy")
     p_eval.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p_score = sub.add_parser("score", help="IB-Score probe: grow IBTrees with a policy on a question set")
-    p_score.add_argument("--dataset", default="sum", help="'sum' (the testbed task) or a JSONL file with prompt/answer (scored by the testbed verifier, final line A:<answer>)")
+    p_score.add_argument("--dataset", default="sum", help="'sum' (the testbed task) or a dataset file/dir (any layout of dataset=; scored by reward_fn, auto = math-verify)")
     p_score.add_argument("--split", choices=("test", "train"), default="test", help="testbed split (--dataset sum)")
     p_score.add_argument("--questions", type=int, default=None, help="score only the first N questions")
     p_score.add_argument("--batch", type=int, default=64, help="questions grown together in one batch")
@@ -317,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         from ibtpo.data import DataError
         from ibtpo.models import ModelLoadError
 
-        if isinstance(exc, (ModelLoadError, DataError, FileNotFoundError, FileExistsError)):
+        from ibtpo.reward_fns import RewardError
+
+        if isinstance(exc, (ModelLoadError, DataError, RewardError, FileNotFoundError, FileExistsError)):
             return _fail(str(exc))
         raise
 

@@ -46,8 +46,13 @@ class TrainConfig(BaseModel):
     overwrite: bool = Field(False, description="Allow a new run in an out_dir that already holds checkpoints (they are deleted).")
 
     # --- model -----------------------------------------------------------------------------------------------------
-    model: str = Field(TESTBED_MODEL, description="'testbed' (the shipped tiny policy) or a local path to a transformers causal LM.")
+    model: str = Field(TESTBED_MODEL, description="'testbed' (the shipped tiny policy), a local transformers causal LM directory, or a hub id already in the local HF cache.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter dtype of the policy.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (less memory, ~30% more compute).")
+    lora_rank: int = Field(0, ge=0, description="LoRA rank through peft (0 = train every weight).")
+    lora_alpha: float = Field(32.0, gt=0.0, description="LoRA alpha (the adapter update is scaled by alpha / rank).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA adapter input.")
+    lora_target_modules: str | list[str] = Field("all-linear", description="Modules that get adapters: 'all-linear' or a list of module names (e.g. [q_proj, v_proj]).")
 
     # --- task --------------------------------------------------------------------------------------------------------
     task: Literal["sum"] = Field("sum", description="Built-in task: 'sum' (step-by-step multi-term sums, any order).")
@@ -55,7 +60,19 @@ class TrainConfig(BaseModel):
     task_max_terms: int = Field(4, ge=2, le=8, description="Most terms of a sum problem.")
     task_max_value: int = Field(30, ge=2, le=999, description="Terms are drawn from 1..task_max_value.")
     task_seed: int = Field(1234, ge=0, description="Seed of the problem generator (fixes the test split).")
-    test_size: int = Field(512, ge=1, description="Problems in the held-out test split.")
+    test_size: int = Field(512, ge=1, description="Problems in the held-out test split (built-in task; a dataset without eval_datasets holds out this many rows).")
+    dataset: str | None = Field(None, description="Training questions from a local file or dir (jsonl, json, parquet, a saved `datasets` dir; DIR:split picks a split); unset = the built-in task.")
+    dataset_layout: Literal["auto", "dapo", "math500", "aime", "gsm8k", "columns"] = Field("auto", description="Row layout of dataset and eval_datasets files (auto = told from the columns).")
+    prompt_column: str | None = Field(None, description="Column holding the prompt (a string or chat messages); overrides the layout's.")
+    answer_column: str | None = Field(None, description="Column holding the reference answer; overrides the layout's.")
+    id_column: str | None = Field(None, description="Column holding a question id; overrides the layout's.")
+    prompt_template: str | None = Field(None, description="Template with {prompt} wrapped around each question (for chat messages: the last user turn).")
+    chat_template: Literal["auto", "on", "off"] = Field("auto", description="Apply the tokenizer's chat template: auto = when the prompt is chat messages; on = always; off = never.")
+    skip_bad_rows: bool = Field(False, description="Skip (and count) malformed dataset rows instead of failing on the first one.")
+    eval_datasets: list[str] = Field(default_factory=list, description="Evaluation sets, each PATH or NAME=PATH (metrics val/NAME/...); empty = the task's test split.")
+    reward_fn: str = Field("auto", description="Reward: auto (sum for the built-in task, math for datasets), sum, math (math-verify), or module:function / file.py:function (TRL signature).")
+    format_reward_weight: float = Field(0.0, ge=0.0, description="Add this weight x the format reward (a final boxed or 'Answer:' line) to the reward.")
+    reward_errors: Literal["fail", "zero"] = Field("fail", description="A reward function that raises: stop the run naming the question (fail), or score 0, count it and go on (zero).")
 
     # --- rollout -----------------------------------------------------------------------------------------------------
     questions_per_step: int = Field(16, ge=1, description="Questions (prompts) per RL step.")

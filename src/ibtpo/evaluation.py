@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from ibtpo.rewards import score_completions
+from ibtpo.rewards import reward_columns, score_completions
 from ibtpo.rollout.engine import sample
 from ibtpo.rollout.sampling import SamplingParams
 
@@ -32,13 +32,21 @@ def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
     return any(ok for a, ok in seen if a == top)
 
 
+def _columns(problems, k: int) -> dict[str, list]:
+    """Reward columns of `problems`, each repeated k times (one entry per completion)."""
+    rows = [reward_columns(p) for p in problems]
+    return {key: [r.get(key) for r in rows for _ in range(k)] for key in rows[0]}
+
+
 @torch.no_grad()
 def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperature: float, max_new_tokens: int,
              greedy: bool = True, seed: int = 0, batch_questions: int = 128,
-             extract: Callable[[str], str | None] | None = None) -> dict[str, float]:
+             extract: Callable[[str], str | None] | None = None,
+             on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
     """Sample k completions per problem (and one greedy) and score them; returns avg@k, pass@k, maj@k, greedy acc.
 
-    Uses its own generator seeded with `seed`, so evaluation neither depends on nor disturbs the training RNG.
+    A completion counts as correct when its reward is >= 1. Uses its own generator seeded with `seed`, so evaluation
+    neither depends on nor disturbs the training RNG. `on_batch(n)` is called after every batch of n questions.
     """
     was_training = model.training
     model.eval()
@@ -52,12 +60,11 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
         groups = sample(model, prompts, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens),
                         eos, pad, generator=gen, n=k)
         flat, scores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk for _ in range(k)],
-                                         [g.token_ids for grp in groups for g in grp],
-                                         {"answer": [p.answer for p in chunk for _ in range(k)]})
+                                         [g.token_ids for grp in groups for g in grp], _columns(chunk, k))
         lengths += [len(g.token_ids) for grp in groups for g in grp]
         for i in range(len(chunk)):
             grp = flat[i * k:(i + 1) * k]
-            ok = [s == 1.0 for s in scores[i * k:(i + 1) * k]]
+            ok = [s >= 1.0 for s in scores[i * k:(i + 1) * k]]
             c = sum(ok)
             totals["avg"] += c / k
             totals["passk"] += pass_at_k(k, c, k)
@@ -66,8 +73,10 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
         if greedy:
             gg = sample(model, prompts, SamplingParams(greedy=True, max_new_tokens=max_new_tokens), eos, pad)
             _, gscores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk],
-                                           [g[0].token_ids for g in gg], {"answer": [p.answer for p in chunk]})
-            totals["greedy"] += sum(s == 1.0 for s in gscores)
+                                           [g[0].token_ids for g in gg], _columns(chunk, 1))
+            totals["greedy"] += sum(s >= 1.0 for s in gscores)
+        if on_batch is not None:
+            on_batch(len(chunk))
     n = len(problems)
     out = {f"avg@{k}": totals["avg"] / n, f"pass@{k}": totals["passk"] / n,
            "response_length": sum(lengths) / max(1, len(lengths))}

@@ -1,7 +1,16 @@
-"""Loading the policy: the shipped testbed model or any local transformers causal LM."""
+"""Loading the policy: the shipped testbed model, a local transformers causal LM, a hub id, or a LoRA checkpoint.
+
+- ``model=testbed`` is the shipped tiny policy; any other value is a local directory or a Hugging Face hub id.
+  Runs are offline (``HF_HUB_OFFLINE=1`` in ``run.sh``): a hub id loads from the local Hugging Face cache.
+- A directory holding ``adapter_config.json`` (what a LoRA run's checkpoints hold) is loaded as its base model
+  (``base_model_name_or_path``) with the adapters attached.
+- LoRA through peft (``lora_rank > 0``): only the adapters train and are saved; the base weights stay frozen, so
+  the KL reference is the same model with its adapters disabled (no second copy in memory).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -9,6 +18,7 @@ import torch
 from ibtpo.config import TESTBED_MODEL
 
 TESTBED_POLICY_DIR = Path(__file__).parent / "testbed" / "policy"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 class ModelLoadError(RuntimeError):
@@ -16,34 +26,112 @@ class ModelLoadError(RuntimeError):
 
 
 def resolve_model_path(name: str) -> Path:
-    """'testbed' -> the shipped policy directory; anything else is a local path."""
+    """'testbed' -> the shipped policy directory; anything else is a local path (or a hub id, see load_policy)."""
     return TESTBED_POLICY_DIR if name == TESTBED_MODEL else Path(name)
 
 
-def load_policy(name: str, dtype: str = "float32"):
-    """(model, tokenizer) from `name`; raises ModelLoadError with a one-line reason."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and not name.endswith((".json", ".pt"))
 
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _source(name: str) -> str:
+    """The argument for from_pretrained: a local directory, or a hub id (resolved from the local cache)."""
     path = resolve_model_path(name)
-    if not path.exists():
-        hint = " (run `ibtpo pretrain` to rebuild the testbed policy)" if name == TESTBED_MODEL else ""
-        raise ModelLoadError(f"model path not found: {path}{hint}")
-    if path.is_dir() and not (path / "config.json").exists():
-        raise ModelLoadError(f"cannot load a causal LM from {path}: no config.json there (not a transformers model "
-                             f"directory)")
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").exists() and not (path / ADAPTER_CONFIG).exists():
+            raise ModelLoadError(f"cannot load a causal LM from {path}: no config.json there (not a transformers "
+                                 f"model directory)")
+        return str(path)
+    if name == TESTBED_MODEL:
+        raise ModelLoadError(f"model path not found: {path} (run `ibtpo pretrain` to rebuild the testbed policy)")
+    if _looks_like_hub_id(name):
+        return name
+    raise ModelLoadError(f"model path not found: {name}")
+
+
+def _from_pretrained(name: str, dtype: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    src = _source(name)
+    hf_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        tokenizer = AutoTokenizer.from_pretrained(src)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype))
     except Exception as exc:  # transformers raises many kinds; the user needs the path and the first line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load a causal LM from {path}: {first}") from None
+        hint = (" (not a local path; as a hub id it must already be in the local Hugging Face cache, "
+                "since runs are offline: download it first or pass a local copy)") if not Path(src).exists() else ""
+        raise ModelLoadError(f"cannot load a causal LM from {src}: {_first_line(exc)}{hint}") from None
+    return model, tokenizer
+
+
+def _check_pair(model, tokenizer, where: str) -> None:
     if tokenizer.eos_token_id is None:
-        raise ModelLoadError(f"cannot use the model at {path}: its tokenizer has no EOS token (trajectories could not end)")
+        raise ModelLoadError(f"cannot use the model at {where}: its tokenizer has no EOS token (trajectories could "
+                             f"not end)")
     embedded = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > embedded:
-        raise ModelLoadError(f"tokenizer and model at {path} do not match: the tokenizer has {len(tokenizer)} tokens, "
+        raise ModelLoadError(f"tokenizer and model at {where} do not match: the tokenizer has {len(tokenizer)} tokens, "
                              f"the model embeds {embedded}")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+
+
+def load_policy(name: str, dtype: str = "float32", gradient_checkpointing: bool = False):
+    """(model, tokenizer) from `name`; raises ModelLoadError with a one-line reason.
+
+    A directory with LoRA adapters loads its base model and attaches them (trainable). Gradient checkpointing
+    (non-reentrant) trades compute for activation memory in the training forward passes.
+    """
+    path = resolve_model_path(name)
+    if (path / ADAPTER_CONFIG).exists():
+        base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+        if not base:
+            raise ModelLoadError(f"cannot load LoRA adapters from {path}: {ADAPTER_CONFIG} names no base model")
+        model, tokenizer = _from_pretrained(base, dtype)
+        if (path / "tokenizer_config.json").exists():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, path, is_trainable=True)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load LoRA adapters from {path}: {_first_line(exc)}") from None
+    else:
+        model, tokenizer = _from_pretrained(name, dtype)
+    _check_pair(model, tokenizer, str(path if path.exists() else name))
+    if gradient_checkpointing:  # transformers >= 5.x names it activation checkpointing
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer
+
+
+def add_lora(model, rank: int, alpha: float, dropout: float, target_modules: str | list[str]):
+    """Wrap `model` with fresh LoRA adapters (peft); only the adapters are trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    if hasattr(model, "peft_config"):  # resumed from a LoRA checkpoint: the adapters are already there
+        return model
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    try:
+        return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                                                target_modules=targets, task_type="CAUSAL_LM"))
+    except ValueError as exc:
+        raise ModelLoadError(f"lora_target_modules={target_modules!r}: {_first_line(exc)}") from None
+
+
+def is_lora(model) -> bool:
+    """Does `model` carry peft adapters (then the KL reference is the model with its adapters disabled)?"""
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")

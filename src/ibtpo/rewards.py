@@ -7,6 +7,11 @@ from typing import Any, Callable
 RewardFn = Callable[..., list]
 
 
+def reward_columns(problem) -> dict[str, Any]:
+    """Dataset columns passed to the reward function with a problem's completions (at least its reference answer)."""
+    return problem.reward_columns() if hasattr(problem, "reward_columns") else {"answer": problem.answer}
+
+
 def score_completions(reward_fn: RewardFn, tokenizer, prompts: list[str], completion_ids: list[list[int]],
                       columns: dict[str, list[Any]]) -> tuple[list[str], list[float]]:
     """Decode completions and score them: ``reward_fn(prompts, completions, completion_ids, **columns)``.

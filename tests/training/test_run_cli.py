@@ -46,7 +46,8 @@ def test_train_writes_run_directory_then_eval(tmp_path):
     assert (run / "checkpoints" / "latest").exists()
     ev = ibtpo("eval", f"model={run}", "eval_questions=8", "eval_k=2", "--json", str(tmp_path / "ev.json"))
     assert ev.returncode == 0, ev.stderr[-2000:]
-    assert 0 <= json.loads((tmp_path / "ev.json").read_text())["avg@2"] <= 1
+    res = json.loads((tmp_path / "ev.json").read_text())["datasets"]["sum"]
+    assert res["questions"] == 8 and 0 <= res["pass@2"] <= 1 and res["avg@2"] <= res["pass@2"]
 
 
 def _without_perf(recs):

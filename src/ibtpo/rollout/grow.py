@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from ibtpo.rewards import RewardFn, reward_leaves
+from ibtpo.rewards import RewardFn, reward_columns, reward_leaves
 from ibtpo.rollout.engine import Engine
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
 from ibtpo.rollout.sampling import SamplingParams
@@ -19,15 +19,10 @@ from ibtpo.rollout.steps import StepSplitter
 from ibtpo.rollout.tree import Tree
 
 
-def answer_column(problem) -> dict[str, Any]:
-    """Dataset columns passed to the reward function with every completion (default: the reference answer)."""
-    return {"answer": problem.answer}
-
-
 def grow_problem_trees(sampler: str, model, tokenizer, problems: list, reward_fn: RewardFn, shape: TreeShape,
                        sampling: SamplingParams, splitter: StepSplitter, generator: torch.Generator,
                        rng: random.Random, prefix_reuse: bool = True,
-                       columns: Callable[[Any], dict[str, Any]] = answer_column) -> list[Tree]:
+                       columns: Callable[[Any], dict[str, Any]] = reward_columns) -> list[Tree]:
     """One rewarded tree per problem (objects with ``id`` and ``prompt``), grown by the named sampler.
 
     The model is put in eval mode while sampling and restored afterwards. Token draws come from `generator`,

@@ -27,7 +27,7 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     """Run (or resume) training to its step/token budget; returns the end-of-run summary."""
     console = console or Console(stderr=True)
     trainer = Trainer(cfg, resume=resume)
-    acc_key = f"val/{cfg.task}/avg@{cfg.eval_k}"
+    acc_key = f"val/{trainer.source.name}/avg@{cfg.eval_k}"  # the primary evaluation set
     last_eval: dict[str, float] = {}
     t_start = time.perf_counter()
     if trainer.step == 0:

@@ -28,9 +28,9 @@ import torch
 from ibtpo.algos.advantages import get_adv_estimator
 from ibtpo.algos.ib_score import tree_ib_stats
 from ibtpo.algos.losses import REGULARIZERS, LossConfig, get_policy_loss, masked_mean
-from ibtpo.config import TrainConfig, save_config
+from ibtpo.config import ConfigError, TrainConfig, save_config
 from ibtpo.evaluation import evaluate
-from ibtpo.models import load_policy
+from ibtpo.models import add_lora, is_lora, load_policy
 from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, probe_metrics
 from ibtpo.rollout.render import render_tree
 from ibtpo.rollout.grow import grow_problem_trees
@@ -38,7 +38,7 @@ from ibtpo.rollout.samplers import TreeShape
 from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
 from ibtpo.rollout.tree import Tree
-from ibtpo.testbed.task import SumTask, extract_answer, sum_reward
+from ibtpo.tasks import build_rewards, build_source
 from ibtpo.training.batch import TrainBatch, flatten_paths, token_logprobs
 from ibtpo.training.checkpoint import (latest_checkpoint, load_trainer_state, rng_state, save_checkpoint,
                                        set_rng_state)
@@ -47,11 +47,6 @@ from ibtpo.training.metrics import MetricsLogger, rollout_metrics
 EVAL_SEED_OFFSET = 1_000_003
 IB_KEYS = ("ib/score_mean", "ib/cov_conf_gain", "ib/step_entropy", "ib/branching_nodes")
 """IB metrics a tree run reads from its own trees and an independent run copies from its probe."""
-
-
-def build_task(cfg: TrainConfig) -> SumTask:
-    return SumTask(min_terms=cfg.task_min_terms, max_terms=cfg.task_max_terms, max_value=cfg.task_max_value,
-                   seed=cfg.task_seed, test_size=cfg.test_size)
 
 
 def tree_shape(cfg: TrainConfig, sampler: str | None = None) -> TreeShape:
@@ -82,8 +77,11 @@ class Trainer:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.task = build_task(cfg)
-        self.reward_fn = sum_reward
+        if cfg.eval_datasets and not cfg.dataset:
+            raise ConfigError("eval_datasets: set dataset= too (training on the built-in task evaluates on its own "
+                              "test split)")
+        self.rewards = build_rewards(cfg)
+        self.reward_fn = self.rewards.train
         ckpt = latest_checkpoint(self.run_dir) if resume else None
         if resume and ckpt is None:
             raise FileNotFoundError(f"no checkpoint to resume from in {self.run_dir / 'checkpoints'}")
@@ -92,14 +90,19 @@ class Trainer:
                 raise FileExistsError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir}, "
                                       f"or pass overwrite=true or another out_dir")
             shutil.rmtree(self.run_dir / "checkpoints")
-        self.policy, self.tokenizer = load_policy(str(ckpt) if ckpt else cfg.model, cfg.dtype)
+        self.policy, self.tokenizer = load_policy(str(ckpt) if ckpt else cfg.model, cfg.dtype,
+                                                  cfg.gradient_checkpointing)
+        if cfg.lora_rank:
+            self.policy = add_lora(self.policy, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
+                                   cfg.lora_target_modules)
         self.policy.train()
+        self.source = build_source(cfg, self.tokenizer)
         self.ref = None
-        if cfg.beta > 0:  # frozen reference for the KL term (not kept at all when beta = 0)
+        if cfg.beta > 0 and not is_lora(self.policy):  # frozen reference for the KL term (LoRA: adapters disabled)
             self.ref, _ = load_policy(cfg.model, cfg.dtype)
             self.ref.eval().requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.learning_rate,
-                                           weight_decay=cfg.weight_decay)
+        self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.shape = tree_shape(cfg)  # before the scheduler: its LR factor counts optimizer steps from the group size
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.adv_fn = get_adv_estimator(cfg.adv_estimator)
@@ -149,7 +152,7 @@ class Trainer:
     def rollout(self) -> list[Tree]:
         """Sample and reward one batch of trees; advances the data position."""
         cfg = self.cfg
-        problems = [self.task.train_problem(self.data_pos + i) for i in range(cfg.questions_per_step)]
+        problems = [self.source.train_problem(self.data_pos + i) for i in range(cfg.questions_per_step)]
         self.data_pos += len(problems)
         # tie-breaking and node draws of the tree rules come from the run's generator (checkpointed with it)
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
@@ -160,9 +163,9 @@ class Trainer:
         """`ppo_epochs` passes of clipped policy-gradient mini-batch steps over one rollout batch."""
         cfg = self.cfg
         ref_logp = None
-        if self.ref is not None:
+        if cfg.beta > 0:
             with torch.no_grad():
-                ref_logp, _ = token_logprobs(self.ref, batch.input_ids, batch.attention_mask, cfg.temperature)
+                ref_logp = self.reference_logprobs(batch)
         mb = cfg.mini_batch_size or batch.size
         sums: dict[str, float] = {}
         count = 0
@@ -180,7 +183,7 @@ class Trainer:
                     m.update(rm)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                m["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm))
+                m["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
                 m["actor/lr"] = self.optimizer.param_groups[0]["lr"]
                 m["actor/loss"] = float(loss.detach())
                 self.optimizer.step()
@@ -193,20 +196,31 @@ class Trainer:
             out["actor/kl"] = 0.0
         return out
 
+    def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        """Token log-probs (bs, T) under the frozen reference: the base model (LoRA: adapters disabled)."""
+        if self.ref is not None:
+            return token_logprobs(self.ref, batch.input_ids, batch.attention_mask, self.cfg.temperature)[0]
+        with self.policy.disable_adapter():
+            return token_logprobs(self.policy, batch.input_ids, batch.attention_mask, self.cfg.temperature)[0]
+
     def evaluate(self) -> dict[str, float]:
+        """avg@k, pass@k, maj@k, greedy accuracy and length on every evaluation set (``val/<set>/<metric>``)."""
         cfg = self.cfg
-        res = evaluate(self.policy, self.tokenizer, list(self.task.test_problems[:cfg.eval_questions]), sum_reward,
-                       k=cfg.eval_k, temperature=cfg.eval_temperature, max_new_tokens=cfg.max_completion_length,
-                       greedy=cfg.eval_greedy, seed=cfg.seed + EVAL_SEED_OFFSET, extract=extract_answer)
-        return {f"val/{cfg.task}/{k}": v for k, v in res.items()}
+        out = {}
+        for name, problems in self.source.test_sets.items():
+            res = evaluate(self.policy, self.tokenizer, problems[:cfg.eval_questions], self.rewards.check,
+                           k=cfg.eval_k, temperature=cfg.eval_temperature, max_new_tokens=cfg.max_completion_length,
+                           greedy=cfg.eval_greedy, seed=cfg.seed + EVAL_SEED_OFFSET, extract=self.rewards.extract)
+            out.update({f"val/{name}/{k}": v for k, v in res.items()})
+        return out
 
     def probe(self) -> dict[str, float]:
         """IB probe of the current policy (``probe/*``); in independent-sampling runs also its ``ib/*`` metrics."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        problems = list(self.task.test_problems[:cfg.ib_probe_questions])
-        trees = grow_probe(self.policy, self.tokenizer, problems, self.reward_fn, tree_shape(cfg, "ib"), self.sampling,
-                           self.splitter, seed=cfg.seed + PROBE_SEED_OFFSET, batch_questions=len(problems),
+        problems = list(self.source.test_sets[self.source.name][:cfg.ib_probe_questions])
+        trees = grow_probe(self.policy, self.tokenizer, problems, self.rewards.check, tree_shape(cfg, "ib"),
+                           self.sampling, self.splitter, seed=cfg.seed + PROBE_SEED_OFFSET, batch_questions=len(problems),
                            prefix_reuse=cfg.prefix_reuse)
         out = probe_metrics(trees, cfg.ib_beta, cfg.ib_conf)
         if cfg.sampler == "independent":
@@ -240,6 +254,8 @@ class Trainer:
                                  scale_rewards=self.cfg.scale_rewards, cfg=self.cfg, node_index=batch.node_index,
                                  nodes=batch.nodes, ancestor_index=batch.ancestor_index)
         metrics = rollout_metrics(trees)
+        if hasattr(self.reward_fn, "pop_stats"):  # reward/errors, reward/none of the guarded reward function
+            metrics.update(self.reward_fn.pop_stats())
         if self.cfg.sampler != "independent":  # IB monitoring from the step's own trees (independent runs: probe)
             ib = tree_ib_stats(trees, self.cfg.ib_beta, self.cfg.ib_conf)
             metrics.update({k: v for k, v in ib.items() if not math.isnan(v)})

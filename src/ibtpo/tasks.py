@@ -1,0 +1,166 @@
+"""Where a run's questions and rewards come from: the built-in sum task, or math datasets from local files.
+
+A *source* gives the trainer three things, whatever the data:
+- ``train_problem(i)``: the i-th question of an endless training stream (``data_pos`` indexes it, so resuming is exact);
+- ``test_sets``: named evaluation sets (metrics ``val/<name>/...``); the first is the primary one (the progress bar,
+  the summary, ``ibtpo compare``) and its first questions are the IB probe's;
+- questions ready for the policy (:class:`Prompt`): the prompt text after the prompt template and chat template.
+
+File datasets: rows are loaded by :func:`ibtpo.data.load_questions` (layouts DAPO-Math-17K, MATH-500, AIME, GSM8K or
+a column map). The training stream walks the rows in a fresh seeded order every epoch. Without ``eval_datasets``,
+``test_size`` rows (a seeded choice) are held out of training and evaluated on.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from ibtpo.data import DataError, Question, load_questions
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A question ready for the policy: rendered prompt text, reference answer, and the columns a reward reads."""
+
+    id: str
+    prompt: str
+    answer: str
+    columns: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def reward_columns(self) -> dict[str, Any]:
+        """Keyword columns of the reward call: the answer, the question id (read by the error guard) and the rest."""
+        return {**self.columns, "answer": self.answer, "question_id": self.id}
+
+
+def render_prompt(prompt: str | tuple[dict, ...], tokenizer, chat_template: str) -> str:
+    """Prompt text for the policy: chat messages (or, with chat_template=on, a string as one user turn) go through
+    the tokenizer's chat template with the generation prompt; otherwise the string is used as it is."""
+    messages = prompt if not isinstance(prompt, str) else None
+    if chat_template == "on" and messages is None:
+        messages = ({"role": "user", "content": prompt},)
+    if messages is None:
+        return prompt
+    if chat_template == "off":
+        raise DataError("chat_template=off, but a question's prompt is chat messages; set chat_template=auto, or "
+                        "use a string prompt column (prompt_column=)")
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("the prompts are chat messages but the tokenizer has no chat template; use a chat model, "
+                        "or a string prompt column (prompt_column=)")
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
+class SumSource:
+    """The built-in CPU testbed task (``ibtpo.testbed.task``): one test split named after the task."""
+
+    def __init__(self, cfg):
+        from ibtpo.testbed.task import SumTask
+
+        self.name = cfg.task
+        self.task = SumTask(min_terms=cfg.task_min_terms, max_terms=cfg.task_max_terms,
+                            max_value=cfg.task_max_value, seed=cfg.task_seed, test_size=cfg.test_size)
+
+    @staticmethod
+    def _prompt(p) -> Prompt:
+        return Prompt(p.id, p.prompt, p.answer)
+
+    def train_problem(self, index: int) -> Prompt:
+        return self._prompt(self.task.train_problem(index))
+
+    @cached_property
+    def test_sets(self) -> dict[str, list[Prompt]]:
+        return {self.name: [self._prompt(p) for p in self.task.test_problems]}
+
+
+class FileSource:
+    """Questions from local dataset files (``dataset`` for training, ``eval_datasets`` for evaluation)."""
+
+    def __init__(self, cfg, tokenizer):
+        self.cfg = cfg
+        self.seed = cfg.seed
+        self.skipped: list[str] = []
+        tests: dict[str, list[Prompt]] = {}
+        for spec in cfg.eval_datasets:
+            name, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
+            loaded = self._load(path)
+            self.skipped += loaded.skipped
+            if (name or loaded.name) in tests:
+                raise DataError(f"eval_datasets: two sets are named {name or loaded.name!r}; name them NAME=PATH")
+            tests[name or loaded.name] = [self._render(q, tokenizer) for q in loaded.questions]
+        rows: list[Prompt] = []
+        if cfg.dataset:
+            train = self._load(cfg.dataset)
+            self.skipped += train.skipped
+            rows = [self._render(q, tokenizer) for q in train.questions]
+        if not tests:  # hold out test_size rows (a seeded choice) for evaluation
+            if len(rows) <= cfg.test_size:
+                raise DataError(f"dataset {cfg.dataset}: {len(rows)} questions, not more than test_size="
+                                f"{cfg.test_size} to hold out for evaluation; lower test_size= or set eval_datasets=")
+            order = list(range(len(rows)))
+            random.Random(cfg.task_seed).shuffle(order)
+            held = set(order[:cfg.test_size])
+            tests[f"{train.name}_heldout"] = [rows[i] for i in sorted(held)]
+            rows = [r for i, r in enumerate(rows) if i not in held]
+        self.rows = rows
+        self.test_sets = tests
+        self.name = next(iter(tests))
+
+    def _load(self, spec: str):
+        cfg = self.cfg
+        path, split = spec, None
+        if ":" in spec and not spec.endswith((".jsonl", ".json", ".parquet")):
+            path, _, split = spec.rpartition(":")
+        return load_questions(path, layout=cfg.dataset_layout, prompt_column=cfg.prompt_column,
+                              answer_column=cfg.answer_column, id_column=cfg.id_column,
+                              prompt_template=cfg.prompt_template, skip_bad_rows=cfg.skip_bad_rows, split=split)
+
+    def _render(self, q: Question, tokenizer) -> Prompt:
+        return Prompt(q.id, render_prompt(q.prompt, tokenizer, self.cfg.chat_template), q.answer, dict(q.columns))
+
+    def train_problem(self, index: int) -> Prompt:
+        if not self.rows:
+            raise DataError("no training questions: set dataset=")
+        epoch, i = divmod(index, len(self.rows))
+        return self.rows[self._order(epoch)[i]]
+
+    def _order(self, epoch: int) -> list[int]:
+        if getattr(self, "_epoch", None) != epoch:
+            order = list(range(len(self.rows)))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            self._epoch, self._epoch_order = epoch, order
+        return self._epoch_order
+
+
+def build_source(cfg, tokenizer) -> SumSource | FileSource:
+    """The question source of a run: dataset files when ``dataset`` or ``eval_datasets`` is set, else the built-in
+    task (``eval_datasets`` alone serves ``ibtpo eval``; training needs ``dataset``)."""
+    return FileSource(cfg, tokenizer) if cfg.dataset or cfg.eval_datasets else SumSource(cfg)
+
+
+@dataclass
+class Rewards:
+    """The reward functions of a run (each a :class:`ibtpo.reward_fns.GuardedReward`)."""
+
+    train: Any
+    """What training optimises: the answer check, plus ``format_reward_weight`` x the format reward."""
+    check: Any
+    """The answer check alone, what evaluation scores (a completion with reward >= 1 counts as correct)."""
+    extract: Any
+    """Final answer of a completion as a comparable string, for maj@k (None: no answer)."""
+
+
+def build_rewards(cfg) -> Rewards:
+    """Resolve ``reward_fn`` (auto: sum for the built-in task, math for datasets) and ``format_reward_weight``."""
+    from ibtpo.reward_fns import GuardedReward, extract_math_answer, load_reward_fn, weighted_sum
+    from ibtpo.testbed.task import extract_answer
+
+    name = cfg.reward_fn if cfg.reward_fn != "auto" else ("math" if cfg.dataset else "sum")
+    check = load_reward_fn(name)
+    train = check
+    if cfg.format_reward_weight > 0:
+        train = weighted_sum([check, load_reward_fn("format")], [1.0, cfg.format_reward_weight])
+    return Rewards(train=GuardedReward(train, name, on_error=cfg.reward_errors),
+                   check=GuardedReward(check, name, on_error=cfg.reward_errors),
+                   extract=extract_answer if name == "sum" else extract_math_answer)
