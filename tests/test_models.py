@@ -46,10 +46,10 @@ def test_chat_prompts_render_through_the_template(tmp_path, arch_dirs, arch):
     first = trainer.source.train_problem(0)
     assert first.prompt.startswith("<|im_start|>") and first.prompt.endswith("<|im_start|>assistant\n")
     assert trainer.source.name == "math500" and len(trainer.source.test_sets["math500"]) == 5
-    # plain-string prompts stay as they are unless chat_template=on
+    # plain-string prompts stay as they are unless chat_template=always
     plain = trainer.source.test_sets["math500"][0].prompt
     assert plain.startswith("Simplify")
-    on = Trainer(_cfg(tmp_path, arch_dirs[arch], chat_template="on", overwrite=True))
+    on = Trainer(_cfg(tmp_path, arch_dirs[arch], chat_template="always", overwrite=True))
     assert on.source.test_sets["math500"][0].prompt.startswith("<|im_start|>user\nSimplify")
 
 
@@ -149,3 +149,10 @@ def test_model_load_errors_name_the_path(tmp_path, arch_dirs):
         load_policy(str(tmp_path / "adapters"))
     with pytest.raises(ModelLoadError, match=r"lora_target_modules=\['nope'\]"):
         Trainer(_cfg(tmp_path, arch_dirs["gpt2"], lora_rank=2, lora_target_modules=["nope"]))
+
+
+def test_bfloat16_policy_with_lora_and_checkpointing_trains(tmp_path, arch_dirs):
+    trainer = Trainer(_cfg(tmp_path, arch_dirs["qwen3"], dtype="bfloat16", lora_rank=4, gradient_checkpointing=True))
+    assert next(trainer.policy.parameters()).dtype == torch.bfloat16
+    metrics = trainer.train_step()
+    assert metrics["eff_rate"] > 0 and math.isfinite(metrics["actor/loss"]) and metrics["actor/grad_norm"] > 0

@@ -67,7 +67,7 @@ class TrainConfig(BaseModel):
     answer_column: str | None = Field(None, description="Column holding the reference answer; overrides the layout's.")
     id_column: str | None = Field(None, description="Column holding a question id; overrides the layout's.")
     prompt_template: str | None = Field(None, description="Template with {prompt} wrapped around each question (for chat messages: the last user turn).")
-    chat_template: Literal["auto", "on", "off"] = Field("auto", description="Apply the tokenizer's chat template: auto = when the prompt is chat messages; on = always; off = never.")
+    chat_template: Literal["auto", "always", "never"] = Field("auto", description="Apply the tokenizer's chat template: auto = when the prompt is chat messages; always (a string prompt becomes one user turn); never.")
     skip_bad_rows: bool = Field(False, description="Skip (and count) malformed dataset rows instead of failing on the first one.")
     eval_datasets: list[str] = Field(default_factory=list, description="Evaluation sets, each PATH or NAME=PATH (metrics val/NAME/...); empty = the task's test split.")
     reward_fn: str = Field("auto", description="Reward: auto (sum for the built-in task, math for datasets), sum, math (math-verify), or module:function / file.py:function (TRL signature).")

@@ -36,15 +36,15 @@ class Prompt:
 
 
 def render_prompt(prompt: str | tuple[dict, ...], tokenizer, chat_template: str) -> str:
-    """Prompt text for the policy: chat messages (or, with chat_template=on, a string as one user turn) go through
+    """Prompt text for the policy: chat messages (or, with chat_template=always, a string as one user turn) go through
     the tokenizer's chat template with the generation prompt; otherwise the string is used as it is."""
     messages = prompt if not isinstance(prompt, str) else None
-    if chat_template == "on" and messages is None:
+    if chat_template == "always" and messages is None:
         messages = ({"role": "user", "content": prompt},)
     if messages is None:
         return prompt
-    if chat_template == "off":
-        raise DataError("chat_template=off, but a question's prompt is chat messages; set chat_template=auto, or "
+    if chat_template == "never":
+        raise DataError("chat_template=never, but a question's prompt is chat messages; set chat_template=auto, or "
                         "use a string prompt column (prompt_column=)")
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("the prompts are chat messages but the tokenizer has no chat template; use a chat model, "

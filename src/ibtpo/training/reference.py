@@ -25,7 +25,7 @@ def shared_settings(cfg: TrainConfig) -> dict:
 
 def lookup(cfg: TrainConfig, path: Path = REFERENCE_PATH) -> dict | None:
     """The recorded GRPO result if `cfg` shares its settings (and is not itself a GRPO run), else None."""
-    if not path.exists() or cfg.algorithm == "grpo":
+    if not path.exists() or cfg.algorithm == "grpo" or cfg.dataset or cfg.lora_rank:  # recorded on the testbed task
         return None
     ref = json.loads(path.read_text())
     return ref if ref["settings"] == shared_settings(cfg) else None

@@ -28,6 +28,9 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     console = console or Console(stderr=True)
     trainer = Trainer(cfg, resume=resume)
     acc_key = f"val/{trainer.source.name}/avg@{cfg.eval_k}"  # the primary evaluation set
+    skipped = getattr(trainer.source, "skipped", [])
+    if skipped:
+        console.print(f"skip_bad_rows: skipped {len(skipped)} malformed dataset rows (first: {skipped[0]})")
     last_eval: dict[str, float] = {}
     t_start = time.perf_counter()
     if trainer.step == 0:
@@ -57,6 +60,8 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     trainer.logger.close()
     summary = {"steps": trainer.step, "generated_tokens": trainer.tokens,
                "wall_clock_s": round(time.perf_counter() - t_start, 1), "final": last_eval}
+    if skipped:
+        summary["skipped_rows"] = {"count": len(skipped), "first": skipped[:20]}
     records = read_metrics(trainer.logger.path)
     if not last_eval:  # resumed a run that had already reached its budget: its final evaluation is on record
         final = [r for r in records if r["step"] == trainer.step and acc_key in r]

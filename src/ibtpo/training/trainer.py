@@ -3,7 +3,7 @@
 One step:
   1. take ``questions_per_step`` problems from the train stream (data position advances; the stream is endless);
   2. grow one tree per question (independent sampling = depth-one tree of ``num_generations`` leaves);
-  3. reward every leaf with the task's verifier;
+  3. reward every leaf with the run's reward function (the testbed verifier, math-verify, or a user function);
   4. lay the trees out as a training batch (``flatten_paths``) and compute advantages (registered estimator);
   5. ``ppo_epochs`` passes of mini-batch updates with the registered policy loss (+ k3 KL, - entropy bonus);
   6. log metrics, evaluate every ``eval_every`` steps, checkpoint every ``save_every`` steps, and probe the policy's
