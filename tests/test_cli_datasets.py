@@ -93,3 +93,19 @@ def test_bad_real_data_input_is_a_one_line_error(tmp_path, qwen3_dir, capsys, ar
     assert main(["train", *model, *args, "max_steps=1", f"out_dir={tmp_path / 'r'}", *SMALL]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("algorithm", ["ib_tpo", "grpo"])
+def test_paper_recipe_config_trains_on_tiny_stand_ins(tmp_path, qwen3_dir, algorithm):
+    """The shipped Qwen3-1.7B / DAPO-Math-17K recipe, with the model and data swapped for tiny local stand-ins and
+    the lengths shrunk: every other key of the recipe is used as written (bf16, checkpointing, top-p, mini-batches)."""
+    recipe = Path(__file__).parents[1] / "src" / "ibtpo" / "configs" / "qwen3_1.7b_dapo_ib_tpo.yaml"
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), f"algorithm={algorithm}", f"model={qwen3_dir}",
+                 f"dataset={FIXTURES / 'dapo.jsonl'}", f"eval_datasets=[math500={FIXTURES / 'math500.jsonl'}]",
+                 "max_completion_length=8", "tree_min_room=2", "questions_per_step=2", "mini_batch_size=8",
+                 "max_steps=1", "eval_k=2", "threads=2", "device=cpu", f"out_dir={run}", "progress=false",
+                 "plots=false", "tensorboard=false"]) == 0
+    recs = _metrics(run)
+    assert recs[-1]["rollout/trajectories_per_question"] == (12 if algorithm == "ib_tpo" else 8)
+    assert "val/math500/avg@2" in recs[-1] and "probe/ib/score_mean" in recs[0]

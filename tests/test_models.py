@@ -156,3 +156,9 @@ def test_bfloat16_policy_with_lora_and_checkpointing_trains(tmp_path, arch_dirs)
     assert next(trainer.policy.parameters()).dtype == torch.bfloat16
     metrics = trainer.train_step()
     assert metrics["eff_rate"] > 0 and math.isfinite(metrics["actor/loss"]) and metrics["actor/grad_norm"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error(tmp_path, arch_dirs):
+    with pytest.raises(ModelLoadError, match="device='cuda': this machine has no CUDA device"):
+        Trainer(_cfg(tmp_path, arch_dirs["qwen3"], device="cuda"))

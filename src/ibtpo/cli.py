@@ -79,7 +79,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from rich.table import Table
 
     from ibtpo.evaluation import evaluate
-    from ibtpo.models import load_policy
+    from ibtpo.models import load_policy, resolve_device
     from ibtpo.tasks import build_rewards, build_source
     from ibtpo.training.trainer import EVAL_SEED_OFFSET
 
@@ -88,6 +88,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     torch.set_num_threads(cfg.threads)
     rewards = build_rewards(cfg)
     model, tok = load_policy(_resolve_eval_model(cfg.model), cfg.dtype)
+    model.to(resolve_device(cfg.device))
     sets = {name: qs[:cfg.eval_questions] for name, qs in build_source(cfg, tok).test_sets.items()}
     console = Console(stderr=True)
     results = {}
@@ -96,7 +97,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
         for name, problems in sets.items():
             bar = progress.add_task(f"{name} ({cfg.eval_k} samples + greedy)", total=len(problems))
             res = evaluate(model, tok, problems, rewards.check, k=cfg.eval_k, temperature=cfg.eval_temperature,
-                           max_new_tokens=cfg.max_completion_length, greedy=cfg.eval_greedy,
+                           max_new_tokens=cfg.max_completion_length, greedy=cfg.eval_greedy, top_p=cfg.eval_top_p,
                            seed=cfg.seed + EVAL_SEED_OFFSET, extract=rewards.extract,
                            on_batch=lambda n, bar=bar: progress.advance(bar, n))
             results[name] = {"questions": len(problems), **res}
@@ -147,7 +148,7 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from ibtpo.models import load_policy
+    from ibtpo.models import load_policy, resolve_device
     from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, plot_summary, summarize
     from ibtpo.rollout.steps import StepSplitter
     from ibtpo.tasks import build_rewards
@@ -163,6 +164,7 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
             raise UsageError(f"{flag}: must be >= 1, got {value}")
     torch.set_num_threads(cfg.threads)
     model, tok = load_policy(_resolve_eval_model(cfg.model), cfg.dtype)
+    model.to(resolve_device(cfg.device))
     questions, dataset = _score_questions(args, cfg, tok)
     reward = build_rewards(cfg.model_copy(update={"dataset": None if args.dataset == "sum" else args.dataset})).check
     shape = tree_shape(cfg, "ib")

@@ -48,6 +48,7 @@ class TrainConfig(BaseModel):
     # --- model -----------------------------------------------------------------------------------------------------
     model: str = Field(TESTBED_MODEL, description="'testbed' (the shipped tiny policy), a local transformers causal LM directory, or a hub id already in the local HF cache.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter dtype of the policy.")
+    device: str = Field("auto", description="Where the policy runs: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (less memory, ~30% more compute).")
     lora_rank: int = Field(0, ge=0, description="LoRA rank through peft (0 = train every weight).")
     lora_alpha: float = Field(32.0, gt=0.0, description="LoRA alpha (the adapter update is scaled by alpha / rank).")
@@ -62,8 +63,8 @@ class TrainConfig(BaseModel):
     task_seed: int = Field(1234, ge=0, description="Seed of the problem generator (fixes the test split).")
     test_size: int = Field(512, ge=1, description="Problems in the held-out test split (built-in task; a dataset without eval_datasets holds out this many rows).")
     dataset: str | None = Field(None, description="Training questions from a local file or dir (jsonl, json, parquet, a saved `datasets` dir; DIR:split picks a split); unset = the built-in task.")
-    dataset_layout: Literal["auto", "dapo", "math500", "aime", "gsm8k", "columns"] = Field("auto", description="Row layout of dataset and eval_datasets files (auto = told from the columns).")
-    prompt_column: str | None = Field(None, description="Column holding the prompt (a string or chat messages); overrides the layout's.")
+    dataset_layout: Literal["auto", "dapo", "math500", "aime", "gsm8k", "columns"] = Field("auto", description="Row layout of the dataset file (auto = told from the columns); eval_datasets next to a dataset are always told from their columns.")
+    prompt_column: str | None = Field(None, description="Column holding the prompt (a string or chat messages) in the dataset file (ibtpo eval: the eval files); overrides the layout's.")
     answer_column: str | None = Field(None, description="Column holding the reference answer; overrides the layout's.")
     id_column: str | None = Field(None, description="Column holding a question id; overrides the layout's.")
     prompt_template: str | None = Field(None, description="Template with {prompt} wrapped around each question (for chat messages: the last user turn).")
@@ -134,6 +135,7 @@ class TrainConfig(BaseModel):
     eval_questions: int = Field(512, ge=1, description="Test questions per evaluation (the first N of the test split).")
     eval_k: int = Field(4, ge=1, description="Samples per test question for avg@k and pass@k.")
     eval_temperature: float = Field(1.0, gt=0.0, description="Sampling temperature of evaluation.")
+    eval_top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass of evaluation (1.0 = off).")
     eval_greedy: bool = Field(True, description="Also measure greedy accuracy.")
 
     @model_validator(mode="before")

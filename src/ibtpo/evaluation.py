@@ -42,7 +42,7 @@ def _columns(problems, k: int) -> dict[str, list]:
 def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperature: float, max_new_tokens: int,
              greedy: bool = True, seed: int = 0, batch_questions: int = 128,
              extract: Callable[[str], str | None] | None = None,
-             on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
+             on_batch: Callable[[int], None] | None = None, top_p: float = 1.0) -> dict[str, float]:
     """Sample k completions per problem (and one greedy) and score them; returns avg@k, pass@k, maj@k, greedy acc.
 
     A completion counts as correct when its reward is >= 1. Uses its own generator seeded with `seed`, so evaluation
@@ -57,8 +57,8 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
     for start in range(0, len(problems), batch_questions):
         chunk = problems[start:start + batch_questions]
         prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in chunk]
-        groups = sample(model, prompts, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens),
-                        eos, pad, generator=gen, n=k)
+        params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        groups = sample(model, prompts, params, eos, pad, generator=gen, n=k)
         flat, scores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk for _ in range(k)],
                                          [g.token_ids for grp in groups for g in grp], _columns(chunk, k))
         lengths += [len(g.token_ids) for grp in groups for g in grp]

@@ -118,6 +118,19 @@ def load_policy(name: str, dtype: str = "float32", gradient_checkpointing: bool 
     return model, tokenizer
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else as torch names it (one-line error if unavailable)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ModelLoadError(f"device={name!r}: not a torch device name (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device={name!r}: this machine has no CUDA device (use device=cpu or auto)")
+    return device
+
+
 def add_lora(model, rank: int, alpha: float, dropout: float, target_modules: str | list[str]):
     """Wrap `model` with fresh LoRA adapters (peft); only the adapters are trainable."""
     from peft import LoraConfig, get_peft_model

@@ -91,7 +91,7 @@ class FileSource:
             tests[name or loaded.name] = [self._render(q, tokenizer) for q in loaded.questions]
         rows: list[Prompt] = []
         if cfg.dataset:
-            train = self._load(cfg.dataset)
+            train = self._load(cfg.dataset, training=True)
             self.skipped += train.skipped
             rows = [self._render(q, tokenizer) for q in train.questions]
         if not tests:  # hold out test_size rows (a seeded choice) for evaluation
@@ -107,13 +107,18 @@ class FileSource:
         self.test_sets = tests
         self.name = next(iter(tests))
 
-    def _load(self, spec: str):
+    def _load(self, spec: str, training: bool = False):
+        """Load one file; the layout and column options describe the training file (or, with no training file as
+        in ``ibtpo eval``, the evaluation files); evaluation files next to a training file are told from their
+        columns."""
         cfg = self.cfg
         path, split = spec, None
         if ":" in spec and not spec.endswith((".jsonl", ".json", ".parquet")):
             path, _, split = spec.rpartition(":")
-        return load_questions(path, layout=cfg.dataset_layout, prompt_column=cfg.prompt_column,
-                              answer_column=cfg.answer_column, id_column=cfg.id_column,
+        own = training or not cfg.dataset
+        return load_questions(path, layout=cfg.dataset_layout if own else "auto",
+                              prompt_column=cfg.prompt_column if own else None,
+                              answer_column=cfg.answer_column if own else None, id_column=cfg.id_column if own else None,
                               prompt_template=cfg.prompt_template, skip_bad_rows=cfg.skip_bad_rows, split=split)
 
     def _render(self, q: Question, tokenizer) -> Prompt:

@@ -142,8 +142,8 @@ def clip_cov_loss(old_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.
     band = mask.bool() & ~(clipped > unclipped) & (cov > cfg.clip_cov_lb) & (cov < cfg.clip_cov_ub)
     candidates = band.flatten().nonzero().squeeze(-1)
     n_pick = min(candidates.numel(), max(1, int(cfg.clip_cov_ratio * int(mask.sum()))))
-    keep = torch.ones(per_token.numel(), dtype=per_token.dtype)
-    keep[candidates[torch.randperm(candidates.numel())[:n_pick]]] = 0.0
+    keep = torch.ones(per_token.numel(), dtype=per_token.dtype, device=per_token.device)
+    keep[candidates[torch.randperm(candidates.numel())[:n_pick].to(candidates.device)]] = 0.0  # CPU RNG draws
     loss = agg_loss(per_token * keep.view_as(per_token), mask, cfg.loss_agg_mode, cfg.norm_length)
     metrics = _pg_metrics(loss, clipped > unclipped, log_ratio, mask)
     metrics["actor/clip_cov_frac"] = n_pick / max(1, int(mask.sum()))
@@ -163,7 +163,7 @@ def kl_cov_loss(old_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.Te
     cov = token_covariance(logp, advantages, mask).masked_fill(~mask.bool(), float("-inf"))
     n_valid = int(mask.sum())
     k = min(n_valid, max(1, int(cfg.kl_cov_ratio * n_valid))) if n_valid else 0
-    selected = torch.zeros(cov.numel(), dtype=unclipped.dtype)
+    selected = torch.zeros(cov.numel(), dtype=unclipped.dtype, device=unclipped.device)
     if k:
         selected[cov.flatten().topk(k).indices] = 1.0
     per_token = unclipped + cfg.kl_cov_coef * selected.view_as(unclipped) * (logp - old_logp).abs()

@@ -30,7 +30,7 @@ from ibtpo.algos.ib_score import tree_ib_stats
 from ibtpo.algos.losses import REGULARIZERS, LossConfig, get_policy_loss, masked_mean
 from ibtpo.config import ConfigError, TrainConfig, save_config
 from ibtpo.evaluation import evaluate
-from ibtpo.models import add_lora, is_lora, load_policy
+from ibtpo.models import add_lora, is_lora, load_policy, resolve_device
 from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, probe_metrics
 from ibtpo.rollout.render import render_tree
 from ibtpo.rollout.grow import grow_problem_trees
@@ -92,6 +92,8 @@ class Trainer:
             shutil.rmtree(self.run_dir / "checkpoints")
         self.policy, self.tokenizer = load_policy(str(ckpt) if ckpt else cfg.model, cfg.dtype,
                                                   cfg.gradient_checkpointing)
+        self.device = resolve_device(cfg.device)
+        self.policy.to(self.device)
         if cfg.lora_rank:
             self.policy = add_lora(self.policy, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
                                    cfg.lora_target_modules)
@@ -100,7 +102,7 @@ class Trainer:
         self.ref = None
         if cfg.beta > 0 and not is_lora(self.policy):  # frozen reference for the KL term (LoRA: adapters disabled)
             self.ref, _ = load_policy(cfg.model, cfg.dtype)
-            self.ref.eval().requires_grad_(False)
+            self.ref.to(self.device).eval().requires_grad_(False)
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.shape = tree_shape(cfg)  # before the scheduler: its LR factor counts optimizer steps from the group size
@@ -172,13 +174,14 @@ class Trainer:
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(batch.size, generator=self.generator) if mb < batch.size else torch.arange(batch.size)
             for rows in order.split(mb):
-                mask = batch.response_mask[rows]
-                logp, entropy = token_logprobs(self.policy, batch.input_ids[rows], batch.attention_mask[rows],
-                                               cfg.temperature)
-                loss, m = self.loss_fn(batch.old_logp[rows], logp, advantages[rows], mask, self.loss_cfg)
+                dev = self.device
+                mask, adv = batch.response_mask[rows].to(dev), advantages[rows].to(dev)
+                logp, entropy = token_logprobs(self.policy, batch.input_ids[rows].to(dev),
+                                               batch.attention_mask[rows].to(dev), cfg.temperature)
+                loss, m = self.loss_fn(batch.old_logp[rows].to(dev), logp, adv, mask, self.loss_cfg)
                 for reg in self.regularizers:
-                    term, rm = reg(logp, entropy, advantages[rows], mask,
-                                   None if ref_logp is None else ref_logp[rows], self.loss_cfg)
+                    term, rm = reg(logp, entropy, adv, mask, None if ref_logp is None else ref_logp[rows].to(dev),
+                                   self.loss_cfg)
                     loss = loss + term
                     m.update(rm)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -198,10 +201,11 @@ class Trainer:
 
     def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         """Token log-probs (bs, T) under the frozen reference: the base model (LoRA: adapters disabled)."""
+        ids, attn = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
         if self.ref is not None:
-            return token_logprobs(self.ref, batch.input_ids, batch.attention_mask, self.cfg.temperature)[0]
+            return token_logprobs(self.ref, ids, attn, self.cfg.temperature)[0]
         with self.policy.disable_adapter():
-            return token_logprobs(self.policy, batch.input_ids, batch.attention_mask, self.cfg.temperature)[0]
+            return token_logprobs(self.policy, ids, attn, self.cfg.temperature)[0]
 
     def evaluate(self) -> dict[str, float]:
         """avg@k, pass@k, maj@k, greedy accuracy and length on every evaluation set (``val/<set>/<metric>``)."""
@@ -210,7 +214,8 @@ class Trainer:
         for name, problems in self.source.test_sets.items():
             res = evaluate(self.policy, self.tokenizer, problems[:cfg.eval_questions], self.rewards.check,
                            k=cfg.eval_k, temperature=cfg.eval_temperature, max_new_tokens=cfg.max_completion_length,
-                           greedy=cfg.eval_greedy, seed=cfg.seed + EVAL_SEED_OFFSET, extract=self.rewards.extract)
+                           greedy=cfg.eval_greedy, top_p=cfg.eval_top_p, seed=cfg.seed + EVAL_SEED_OFFSET,
+                           extract=self.rewards.extract)
             out.update({f"val/{name}/{k}": v for k, v in res.items()})
         return out
 
