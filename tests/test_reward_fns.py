@@ -192,3 +192,16 @@ def test_math_reward_works_outside_the_main_thread():
     worker.start()
     worker.join()
     assert out == [1.0]
+
+
+@pytest.mark.parametrize("gold, completion, expected", [
+    ("12", "The answer is \\boxed{12\\%}", 1.0),        # percent sign dropped
+    ("(3,5)", "\\boxed{3,5}", 1.0),                     # a bare pair matches the interval
+    ("1000000", "\\boxed{1e6}", 0.0),                   # scientific notation does not parse
+    ("\\infty", "\\boxed{oo}", 0.0),                    # sympy's name for infinity is not read
+    ("7", "Answer: 7 dollars", 0.0),                    # prose after "Answer:"
+])
+def test_known_math_verify_limits_documented_in_the_readme(gold, completion, expected):
+    """Behaviour of math-verify that users should know about (README, "Rewards and evaluation"); a change in
+    math-verify that fixes one of these shows up here."""
+    assert math_accuracy([""], [completion], None, answer=[gold]) == [expected]
