@@ -2,7 +2,12 @@
 templates, tree rollouts from cached prefixes, one GRPO and one IB-TPO step with and without LoRA, the LoRA
 reference, adapter checkpoints, gradient checkpointing and load errors."""
 
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -162,3 +167,18 @@ def test_bfloat16_policy_with_lora_and_checkpointing_trains(tmp_path, arch_dirs)
 def test_cuda_device_without_cuda_is_a_clear_error(tmp_path, arch_dirs):
     with pytest.raises(ModelLoadError, match="device='cuda': this machine has no CUDA device"):
         Trainer(_cfg(tmp_path, arch_dirs["qwen3"], device="cuda"))
+
+
+def test_hub_id_loads_from_the_local_cache_offline(tmp_path, arch_dirs):
+    """model=ORG/NAME resolves through the Hugging Face cache layout (refs/main -> snapshots/REV) with the hub off."""
+    repo = tmp_path / "hub" / "models--tiny--qwen3"
+    shutil.copytree(arch_dirs["qwen3"], repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, "-m", "ibtpo.cli", "eval", "model=tiny/qwen3",
+                           f"eval_datasets=[{FIXTURES / 'aime.jsonl'}]", "eval_k=1", "eval_questions=2",
+                           "max_completion_length=4", "--json", str(out)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert json.loads(out.read_text())["datasets"]["aime"]["questions"] == 2
