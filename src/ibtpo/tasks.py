@@ -4,7 +4,7 @@ A *source* gives the trainer three things, whatever the data:
 - ``train_problem(i)``: the i-th question of an endless training stream (``data_pos`` indexes it, so resuming is exact);
 - ``test_sets``: named evaluation sets (metrics ``val/<name>/...``); the first is the primary one (the progress bar,
   the summary, ``ibtpo compare``) and its first questions are the IB probe's;
-- questions ready for the policy (:class:`Prompt`): the prompt text after the prompt template and chat template.
+- questions ready for the policy (:class:`PromptedQuestion`): the prompt text after the prompt and chat templates.
 
 File datasets: rows are loaded by :func:`ibtpo.data.load_questions` (layouts DAPO-Math-17K, MATH-500, AIME, GSM8K or
 a column map). The training stream walks the rows in a fresh seeded order every epoch. Without ``eval_datasets``,
@@ -22,7 +22,7 @@ from ibtpo.data import DataError, Question, load_questions
 
 
 @dataclass(frozen=True)
-class Prompt:
+class PromptedQuestion:
     """A question ready for the policy: rendered prompt text, reference answer, and the columns a reward reads."""
 
     id: str
@@ -63,14 +63,14 @@ class SumSource:
                             max_value=cfg.task_max_value, seed=cfg.task_seed, test_size=cfg.test_size)
 
     @staticmethod
-    def _prompt(p) -> Prompt:
-        return Prompt(p.id, p.prompt, p.answer)
+    def _prompt(p) -> PromptedQuestion:
+        return PromptedQuestion(p.id, p.prompt, p.answer)
 
-    def train_problem(self, index: int) -> Prompt:
+    def train_problem(self, index: int) -> PromptedQuestion:
         return self._prompt(self.task.train_problem(index))
 
     @cached_property
-    def test_sets(self) -> dict[str, list[Prompt]]:
+    def test_sets(self) -> dict[str, list[PromptedQuestion]]:
         return {self.name: [self._prompt(p) for p in self.task.test_problems]}
 
 
@@ -81,7 +81,7 @@ class FileSource:
         self.cfg = cfg
         self.seed = cfg.seed
         self.skipped: list[str] = []
-        tests: dict[str, list[Prompt]] = {}
+        tests: dict[str, list[PromptedQuestion]] = {}
         for spec in cfg.eval_datasets:
             name, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
             loaded = self._load(path)
@@ -89,7 +89,7 @@ class FileSource:
             if (name or loaded.name) in tests:
                 raise DataError(f"eval_datasets: two sets are named {name or loaded.name!r}; name them NAME=PATH")
             tests[name or loaded.name] = [self._render(q, tokenizer) for q in loaded.questions]
-        rows: list[Prompt] = []
+        rows: list[PromptedQuestion] = []
         if cfg.dataset:
             train = self._load(cfg.dataset, training=True)
             self.skipped += train.skipped
@@ -118,13 +118,15 @@ class FileSource:
         own = training or not cfg.dataset
         return load_questions(path, layout=cfg.dataset_layout if own else "auto",
                               prompt_column=cfg.prompt_column if own else None,
-                              answer_column=cfg.answer_column if own else None, id_column=cfg.id_column if own else None,
+                              answer_column=cfg.answer_column if own else None,
+                              id_column=cfg.id_column if own else None,
                               prompt_template=cfg.prompt_template, skip_bad_rows=cfg.skip_bad_rows, split=split)
 
-    def _render(self, q: Question, tokenizer) -> Prompt:
-        return Prompt(q.id, render_prompt(q.prompt, tokenizer, self.cfg.chat_template), q.answer, dict(q.columns))
+    def _render(self, q: Question, tokenizer) -> PromptedQuestion:
+        text = render_prompt(q.prompt, tokenizer, self.cfg.chat_template)
+        return PromptedQuestion(q.id, text, q.answer, dict(q.columns))
 
-    def train_problem(self, index: int) -> Prompt:
+    def train_problem(self, index: int) -> PromptedQuestion:
         if not self.rows:
             raise DataError("no training questions: set dataset=")
         epoch, i = divmod(index, len(self.rows))
