@@ -59,3 +59,20 @@ def test_compare_bad_input_is_one_line(tmp_path, capsys):
     bad.write_text("x: {algorithm: grpo, ib_tpo_lambda: -1}\n")
     assert main(["compare", "--variants", str(bad), "--presets", "x", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith(f"ibtpo: error: {bad}: x: ib_tpo_lambda: got -1")
+
+
+def test_compare_runs_jobs_in_parallel_processes(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "cmp"
+    shared = [f"model={tiny_model_dir}", "questions_per_step=2", "num_generations=2", "max_completion_length=10",
+              "eval_questions=4", "eval_k=2", "ib_probe_every=0", "threads=1", "tensorboard=false", "plots=false"]
+    args = ["compare", "--presets", "grpo", "--seeds", "0", "1", "--tokens", "40", "--out", str(out), "--jobs", "2"]
+    assert main([*args, *shared]) == 0
+    err = capsys.readouterr().err
+    assert err.count("finished:") == 2 and "(2/2 of this call)" in err
+    sequential = tmp_path / "seq"
+    assert main(["compare", "--presets", "grpo", "--seeds", "1", "--tokens", "40", "--out", str(sequential),
+                 *shared]) == 0
+    parallel = json.loads((out / "runs" / "grpo" / "seed1" / "summary.json").read_text())
+    alone = json.loads((sequential / "runs" / "grpo" / "seed1" / "summary.json").read_text())
+    assert parallel["final"] == alone["final"] and parallel["steps"] == alone["steps"]  # same run either way
+    assert main([*args[:-1], "0", *shared]) == 2 and "--jobs: must be >= 1" in capsys.readouterr().err

@@ -254,17 +254,26 @@ def cmd_compare(args: argparse.Namespace, rest: list[str]) -> int:
                     "out_dir": str(run_dir(out, preset, seed)), "max_tokens": args.tokens, "overwrite": True}
             sources = {k: f"{args.variants}: {preset}" for k in fields} if preset in variants else None
             plan.append((preset, seed, build_config(path, over, sources=sources)))
+    if args.jobs < 1:
+        raise UsageError(f"--jobs: must be >= 1, got {args.jobs}")
     console = Console(stderr=True)
     if not args.report_only:
+        todo = []
         for i, (preset, seed, cfg) in enumerate(plan, start=1):
             rd = Path(cfg.out_dir)
             if (rd / "summary.json").exists():
                 console.print(f"[{i}/{len(plan)}] {preset} seed {seed}: finished earlier, reused")
                 continue
             resume = (rd / "checkpoints" / "latest").exists()
-            console.print(f"[bold][{i}/{len(plan)}] {preset} seed {seed}[/bold]"
-                          + (" (resuming its last checkpoint)" if resume else ""))
-            train(cfg, resume=resume, console=console)
+            todo.append((f"[{i}/{len(plan)}] {preset} seed {seed}", cfg, resume))
+        if args.jobs == 1:
+            for label, cfg, resume in todo:
+                console.print(f"[bold]{label}[/bold]" + (" (resuming its last checkpoint)" if resume else ""))
+                train(cfg, resume=resume, console=console)
+        else:
+            from ibtpo.compare import run_parallel
+
+            run_parallel(todo, args.jobs, console)
     data = build_report(out, args.presets, args.seeds, baseline=args.baseline)
     print((out / "report.md").read_text())
     console.print(f"wrote {out / 'report.md'}, {out / 'report.json'} and {out / 'plots' / 'compare_vs_tokens.png'}")
@@ -322,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     p_cmp.add_argument("--out", default="reports/compare", help="report directory (runs go to OUT/runs)")
     p_cmp.add_argument("--variants", metavar="FILE.yaml", help="named ablations: name: {algorithm: PRESET, key: value}")
     p_cmp.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs only")
+    p_cmp.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (on a 2-core CPU: "
+                       "--jobs 2 threads=1 gives ~1.7x the throughput of one run on 2 threads)")
     p_pre = sub.add_parser("pretrain", help="supervised warm-up that builds the testbed base policy")
     p_pre.add_argument("--out", default="runs/pretrain", help="where to save the policy and tokenizer")
     args, rest = parser.parse_known_args(argv)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 
 from ibtpo.plots import moving_average, series
 from ibtpo.training.metrics import read_metrics
@@ -183,3 +184,35 @@ def plot_comparison(out: Path, runs: dict[str, dict[int, dict]]) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _train_quietly(cfg_dict: dict, resume: bool) -> dict:
+    """One run in a worker process (no progress bar: several runs share the terminal)."""
+    from ibtpo.config import TrainConfig
+    from ibtpo.training.run import train
+
+    cfg = TrainConfig(**{**cfg_dict, "progress": False})
+    summary = train(cfg, resume=resume, console=Console(stderr=True, quiet=True))
+    return {"steps": summary["steps"], "final": summary["final"]}
+
+
+def run_parallel(todo: list[tuple[str, Any, bool]], jobs: int, console: Console) -> None:
+    """Run (label, config, resume) entries `jobs` at a time in worker processes; print each one as it ends.
+
+    Each run uses ``cfg.threads`` torch threads: keep jobs x threads at most the number of cores. A failed run
+    stops the comparison after the runs in flight end (their checkpoints stay; a second call resumes them).
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {}
+        for label, cfg, resume in todo:
+            futures[pool.submit(_train_quietly, cfg.model_dump(), resume)] = label
+            console.print(f"[bold]{label}[/bold] queued" + (" (resuming its last checkpoint)" if resume else ""))
+        for done, fut in enumerate(as_completed(futures), start=1):
+            result = fut.result()
+            acc = next((f"{100 * v:.1f}%" for k, v in result["final"].items() if "/avg@" in k), "-")
+            console.print(f"{futures[fut]} finished: {result['steps']} steps, final accuracy {acc} "
+                          f"({done}/{len(futures)} of this call)")
+
