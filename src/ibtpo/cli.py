@@ -331,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     p_cmp.add_argument("--out", default="reports/compare", help="report directory (runs go to OUT/runs)")
     p_cmp.add_argument("--variants", metavar="FILE.yaml", help="named ablations: name: {algorithm: PRESET, key: value}")
     p_cmp.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs only")
-    p_cmp.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (on a 2-core CPU: "
-                       "--jobs 2 threads=1 gives ~1.7x the throughput of one run on 2 threads)")
+    p_cmp.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process with `threads` "
+                       "torch threads (keep jobs x threads <= cores; e.g. --jobs 2 threads=1 on 2 cores)")
     p_pre = sub.add_parser("pretrain", help="supervised warm-up that builds the testbed base policy")
     p_pre.add_argument("--out", default="runs/pretrain", help="where to save the policy and tokenizer")
     args, rest = parser.parse_known_args(argv)
