@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from rich.console import Console
 
 from ibtpo.plots import moving_average, series
@@ -66,6 +67,9 @@ def run_record(path: Path) -> dict[str, Any]:
         if "actor/entropy" in r:
             steps.append(r)
     tail = steps[-max(1, int(len(steps) * TAIL)):]
+    traj = [r["rollout/trajectories_per_question"] for r in steps]
+    per_traj = [r["rollout/new_tokens_per_question"] / r["rollout/trajectories_per_question"] for r in steps]
+    config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").exists() else {}
     probes = [r for r in records if "probe/ib/score_mean" in r]
     return {"final_acc": summary["final"][acc_key], "final_pass": summary["final"][pass_key],
             "best_acc": max(a for _, a in evals), "evals": evals, "acc_key": acc_key,
@@ -74,7 +78,8 @@ def run_record(path: Path) -> dict[str, Any]:
             "ib_score": probes[-1]["probe/ib/score_mean"] if probes else None,
             "cov": probes[-1].get("probe/ib/cov_conf_gain") if probes else None,
             "tokens": summary["generated_tokens"], "steps": summary["steps"],
-            "minutes": summary["wall_clock_s"] / 60}
+            "trajectories": statistics.mean(traj), "tokens_per_trajectory": statistics.mean(per_traj),
+            "threads": config.get("threads"), "minutes": summary["wall_clock_s"] / 60}
 
 
 def _tokens(n: float) -> str:
@@ -112,6 +117,10 @@ def build_report(out: Path, presets: list[str], seeds: list[int], baseline: str 
             "eff_rate": statistics.mean(r["eff_rate"] for r in rs.values()),
             "ib_score": statistics.mean(ib) if ib else None,
             "tokens": statistics.mean(r["tokens"] for r in rs.values()),
+            "steps": statistics.mean(r["steps"] for r in rs.values()),
+            "trajectories": statistics.mean(r["trajectories"] for r in rs.values()),
+            "tokens_per_trajectory": statistics.mean(r["tokens_per_trajectory"] for r in rs.values()),
+            "threads": sorted({r["threads"] for r in rs.values() if r["threads"] is not None}),
             "minutes": statistics.mean(r["minutes"] for r in rs.values())})
     base_tokens = statistics.mean(r["tokens"] for r in base.values()) if base else None
     acc_key = next((r["acc_key"] for rs in runs.values() for r in rs.values()), "avg@k")
@@ -120,7 +129,8 @@ def build_report(out: Path, presets: list[str], seeds: list[int], baseline: str 
              + (f"{100 * target:.1f}%." if target is not None else "not run."), "",
              "| preset | seeds | final acc | diff vs " + baseline + " (paired) | final pass@k | best acc | tokens to "
              + baseline + " final acc (x baseline budget) | final entropy | Eff-Rate | IB-Score (probe) | tokens | "
-             "minutes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "steps | trajectories / question | new tokens / trajectory | minutes (threads) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         reach = "-"
         if r["tokens_to_baseline"]:
@@ -132,8 +142,12 @@ def build_report(out: Path, presets: list[str], seeds: list[int], baseline: str 
         ib = f"{r['ib_score']:.3f}" if r["ib_score"] is not None else "-"
         lines.append(f"| {r['preset']} | {len(r['seeds'])} | {_fmt_ci(r['final_acc'])} | {diff} | "
                      f"{_fmt_ci(r['final_pass'])} | {_fmt_ci(r['best_acc'])} | {reach} | {r['entropy']:.4f} | "
-                     f"{r['eff_rate']:.3f} | {ib} | {_tokens(r['tokens'])} | {r['minutes']:.1f} |")
-    lines += ["", "Final entropy and Eff-Rate: mean over the last 10% of steps; IB-Score: the last probe reading.",
+                     f"{r['eff_rate']:.3f} | {ib} | {_tokens(r['tokens'])} | {r['steps']:.0f} | "
+                     f"{r['trajectories']:.1f} | {r['tokens_per_trajectory']:.1f} | {r['minutes']:.1f} "
+                     f"({','.join(map(str, r['threads'])) or '?'}) |")
+    lines += ["", "Final entropy and Eff-Rate: mean over the last 10% of steps; IB-Score: the last probe reading. "
+              "New tokens / trajectory: generated tokens per question / trajectories per question (shared prefixes "
+              "count once). Minutes depend on the torch threads of each run and on what else ran on the machine.",
               "Plots against generated tokens: `plots/compare_vs_tokens.png`."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     data = {"baseline": baseline, "baseline_final_acc": target, "rows": rows}
