@@ -72,3 +72,19 @@ def rollout_metrics(trees: list[Tree]) -> dict[str, float]:
         "rollout/branching_nodes": mean(s["branching_nodes"] for s in stats),
         "rollout/nodes_per_question": mean(s["nodes"] for s in stats),
     }
+
+
+def diversity_metrics(trees: list[Tree], tokenizer, extract) -> dict[str, float]:
+    """Per question, how different its trajectories are (means over the batch's questions).
+
+    - ``diversity/distinct_answers``: distinct final answers (``extract`` of the decoded completion; completions
+      without an answer are not counted);
+    - ``diversity/distinct_completions``: distinct completions (as token sequences) / trajectories, in (0, 1].
+    """
+    answers, completions = [], []
+    for t in trees:
+        seqs = [tuple(Tree.completion(leaf)[0]) for leaf in t.leaves()]
+        found = {extract(tokenizer.decode(list(s), skip_special_tokens=True)) for s in set(seqs)}
+        answers.append(len(found - {None}))
+        completions.append(len(set(seqs)) / max(1, len(seqs)))
+    return {"diversity/distinct_answers": mean(answers), "diversity/distinct_completions": mean(completions)}

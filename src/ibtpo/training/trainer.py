@@ -42,7 +42,7 @@ from ibtpo.tasks import build_rewards, build_source
 from ibtpo.training.batch import TrainBatch, flatten_paths, token_logprobs
 from ibtpo.training.checkpoint import (latest_checkpoint, load_trainer_state, rng_state, save_checkpoint,
                                        set_rng_state)
-from ibtpo.training.metrics import MetricsLogger, rollout_metrics
+from ibtpo.training.metrics import MetricsLogger, diversity_metrics, rollout_metrics
 
 EVAL_SEED_OFFSET = 1_000_003
 IB_KEYS = ("ib/score_mean", "ib/cov_conf_gain", "ib/step_entropy", "ib/branching_nodes")
@@ -259,6 +259,7 @@ class Trainer:
                                  scale_rewards=self.cfg.scale_rewards, cfg=self.cfg, node_index=batch.node_index,
                                  nodes=batch.nodes, ancestor_index=batch.ancestor_index)
         metrics = rollout_metrics(trees)
+        metrics.update(diversity_metrics(trees, self.tokenizer, self.rewards.extract))
         if hasattr(self.reward_fn, "pop_stats"):  # reward/errors, reward/none of the guarded reward function
             metrics.update(self.reward_fn.pop_stats())
         if self.cfg.sampler != "independent":  # IB monitoring from the step's own trees (independent runs: probe)
