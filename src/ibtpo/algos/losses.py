@@ -155,8 +155,10 @@ def kl_cov_loss(old_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.Te
                 cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """KL-Cov (Cui et al. 2025, arXiv 2505.22617): the unclipped surrogate -r_t A_t, plus
     ``kl_cov_coef * |logp_t - old_logp_t|`` on the ``kl_cov_ratio`` share of response tokens with the highest
-    covariance (``token_covariance``). No ratio clipping, as in the paper. The penalty has zero gradient on exactly
-    on-policy tokens, so it acts from the second mini-batch or PPO epoch of a rollout batch on.
+    covariance (``token_covariance``). No ratio clipping, as in the paper. The penalty has zero gradient where
+    log pi = log pi_old exactly and acts fully from the second mini-batch or PPO epoch of a rollout batch on. Our
+    old log-probs are the sampler's, which differ from the training forward in the last bits on ~20% of tokens
+    (``experiments/logp_mismatch.py``): there, even on-policy, the penalty pushes with gradient +-coef.
     All inputs (bs, T) -> scalar loss; metrics add actor/kl_cov_frac.
     """
     log_ratio, unclipped, _ = _surrogates(old_logp, logp, advantages, cfg)
