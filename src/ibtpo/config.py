@@ -130,6 +130,7 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch (TRL: num_iterations).")
     mini_batch_size: int = Field(0, ge=0, description="Sequences per optimizer step (0 = the whole rollout batch).")
+    old_logp: Literal["sampler", "recompute"] = Field("sampler", description="Old log-probs of the ratio: the sampler's (no extra pass; equal to a training forward up to the last float bits) or a no-grad training forward before the updates (verl; ratio exactly 1 on the first update).")
 
     # --- evaluation --------------------------------------------------------------------------------------------------
     eval_questions: int = Field(512, ge=1, description="Test questions per evaluation (the first N of the test split).")

@@ -166,3 +166,21 @@ def test_cosine_schedule_follows_the_token_budget(tmp_path, tiny_model_dir):
     trainer.train_step()
     expected = 1e-3 * 0.5 * (1 + math.cos(math.pi * min(1.0, used / 200)))
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+
+
+def test_recomputed_old_logprobs_make_the_first_update_exactly_on_policy(tmp_path, tiny_model_dir):
+    """With old_logp=recompute the ratio is exactly 1 on a single on-policy update, so KL-Cov's |log ratio| penalty
+    has zero gradient there (verl's behaviour): the update equals the one with the penalty off. With the sampler's
+    log-probs (last-bit mismatches) the penalty does push."""
+    def step(**over):
+        trainer = _trainer(tmp_path, tiny_model_dir, algorithm="kl_cov", kl_cov_ratio=0.2, overwrite=True, **over)
+        metrics = trainer.train_step()
+        return metrics, [p.detach().clone() for p in trainer.policy.parameters()]
+
+    m_on, with_penalty = step(old_logp="recompute", kl_cov_coef=1.0)
+    _, without = step(old_logp="recompute", kl_cov_coef=0.0)
+    assert m_on["actor/ppo_kl"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(with_penalty, without))
+    _, sampler_penalty = step(old_logp="sampler", kl_cov_coef=1.0)
+    _, sampler_plain = step(old_logp="sampler", kl_cov_coef=0.0)
+    assert not all(torch.equal(a, b) for a, b in zip(sampler_penalty, sampler_plain))

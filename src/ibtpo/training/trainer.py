@@ -169,6 +169,12 @@ class Trainer:
             with torch.no_grad():
                 ref_logp = self.reference_logprobs(batch)
         mb = cfg.mini_batch_size or batch.size
+        old_logp = batch.old_logp
+        if cfg.old_logp == "recompute":  # verl's old-log-prob pass: the policy before this batch's updates
+            with torch.no_grad():
+                old_logp = torch.cat([token_logprobs(self.policy, batch.input_ids[rows].to(self.device),
+                                                     batch.attention_mask[rows].to(self.device), cfg.temperature)[0]
+                                      for rows in torch.arange(batch.size).split(mb)]).cpu()
         sums: dict[str, float] = {}
         count = 0
         for _ in range(cfg.ppo_epochs):
@@ -178,7 +184,7 @@ class Trainer:
                 mask, adv = batch.response_mask[rows].to(dev), advantages[rows].to(dev)
                 logp, entropy = token_logprobs(self.policy, batch.input_ids[rows].to(dev),
                                                batch.attention_mask[rows].to(dev), cfg.temperature)
-                loss, m = self.loss_fn(batch.old_logp[rows].to(dev), logp, adv, mask, self.loss_cfg)
+                loss, m = self.loss_fn(old_logp[rows].to(dev), logp, adv, mask, self.loss_cfg)
                 for reg in self.regularizers:
                     term, rm = reg(logp, entropy, adv, mask, None if ref_logp is None else ref_logp[rows].to(dev),
                                    self.loss_cfg)
