@@ -3,7 +3,7 @@
     ibtpo train [CONFIG.yaml] [key=value | --key value ...] [--resume RUN_DIR]
     ibtpo eval  [model=PATH_OR_RUN_DIR] [eval_datasets=[A.jsonl,NAME=B.parquet]] [eval_k=8 ...] [--json FILE]
     ibtpo score [model=PATH_OR_RUN_DIR] [tree_b0=4 tree_l=9 ...] [--dataset sum|FILE] [--questions N] [--out DIR]
-    ibtpo compare [CONFIG.yaml] [--presets grpo ib_tpo ...] [--seeds 0 1 2] [--tokens N] [--out DIR] [key=value ...]
+    ibtpo compare [CONFIG.yaml] [--presets grpo ib_tpo ...] [--seeds 0 1 2] [--tokens N] [--out DIR] [--jobs N] [k=v ...]
     ibtpo pretrain [--out DIR] [steps=900 ...]
 
 Bad input ends with one line on stderr naming the culprit and exit code 2.
