@@ -46,6 +46,7 @@ def test_train_on_chat_data_with_lora_then_eval_per_dataset(tmp_path, qwen3_dir,
     assert main(["eval", f"model={run}", evals, "eval_k=3", "max_completion_length=8", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert set(res["datasets"]) == {"math500", "gsm"} and res["datasets"]["gsm"]["questions"] == 4
+    assert res["reward_fn"] == "math"  # auto: files are checked with math-verify, not the testbed verifier
     for r in res["datasets"].values():
         assert {"avg@3", "pass@3", "maj@3", "greedy_acc", "response_length"} <= set(r)
         assert 0 <= r["avg@3"] <= r["pass@3"] <= 1

@@ -74,3 +74,4 @@ def test_rewards_resolve_by_task_and_format_weight():
     assert math.train(["q"] * 3, completions, None, answer=["4"] * 3) == [1.5, 0.0, 0.5]
     assert math.check(["q"] * 3, completions, None, answer=["4"] * 3) == [1.0, 0.0, 0.0]
     assert math.extract("so \\boxed{0.5}") == math.extract("\\boxed{\\frac{1}{2}}")
+    assert build_rewards(build_config(None, {"eval_datasets": ["x.jsonl"]})).check.name == "math"  # ibtpo eval

@@ -116,7 +116,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
         console.print(f"reward function: {errors['reward/errors']} errors (scored 0), {errors['reward/none']} "
                       f"unscorable answers (scored 0)")
     out = {"model": cfg.model, "eval_k": cfg.eval_k, "eval_temperature": cfg.eval_temperature,
-           "max_completion_length": cfg.max_completion_length, "reward_fn": cfg.reward_fn, "datasets": results,
+           "max_completion_length": cfg.max_completion_length, "reward_fn": rewards.check.name, "datasets": results,
            "reward_stats": errors}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _score_questions(args: argparse.Namespace, cfg, tokenizer) -> tuple[list, str]:
-    """The question set of `ibtpo score` and its name."""
+    """The question set of `ibtpo score` and its name (`cfg`: a file's path is in ``eval_datasets``)."""
     from ibtpo.tasks import SumSource, build_source
 
     if args.dataset == "sum":
@@ -137,7 +137,7 @@ def _score_questions(args: argparse.Namespace, cfg, tokenizer) -> tuple[list, st
             questions = [task.train_problem(i) for i in range(args.questions or 512)]
         name = f"sum/{args.split}"
     else:
-        source = build_source(cfg.model_copy(update={"eval_datasets": [args.dataset], "dataset": None}), tokenizer)
+        source = build_source(cfg, tokenizer)
         questions, name = next(iter(source.test_sets.values())), args.dataset
     return questions[: args.questions] if args.questions else questions, name
 
@@ -165,8 +165,10 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     torch.set_num_threads(cfg.threads)
     model, tok = load_policy(_resolve_eval_model(cfg.model), cfg.dtype)
     model.to(resolve_device(cfg.device))
+    if args.dataset != "sum":  # the file is scored as an evaluation set (its layout, reward_fn auto = math)
+        cfg = cfg.model_copy(update={"eval_datasets": [args.dataset], "dataset": None})
     questions, dataset = _score_questions(args, cfg, tok)
-    reward = build_rewards(cfg.model_copy(update={"dataset": None if args.dataset == "sum" else args.dataset})).check
+    reward = build_rewards(cfg).check
     shape = tree_shape(cfg, "ib")
     sampling = rollout_sampling(cfg)
     console = Console(stderr=True)

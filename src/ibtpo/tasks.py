@@ -79,7 +79,8 @@ class FileSource:
 
     def __init__(self, cfg, tokenizer):
         self.cfg = cfg
-        self.seed = cfg.seed
+        self._epoch: int | None = None
+        self._epoch_order: list[int] = []
         self.skipped: list[str] = []
         tests: dict[str, list[PromptedQuestion]] = {}
         for spec in cfg.eval_datasets:
@@ -133,9 +134,9 @@ class FileSource:
         return self.rows[self._order(epoch)[i]]
 
     def _order(self, epoch: int) -> list[int]:
-        if getattr(self, "_epoch", None) != epoch:
+        if self._epoch != epoch:
             order = list(range(len(self.rows)))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(order)
             self._epoch, self._epoch_order = epoch, order
         return self._epoch_order
 
@@ -159,11 +160,12 @@ class Rewards:
 
 
 def build_rewards(cfg) -> Rewards:
-    """Resolve ``reward_fn`` (auto: sum for the built-in task, math for datasets) and ``format_reward_weight``."""
+    """Resolve ``reward_fn`` (auto: sum for the built-in task, math when the questions come from dataset files, for
+    training or evaluation) and ``format_reward_weight``."""
     from ibtpo.reward_fns import GuardedReward, extract_math_answer, load_reward_fn, weighted_sum
     from ibtpo.testbed.task import extract_answer
 
-    name = cfg.reward_fn if cfg.reward_fn != "auto" else ("math" if cfg.dataset else "sum")
+    name = cfg.reward_fn if cfg.reward_fn != "auto" else ("math" if cfg.dataset or cfg.eval_datasets else "sum")
     check = load_reward_fn(name)
     train = check
     if cfg.format_reward_weight > 0:
