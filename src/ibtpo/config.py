@@ -71,7 +71,7 @@ class TrainConfig(BaseModel):
     chat_template: Literal["auto", "always", "never"] = Field("auto", description="Apply the tokenizer's chat template: auto = when the prompt is chat messages; always (a string prompt becomes one user turn); never.")
     skip_bad_rows: bool = Field(False, description="Skip (and count) malformed dataset rows instead of failing on the first one.")
     eval_datasets: list[str] = Field(default_factory=list, description="Evaluation sets, each PATH or NAME=PATH (metrics val/NAME/...); empty = the task's test split.")
-    reward_fn: str = Field("auto", description="Reward: auto (sum for the built-in task, math for datasets), sum, math (math-verify), or module:function / file.py:function (TRL signature).")
+    reward_fn: str = Field("auto", description="Reward: auto (sum for the built-in task, math when questions come from dataset or eval_datasets files), sum, math (math-verify), or module:function / file.py:function (TRL signature).")
     format_reward_weight: float = Field(0.0, ge=0.0, description="Add this weight x the format reward (a final boxed or 'Answer:' line) to the reward.")
     reward_errors: Literal["fail", "zero"] = Field("fail", description="A reward function that raises: stop the run naming the question (fail), or score 0, count it and go on (zero).")
 

@@ -65,20 +65,14 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
-def _jsonl_values(path: Path) -> Iterator[tuple[int, Any]]:
-    """(1-based line number, parsed object or RowError) for each non-blank line."""
-    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
-        if not line.strip():
-            continue
+def _jsonl_rows(path: Path) -> Iterator[RawRow]:
+    """One row per non-blank line, located by its 1-based line number (a RowError value for invalid JSON)."""
+    lines = (ln for ln in enumerate(_read_text(path).split("\n"), start=1) if ln[1].strip())
+    for index, (lineno, line) in enumerate(lines):
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             value = RowError(f"not valid JSON ({exc.msg})")
-        yield lineno, value
-
-
-def _jsonl_rows(path: Path) -> Iterator[RawRow]:
-    for index, (lineno, value) in enumerate(_jsonl_values(path)):
         yield f"{path}:{lineno}", index, value
 
 
