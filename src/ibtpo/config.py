@@ -18,7 +18,7 @@ from ibtpo.algos.losses import LOSS_AGG_MODES
 from ibtpo.algos.presets import ALGORITHM_NAMES, apply_preset
 
 TESTBED_MODEL = "testbed"
-SAMPLER_NAMES = ("independent", "ib", "entropy", "random", "fixed_width")
+SAMPLER_NAMES = ("independent", "ib", "entropy", "random", "fixed_width", "iib")
 DEFAULT_ALGORITHM = "ib_tpo"
 
 
@@ -84,7 +84,7 @@ class TrainConfig(BaseModel):
     max_completion_length: int = Field(48, ge=1, le=4096, description="Length cap (tokens) of a completion.")
 
     # --- tree rollouts -----------------------------------------------------------------------------------------------
-    sampler: Literal[SAMPLER_NAMES] = Field("independent", description="Rollout: independent (G=num_generations), ib (IBTree), entropy (TreeRL), random, fixed_width (TreePO).")
+    sampler: Literal[SAMPLER_NAMES] = Field("independent", description="Rollout: independent (G=num_generations), ib (IBTree), entropy (TreeRL), random, fixed_width (TreePO), iib (IIB-LPO: G = tree_b0*(1+iib_forks)).")
     tree_b0: int = Field(4, ge=1, description="Tree samplers: B0, trajectories sampled from the root first.")
     tree_l: int = Field(9, ge=1, description="Tree samplers: L, rounds including the first (G = B0 + (L-1)*K*B).")
     tree_k: int = Field(1, ge=1, description="Tree samplers: K, fork points per tree per round.")
@@ -97,6 +97,17 @@ class TrainConfig(BaseModel):
     treepo_segment_length: int = Field(8, ge=1, description="fixed_width sampler: tokens per segment.")
     treepo_width: int = Field(2, ge=1, description="fixed_width sampler: children of each open segment per depth.")
     treepo_max_depth: int = Field(6, ge=1, description="fixed_width sampler: deepest level that still branches.")
+    iib_forks: int = Field(2, ge=1, description="iib sampler: forks drawn along each of the tree_b0 initial rollouts (one level deep).")
+    iib_fork_top: float = Field(0.05, gt=0.0, le=1.0, description="iib sampler: share of a rollout's tokens, highest entropy first, that are candidate fork points (at least one).")
+    iib_latent: Literal["cvae", "random", "none"] = Field("cvae", description="iib sampler: latent code of a branch from the CVAE prior p(z|prefix), from N(0, I), or none (plain forks).")
+    iib_latent_dim: int = Field(16, ge=1, description="iib: dimension of the latent code z.")
+    iib_inject_scale: float = Field(0.25, gt=0.0, description="iib: initial norm of the embedding offset W z, relative to the mean token-embedding norm (W is then trained by the RL loss).")
+    iib_cvae_hidden: int = Field(128, ge=1, description="iib: hidden width of the CVAE's MLPs.")
+    iib_cvae_lr: float = Field(1e-3, gt=0.0, description="iib: Adam learning rate of the CVAE.")
+    iib_cvae_steps: int = Field(4, ge=0, description="iib: CVAE updates per RL step, on that step's correct (prefix, continuation) pairs.")
+    iib_keep: int = Field(0, ge=0, description="IB filter: trajectories per question kept for the update, best IB score first (0 = no filter).")
+    iib_beta: float = Field(0.05, ge=0.0, description="IB filter: weight beta of I(q;r) in the score I(r;a) - beta*I(q;r).")
+    iib_self_reward: float = Field(0.0, ge=0.0, description="IB self-reward: adds this times the group-standardised IB score to each kept trajectory's reward.")
     step_delimiter: str = Field("\n\n", min_length=1, description="Text that ends a reasoning step.")
     min_step_tokens: int = Field(3, ge=1, description="Steps shorter than this merge into the previous step.")
     prefix_reuse: bool = Field(True, description="Continue forks from the cached keys/values of their prefix (false: re-encode the prefix).")
@@ -148,6 +159,8 @@ class TrainConfig(BaseModel):
     def _check_relations(self) -> "TrainConfig":
         if self.task_min_terms > self.task_max_terms:
             raise ValueError(f"task_min_terms ({self.task_min_terms}) must be <= task_max_terms ({self.task_max_terms})")
+        if self.iib_keep == 1:
+            raise ValueError("iib_keep must be 0 (no filter) or >= 2: a group of one trajectory has no advantage")
         return self
 
 

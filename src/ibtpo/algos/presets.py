@@ -27,6 +27,8 @@ class Preset:
 
 
 _TREE = {"tree_b0": 4, "tree_l": 9, "tree_k": 1, "tree_b": 1}  # the paper's (B0, L, K, B): G = 12
+_IIB = {"sampler": "iib", "adv_estimator": "grpo", "policy_loss": "ppo_clip", "tree_b0": 4, "iib_forks": 2,
+        "ibro_coef": 0.005}  # 4 rollouts + 2 latent branches each: G = 12, as IB-TPO's; IBRO as in the authors' code
 
 PRESETS: dict[str, Preset] = {
     "grpo": Preset({"sampler": "independent", "adv_estimator": "grpo", "policy_loss": "ppo_clip"},
@@ -66,6 +68,16 @@ PRESETS: dict[str, Preset] = {
                       **_TREE},
                      "IB-TPO: IBTree sampler + step-level A_GL + 0.1 A_IB",
                      "IB-TPO, arXiv 2605.28109"),
+    "iib_lpo": Preset({**_IIB, "iib_latent": "cvae", "iib_keep": 8, "iib_self_reward": 0.1},
+                      "IIB-LPO: entropy-triggered forks with a CVAE latent code, IB filter (top 8 of 12) + self-reward, "
+                      "IBRO 0.005",
+                      "IIB-LPO, arXiv 2601.05870 (reconstructed: README)"),
+    "iib_lpo_no_latent": Preset({**_IIB, "iib_latent": "none", "iib_keep": 8, "iib_self_reward": 0.1},
+                                "IIB-LPO without the latent code: plain entropy-triggered forks, IB filter, IBRO",
+                                "ablation of IIB-LPO, arXiv 2601.05870"),
+    "iib_lpo_no_filter": Preset({**_IIB, "iib_latent": "cvae", "iib_keep": 0, "iib_self_reward": 0.0},
+                                "IIB-LPO without the IB filter and self-reward: all 12 trajectories, outcome reward",
+                                "ablation of IIB-LPO, arXiv 2601.05870"),
 }
 ALGORITHM_NAMES = tuple(PRESETS)
 

@@ -17,6 +17,10 @@ Simplified on purpose:
   does not keep paying for finished rows.
 - Behaviour log-probs and entropies are those of ``softmax(logits / temperature)`` over the full vocabulary; top-k
   and top-p only restrict which token is drawn (as verl and TRL recompute old log-probs).
+
+Latent conditioning (IIB-LPO): a request may carry ``embed_offset``, one vector per continuation that is added to the
+input embedding of the re-fed last prefix token and of every token the row feeds afterwards. Such rows keep no cache
+for later forks (their keys/values depend on the offset).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class Request:
     node: Node
     n: int
     limit: int
+    embed_offset: torch.Tensor | None = None
+    """(n, hidden): added to the input embeddings from the last prefix token on, one row per continuation."""
 
 
 @dataclass
@@ -146,22 +152,42 @@ class Engine:
                     out[i] = group
         return out
 
+    def _row_offsets(self, requests: list[Request]) -> torch.Tensor | None:
+        """(rows, hidden) embedding offsets of all continuations (zeros for requests without), or None if none has."""
+        if all(r.embed_offset is None for r in requests):
+            return None
+        width = next(r.embed_offset for r in requests if r.embed_offset is not None).shape[-1]
+        parts = [torch.zeros((r.n, width)) if r.embed_offset is None else r.embed_offset.detach().float().cpu()
+                 for r in requests]
+        return torch.cat(parts).to(self.device)
+
+    def _forward(self, ids: torch.Tensor, offsets: torch.Tensor | None, **kwargs):
+        """Model forward; with `offsets` (rows, hidden) added to the input embeddings of the last column."""
+        if offsets is None:
+            return self.model(input_ids=ids, **kwargs)
+        embeds = self.model.get_input_embeddings()(ids)
+        embeds[:, -1] += offsets.to(embeds.dtype)
+        return self.model(inputs_embeds=embeds, **kwargs)
+
     def _expand_encoded(self, requests: list[Request]) -> list[list[Continuation]]:
         """Encode each request's prompt + path once, repeat its cache n times, decode."""
+        offsets = self._row_offsets(requests)
+        if offsets is not None and any(r.n > 1 for r in requests):
+            raise ValueError("requests with embed_offset and no cached prefix must have n = 1")
         seqs = [r.tree.prompt_ids + Tree.completion(r.node)[0] for r in requests]
         ids, mask = left_pad(seqs, self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self._forward(ids, offsets, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                            use_cache=True, logits_to_keep=1)
         width = ids.shape[1]
         for r, seq in zip(requests, seqs):
             r.tree.meta["encoded_prefix_tokens"] = r.tree.meta.get("encoded_prefix_tokens", 0) + len(seq)
             r.tree.meta["reused_prefix_tokens"] = r.tree.meta.get("reused_prefix_tokens", 0) + (r.n - 1) * len(seq)
         if self.keep_kv:  # the prompt's cache goes on the root (only requests from the root get here)
             for j, r in enumerate(requests):
-                if r.node is r.tree.root:
+                if r.node is r.tree.root and r.embed_offset is None:
                     self.store.put(r.node, [(layer.keys[j, :, width - len(seqs[j]):].clone(),
                                              layer.values[j, :, width - len(seqs[j]):].clone())
                                             for layer in cache.layers])
@@ -173,7 +199,7 @@ class Engine:
             logits = out.logits[index, -1, :]
         else:
             logits = out.logits[:, -1, :]
-        return self._decode(requests, cache, mask, positions[:, -1:] + 1, logits, width)
+        return self._decode(requests, cache, mask, positions[:, -1:] + 1, logits, width, offsets)
 
     def _expand_cached(self, requests: list[Request], prefixes: list[LayerKV]) -> list[list[Continuation]]:
         """Build the batch cache from stored prefixes (minus the last token), feed the last token, decode."""
@@ -210,19 +236,21 @@ class Engine:
             r.tree.meta["encoded_prefix_tokens"] = r.tree.meta.get("encoded_prefix_tokens", 0) + n
         tok = torch.tensor(last_tokens, device=self.device)[:, None]
         pos = torch.tensor(positions, device=self.device)[:, None]
-        out = self.model(input_ids=tok, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
-        conts = self._decode(requests, cache, mask, pos + 1, out.logits[:, -1, :], width + 1)
+        offsets = self._row_offsets(requests)
+        out = self._forward(tok, offsets, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        conts = self._decode(requests, cache, mask, pos + 1, out.logits[:, -1, :], width + 1, offsets)
         # the re-fed last prefix token's cache completes a node whose row had stopped right after drawing it
         for r, group in zip(requests, conts):
-            if r.node is not r.tree.root and group[0].prefix_last_kv is not None:
+            if r.node is not r.tree.root and r.embed_offset is None and group[0].prefix_last_kv is not None:
                 self.store.complete(r.node, group[0].prefix_last_kv)
         return conts
 
     def _decode(self, requests: list[Request], cache: DynamicCache, mask: torch.Tensor, next_pos: torch.Tensor,
-                logits: torch.Tensor, gen_col0: int) -> list[list[Continuation]]:
+                logits: torch.Tensor, gen_col0: int, offsets: torch.Tensor | None = None) -> list[list[Continuation]]:
         """The decode loop over all rows; rows leave the batch when they draw EOS or reach their limit.
 
         gen_col0: cache column of the first generated token (the columns before it hold the prefix).
+        offsets: (rows, hidden) added to the embedding of every fed token (rows with an offset keep no cache).
         """
         p = self.params
         limits_list = [r.limit for r in requests for _ in range(r.n)]
@@ -237,7 +265,7 @@ class Engine:
         kvs: list[LayerKV | None] = [None] * rows
         refed: list[LayerKV | None] = [None] * rows
         active = torch.arange(rows, device=self.device)
-        keep_kv = self.keep_kv
+        keep_row = [self.keep_kv and (offsets is None or not bool(offsets[r].any())) for r in range(rows)]
         for t in range(max_len):
             scaled = logits.float() / p.temperature
             logp_all = scaled.log_softmax(-1)
@@ -257,7 +285,7 @@ class Engine:
                     r = int(act[i])
                     lengths[r] = t + 1
                     finished[r] = bool(tok[i] == self.eos_id)
-                    if keep_kv:
+                    if keep_row[r]:
                         kvs[r] = [(layer.keys[i, :, gen_col0:].clone(), layer.values[i, :, gen_col0:].clone())
                                   for layer in cache.layers]  # the t tokens fed so far (none at t = 0)
                         if gen_col0 > 0:
@@ -269,8 +297,8 @@ class Engine:
                 cache.batch_select_indices(keep)
                 active, mask, next_pos, tok = active[keep], mask[keep], next_pos[keep], tok[keep]
             mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=self.device)], dim=1)
-            out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
-                             past_key_values=cache, use_cache=True)
+            out = self._forward(tok[:, None], None if offsets is None else offsets[active], attention_mask=mask,
+                                position_ids=next_pos, past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
         results: list[list[Continuation]] = []

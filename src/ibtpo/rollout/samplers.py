@@ -7,6 +7,8 @@
     random        same rounds, K uniformly drawn nodes.                                  G = B0 + (L-1)*K*B
     fixed_width   TreePO-style: fixed-length segments; each open segment forks into `width` children per depth,
                   up to `max_depth`, until G trajectories exist; then every open branch runs to the end.
+    iib           IIB-LPO (``latent_fork.py``): B0 rollouts, L-1 forks from each at high-entropy tokens, one level
+                  deep, each branch optionally conditioned on a latent code.                G = B0 * L
 
 Nodes are reasoning steps (``StepSplitter``), except in ``fixed_width`` where they are the fixed-length segments and
 in ``entropy`` where token-level forks cut steps. Every leaf is rewarded once, right after it is generated (the IB
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from ibtpo.registry import Registry
 from ibtpo.rollout.engine import Continuation, Engine, Request
@@ -57,6 +59,8 @@ class TreeShape:
     """fixed_width: children of each open segment per depth."""
     max_depth: int = 6
     """fixed_width: deepest level that still branches."""
+    fork_top: float = 0.05
+    """iib: share of a rollout's tokens (highest entropy) that are candidate fork points."""
 
     @property
     def group_size(self) -> int:
@@ -72,6 +76,8 @@ class GrowContext:
     cap: int
     score: ScoreFn
     rng: random.Random
+    latent: Any = None
+    """iib sampler: a ``rollout.latent_fork.LatentBranching`` (latent code per branch), or None (plain forks)."""
 
 
 SamplerFn = Callable[[GrowContext, list[Tree]], None]

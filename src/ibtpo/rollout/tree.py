@@ -40,6 +40,9 @@ class Node:
     """Nodes from the root (the root is 0)."""
     offset: int = 0
     """Completion tokens before this node (length of the path above it, prompt excluded)."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Annotations of an algorithm, e.g. IIB-LPO's latent code ("z", on a branch's first node) and IB filter scores
+    ("ib_score", "dropped", on leaves). Not moved by :meth:`split` (set after a tree has grown)."""
 
     def add_child(self, token_ids: list[int], logprobs: list[float], entropies: list[float]) -> "Node":
         """Attach and return a new child holding the given tokens."""
@@ -179,6 +182,8 @@ class Tree:
         for n in self.nodes():
             d = {"path": n.path, "token_ids": n.token_ids, "logprobs": n.logprobs, "entropies": n.entropies,
                  "reward": n.reward, "finished": n.finished, "p_hat": n.p_hat, "n_leaves": n.n_leaves}
+            if n.info:
+                d["info"] = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in n.info.items()}
             if tokenizer is not None:
                 d["text"] = tokenizer.decode(n.token_ids, skip_special_tokens=False)
             nodes.append(d)
@@ -198,5 +203,6 @@ class Tree:
             parent_path = d["path"].rpartition("/")[0]
             node = by_path[parent_path].add_child(d["token_ids"], d["logprobs"], d["entropies"])
             node.reward, node.finished = d["reward"], d["finished"]
+            node.info = dict(d.get("info", {}))
             by_path[node.path] = node
         return tree

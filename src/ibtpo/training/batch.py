@@ -1,6 +1,7 @@
 """The training-batch layout: how trees become tensors.
 
-Today's layout is *flattened paths*: every leaf's root-to-leaf path is one right-padded sequence (prompt + completion).
+Today's layout is *flattened paths*: every leaf's root-to-leaf path is one right-padded sequence (prompt + completion);
+leaves an IB filter dropped (``leaf.info["dropped"]``) get no row.
 It is the only place that knows the layout; a packed layout (one sequence per tree with a tree attention mask) can
 replace :func:`flatten_paths` without touching estimators, losses or the trainer loop.
 
@@ -42,6 +43,10 @@ class TrainBatch:
     """Per-node tensors of every non-root node of the batch's trees (step-level estimators read them)."""
     ancestor_index: torch.Tensor | None = None
     """(N, D) long: indices into ``nodes`` of each sequence's strict non-root ancestors (-1 padded)."""
+    latent_z: torch.Tensor | None = None
+    """(N, Z) float: IIB-LPO latent code of each sequence's branch (zeros for sequences without one); None if none."""
+    latent_start: torch.Tensor | None = None
+    """(N,) long: first input column that gets the latent's embedding offset (the branch's last prefix token)."""
 
     @property
     def size(self) -> int:
@@ -53,7 +58,8 @@ class TrainBatch:
         pick = (lambda t: None if t is None else t[rows])  # noqa: E731
         return TrainBatch(self.input_ids[rows], self.attention_mask[rows], self.response_mask[rows],
                           self.old_logp[rows], self.rewards[rows], self.group_ids[rows], [self.leaves[i] for i in idx],
-                          pick(self.node_index), self.nodes, pick(self.ancestor_index))
+                          pick(self.node_index), self.nodes, pick(self.ancestor_index), pick(self.latent_z),
+                          pick(self.latent_start))
 
 
 def node_stats(trees: list[Tree]) -> tuple[list[Node], NodeStats]:
@@ -104,6 +110,8 @@ def flatten_paths(trees: list[Tree], pad_id: int) -> TrainBatch:
     rows = []
     for g, tree in enumerate(trees):
         for leaf in tree.leaves():
+            if leaf.info.get("dropped"):
+                continue
             ids, lps, _ = Tree.completion(leaf)
             rows.append((tree.prompt_ids, ids, lps, float(leaf.reward or 0.0), g, leaf))
     width = max(len(p) + len(c) for p, c, *_ in rows)
@@ -126,6 +134,7 @@ def flatten_paths(trees: list[Tree], pad_id: int) -> TrainBatch:
             node_index[i, start + node.offset: start + node.end] = index[id(node)]
             if d < len(lineages[i]) - 1:
                 ancestor_index[i, d] = index[id(node)]
+    latent_z, latent_start = _latents([(len(p), leaf) for p, *_rest, leaf in rows])
     return TrainBatch(
         input_ids=input_ids,
         attention_mask=attention,
@@ -137,16 +146,42 @@ def flatten_paths(trees: list[Tree], pad_id: int) -> TrainBatch:
         node_index=node_index,
         nodes=stats,
         ancestor_index=ancestor_index,
+        latent_z=latent_z,
+        latent_start=latent_start,
     )
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def _latents(rows: list[tuple[int, Node]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Latent code and offset start column of each (prompt length, leaf) row; (None, None) if no row has one."""
+    found = []
+    for prompt_len, leaf in rows:
+        branch = next((n for n in leaf.lineage() if "z" in n.info), None)
+        found.append(None if branch is None else (torch.as_tensor(branch.info["z"], dtype=torch.float),
+                                                  prompt_len + branch.offset - 1))
+    if all(f is None for f in found):
+        return None, None
+    dim = next(f for f in found if f is not None)[0].shape[-1]
+    z = torch.stack([torch.zeros(dim) if f is None else f[0] for f in found])
+    start = torch.tensor([0 if f is None else f[1] for f in found], dtype=torch.long)
+    return z, start
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
+                   embed_offset: torch.Tensor | None = None,
+                   offset_start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of each predicted token and the entropy of each next-token distribution, at `temperature`.
 
-    (N, L) ids -> ((N, L-1) logp, (N, L-1) entropy). Gradients flow through both.
+    (N, L) ids -> ((N, L-1) logp, (N, L-1) entropy). Gradients flow through both (and into `embed_offset`).
+    embed_offset (N, hidden) is added to the input embeddings of columns >= offset_start (N,) (IIB-LPO's latent).
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1, :].float() / temperature
+    if embed_offset is None:
+        out = model(input_ids=input_ids, attention_mask=attention_mask)
+    else:
+        embeds = model.get_input_embeddings()(input_ids)
+        on = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] >= offset_start[:, None]
+        embeds = embeds + on[..., None].to(embeds.dtype) * embed_offset[:, None, :].to(embeds.dtype)
+        out = model(inputs_embeds=embeds, attention_mask=attention_mask)
+    logits = out.logits[:, :-1, :].float() / temperature
     logp_all = logits.log_softmax(-1)
     logp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)

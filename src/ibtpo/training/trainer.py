@@ -39,7 +39,10 @@ from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
 from ibtpo.rollout.tree import Tree
 from ibtpo.tasks import build_rewards, build_source
+from ibtpo.algos.iib import group_zscore
+from ibtpo.rollout.latent_fork import LatentBranching
 from ibtpo.training.batch import TrainBatch, flatten_paths, token_logprobs
+from ibtpo.training.ib_filter import apply_ib_filter
 from ibtpo.training.checkpoint import (latest_checkpoint, load_trainer_state, rng_state, save_checkpoint,
                                        set_rng_state)
 from ibtpo.training.metrics import MetricsLogger, diversity_metrics, rollout_metrics
@@ -52,6 +55,9 @@ IB_KEYS = ("ib/score_mean", "ib/cov_conf_gain", "ib/step_entropy", "ib/branching
 def tree_shape(cfg: TrainConfig, sampler: str | None = None) -> TreeShape:
     """The sampler parameters of a run (the independent sampler draws G = num_generations from the root)."""
     independent = (sampler or cfg.sampler) == "independent"
+    if (sampler or cfg.sampler) == "iib":  # B0 rollouts + iib_forks branches each: G = B0 * (1 + iib_forks)
+        return TreeShape(b0=cfg.tree_b0, rounds=1 + cfg.iib_forks, k=cfg.tree_b0, b=1, min_room=cfg.tree_min_room,
+                         fork_top=cfg.iib_fork_top)
     return TreeShape(b0=cfg.num_generations if independent else cfg.tree_b0, rounds=1 if independent else cfg.tree_l,
                      k=cfg.tree_k, b=cfg.tree_b, min_room=cfg.tree_min_room, beta=cfg.ib_beta, conf_mode=cfg.ib_conf,
                      root_candidate=cfg.tree_root_candidate, zero_phat=cfg.ib_zero_phat,
@@ -103,7 +109,15 @@ class Trainer:
         if cfg.beta > 0 and not is_lora(self.policy):  # frozen reference for the KL term (LoRA: adapters disabled)
             self.ref, _ = load_policy(cfg.model, cfg.dtype)
             self.ref.to(self.device).eval().requires_grad_(False)
+        self.latent = None
+        if cfg.sampler == "iib" and cfg.iib_latent != "none":  # before the optimizer: it trains the injection W
+            embed = self.policy.get_input_embeddings().weight
+            self.latent = LatentBranching(cfg.iib_latent, embed.shape[1], float(embed.detach().norm(dim=-1).mean()),
+                                          cfg.iib_latent_dim, cfg.iib_inject_scale, cfg.iib_cvae_hidden, cfg.iib_cvae_lr,
+                                          cfg.iib_cvae_steps, generator=self.generator, device=self.device)
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        if self.latent is not None:
+            self.params += list(self.latent.injector.parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.shape = tree_shape(cfg)  # before the scheduler: its LR factor counts optimizer steps from the group size
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -126,6 +140,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"], self.generator)
             self.step, self.tokens, self.data_pos = state["step"], state["tokens"], state["data_pos"]
+            if self.latent is not None:
+                self.latent.load_state_dict(state["latent"])
         save_config(cfg, self.run_dir / "config.yaml")
         self.logger = MetricsLogger(self.run_dir, cfg.tensorboard, resume_step=self.step if ckpt else None)
 
@@ -159,7 +175,15 @@ class Trainer:
         # tie-breaking and node draws of the tree rules come from the run's generator (checkpointed with it)
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
         return grow_problem_trees(cfg.sampler, self.policy, self.tokenizer, problems, self.reward_fn, self.shape,
-                                  self.sampling, self.splitter, self.generator, rng, cfg.prefix_reuse)
+                                  self.sampling, self.splitter, self.generator, rng, cfg.prefix_reuse,
+                                  latent=self.latent)
+
+    def embed_offsets(self, batch: TrainBatch, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """token_logprobs keywords applying each row's latent offset W z (IIB-LPO); {} without latents."""
+        if self.latent is None or batch.latent_z is None:
+            return {}
+        return {"embed_offset": self.latent.injector(batch.latent_z[rows].to(self.device)),
+                "offset_start": batch.latent_start[rows].to(self.device)}
 
     def update(self, batch: TrainBatch, advantages: torch.Tensor) -> dict[str, float]:
         """`ppo_epochs` passes of clipped policy-gradient mini-batch steps over one rollout batch."""
@@ -173,7 +197,8 @@ class Trainer:
         if cfg.old_logp == "recompute":  # verl's old-log-prob pass: the policy before this batch's updates
             with torch.no_grad():
                 old_logp = torch.cat([token_logprobs(self.policy, batch.input_ids[rows].to(self.device),
-                                                     batch.attention_mask[rows].to(self.device), cfg.temperature)[0]
+                                                     batch.attention_mask[rows].to(self.device), cfg.temperature,
+                                                     **self.embed_offsets(batch, rows))[0]
                                       for rows in torch.arange(batch.size).split(mb)]).cpu()
         sums: dict[str, float] = {}
         count = 0
@@ -183,7 +208,8 @@ class Trainer:
                 dev = self.device
                 mask, adv = batch.response_mask[rows].to(dev), advantages[rows].to(dev)
                 logp, entropy = token_logprobs(self.policy, batch.input_ids[rows].to(dev),
-                                               batch.attention_mask[rows].to(dev), cfg.temperature)
+                                               batch.attention_mask[rows].to(dev), cfg.temperature,
+                                               **self.embed_offsets(batch, rows))
                 loss, m = self.loss_fn(old_logp[rows].to(dev), logp, adv, mask, self.loss_cfg)
                 for reg in self.regularizers:
                     term, rm = reg(logp, entropy, adv, mask, None if ref_logp is None else ref_logp[rows].to(dev),
@@ -243,6 +269,8 @@ class Trainer:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "rng": rng_state(self.generator), "step": self.step, "tokens": self.tokens,
                  "data_pos": self.data_pos, "config": self.cfg.model_dump()}
+        if self.latent is not None:
+            state["latent"] = self.latent.state_dict()
         save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, keep=self.cfg.keep_checkpoints)
 
     def dump_trees(self, trees: list[Tree], step: int) -> Path:
@@ -260,11 +288,19 @@ class Trainer:
         t0 = time.perf_counter()
         trees = self.rollout()
         t_roll = time.perf_counter() - t0
+        iib_metrics = self.latent.fit() if self.latent is not None else {}
+        if self.cfg.iib_keep or self.cfg.iib_self_reward:  # IIB-LPO's IB filter / self-reward
+            iib_metrics.update(apply_ib_filter(self.policy, self.tokenizer, trees, self.rewards.extract,
+                                               self.cfg.iib_beta, self.cfg.temperature, self.cfg.iib_keep))
         batch = flatten_paths(trees, self.tokenizer.pad_token_id)
+        if self.cfg.iib_self_reward:
+            scores = torch.tensor([leaf.info["ib_score"] for leaf in batch.leaves])
+            batch.rewards = batch.rewards + self.cfg.iib_self_reward * group_zscore(scores, batch.group_ids)
         advantages = self.adv_fn(rewards=batch.rewards, response_mask=batch.response_mask, group_ids=batch.group_ids,
                                  scale_rewards=self.cfg.scale_rewards, cfg=self.cfg, node_index=batch.node_index,
                                  nodes=batch.nodes, ancestor_index=batch.ancestor_index)
         metrics = rollout_metrics(trees)
+        metrics.update(iib_metrics)
         metrics.update(diversity_metrics(trees, self.tokenizer, self.rewards.extract))
         if hasattr(self.reward_fn, "pop_stats"):  # reward/errors, reward/none of the guarded reward function
             metrics.update(self.reward_fn.pop_stats())

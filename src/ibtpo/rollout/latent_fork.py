@@ -1,0 +1,170 @@
+"""IIB-LPO's rollout (arXiv 2601.05870, METHOD.md section 8): entropy-triggered forks conditioned on a latent code.
+
+Sampler ``iib``: B0 = ``tree_b0`` initial rollouts per question; along each, the candidate fork positions are the top
+``fork_top`` share of its tokens by entropy (``algos.iib.fork_candidates``); ``rounds - 1`` forks per rollout are
+drawn uniformly among them. A fork at position t keeps the rollout's first t tokens (shared, generated once) and
+draws a new continuation from token t on. One level deep: branches are not forked again. G = B0 * rounds.
+
+With a :class:`LatentBranching` in the grow context, each branch gets its own z (the CVAE prior p(z | prefix) or
+N(0, I)) and continues with W z added to its input embeddings (``Request.embed_offset``); z is kept on the branch's
+first node (``info["z"]``) so the training forward applies the same offset. The prefix features also feed the CVAE's
+online training: (prefix, continuation) of every fork point of a correct initial rollout.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ibtpo.algos.iib import draw_fork_positions, fork_candidates
+from ibtpo.algos.latent import ConditionalVAE, LatentInjector
+from ibtpo.rollout.engine import Request
+from ibtpo.rollout.samplers import SAMPLERS, GrowContext, _score_new, attach, grow_independent
+from ibtpo.rollout.tree import Node, Tree
+
+
+class LatentBranching:
+    """A run's latent codes: z per branch, the injection W z, and the CVAE trained online on correct continuations.
+
+    mode: 'cvae' (z ~ p(z | prefix)) or 'random' (z ~ N(0, I), no CVAE: the ablation the authors' code amounts to).
+    """
+
+    def __init__(self, mode: str, hidden_size: int, embed_norm: float, latent_dim: int = 16,
+                 inject_scale: float = 0.25, cvae_hidden: int = 128, cvae_lr: float = 1e-3, cvae_steps: int = 4,
+                 kl_weight: float = 1.0, generator: torch.Generator | None = None, device: str | torch.device = "cpu"):
+        if mode not in ("cvae", "random"):
+            raise ValueError(f"latent mode must be cvae or random; got {mode!r}")
+        self.mode, self.latent_dim, self.generator = mode, latent_dim, generator
+        self.cvae_steps, self.kl_weight = cvae_steps, kl_weight
+        self.injector = LatentInjector(latent_dim, hidden_size, inject_scale, embed_norm, generator).to(device)
+        self.cvae = ConditionalVAE(hidden_size, latent_dim, cvae_hidden) if mode == "cvae" else None
+        self.cvae_opt = torch.optim.Adam(self.cvae.parameters(), lr=cvae_lr) if self.cvae is not None else None
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        """(prefix feature, continuation feature) pairs of correct rollouts, waiting for :meth:`fit`."""
+
+    def sample(self, cond: torch.Tensor) -> torch.Tensor:
+        """(m, H) prefix features -> (m, Z) latent codes."""
+        if self.cvae is None:
+            return torch.randn((cond.shape[0], self.latent_dim), generator=self.generator)
+        return self.cvae.sample_prior(cond, self.generator)
+
+    @torch.no_grad()
+    def offsets(self, z: torch.Tensor) -> torch.Tensor:
+        """(m, Z) -> (m, H) embedding offsets for the engine."""
+        return self.injector(z.to(self.injector.proj.weight.device)).float().cpu()
+
+    def remember(self, cond: torch.Tensor, continuation: torch.Tensor) -> None:
+        if self.cvae is not None:
+            self.pending.append((cond, continuation))
+
+    def fit(self) -> dict[str, float]:
+        """``cvae_steps`` Adam steps on the pairs collected since the last call; their metrics (empty if none)."""
+        if self.cvae is None or not self.pending:
+            self.pending = []
+            return {}
+        cond = torch.stack([c for c, _ in self.pending])
+        x = torch.stack([x for _, x in self.pending])
+        self.pending = []
+        metrics: dict[str, float] = {}
+        for _ in range(self.cvae_steps):
+            loss, metrics = self.cvae.loss(x, cond, self.kl_weight, self.generator)
+            self.cvae_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.cvae_opt.step()
+        metrics["cvae/pairs"] = float(x.shape[0])
+        return metrics
+
+    def state_dict(self) -> dict:
+        out = {"injector": self.injector.state_dict()}
+        if self.cvae is not None:
+            out.update(cvae=self.cvae.state_dict(), cvae_opt=self.cvae_opt.state_dict())
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        self.injector.load_state_dict(state["injector"])
+        if self.cvae is not None:
+            self.cvae.load_state_dict(state["cvae"])
+            self.cvae_opt.load_state_dict(state["cvae_opt"])
+
+
+@torch.no_grad()
+def hidden_cumsums(model, seqs: list[list[int]], pad_id: int, chunk: int = 64) -> list[torch.Tensor]:
+    """Per sequence, the running sum over positions of the model's last-layer hidden states: (len, H) each, on CPU."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(seqs), chunk):
+        part = seqs[i:i + chunk]
+        width = max(len(s) for s in part)
+        ids = torch.full((len(part), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(part), width), dtype=torch.long)
+        for j, s in enumerate(part):
+            ids[j, :len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[j, :len(s)] = 1
+        hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                       output_hidden_states=True).hidden_states[-1].float().cpu()
+        out += [hidden[j, :len(s)].cumsum(0) for j, s in enumerate(part)]
+    return out
+
+
+def _locate(leaf: Node, t: int) -> tuple[Node, int]:
+    """The node of `leaf`'s path holding completion position t, and t's index inside it."""
+    for node in leaf.lineage():
+        if node.offset <= t < node.end:
+            return node, t - node.offset
+    raise ValueError(f"position {t} is outside the trajectory (length {leaf.end})")
+
+
+def _fork_node(ctx: GrowContext, leaf: Node, t: int) -> Node:
+    """Node to continue from so that the branch keeps tokens [0, t) of `leaf`'s path (splits a node if needed)."""
+    if t == 0:
+        return leaf.lineage()[0].parent
+    node, local = _locate(leaf, t)
+    if local == 0:
+        return node.parent
+    tail = node.split(local)
+    ctx.engine.store.split(node, tail, local)
+    return node
+
+
+@SAMPLERS.register("iib")
+def grow_iib(ctx: GrowContext, trees: list[Tree]) -> None:
+    """B0 rollouts, then (rounds - 1) entropy-triggered (latent) branches from each: see the module docstring."""
+    grow_independent(ctx, trees)
+    s, latent = ctx.shape, ctx.latent
+    plans = []  # (tree, leaf, completion ids, fork positions)
+    for tree in trees:
+        for leaf in tree.leaves():
+            ids, _, ents = Tree.completion(leaf)
+            cands = fork_candidates(ents, s.fork_top, ctx.cap - s.min_room)
+            positions = draw_fork_positions(cands, s.rounds - 1, ctx.rng) or [0] * (s.rounds - 1)  # no room: fresh
+            plans.append((tree, leaf, ids, positions))
+    zs: list[list[torch.Tensor | None]] = [[None] * len(p[3]) for p in plans]
+    if latent is not None and plans:
+        cums = hidden_cumsums(ctx.engine.model, [tree.prompt_ids + ids for tree, _, ids, _ in plans],
+                              ctx.engine.pad_id)
+        conds, owners = [], []
+        for i, (tree, leaf, ids, positions) in enumerate(plans):
+            n_prompt, end = len(tree.prompt_ids), len(tree.prompt_ids) + len(ids)
+            for j, t in enumerate(positions):
+                cut = n_prompt + t
+                cond = cums[i][cut - 1] / cut
+                conds.append(cond)
+                owners.append((i, j))
+                if (leaf.reward or 0.0) > 0 and end > cut:  # a correct continuation of this prefix: CVAE data
+                    latent.remember(cond, (cums[i][end - 1] - cums[i][cut - 1]) / (end - cut))
+        for (i, j), z in zip(owners, latent.sample(torch.stack(conds))):
+            zs[i][j] = z
+    requests, codes = [], []
+    for (tree, leaf, _, positions), plan_zs in zip(plans, zs):
+        nodes = {t: _fork_node(ctx, leaf, t) for t in sorted(set(positions), reverse=True)}  # later cuts first
+        for t, z in zip(positions, plan_zs):
+            node = nodes[t]
+            offset = None if z is None else latent.offsets(z[None])
+            requests.append(Request(tree, node, 1, ctx.cap - node.end, embed_offset=offset))
+            codes.append(z)
+    new = []
+    for req, z, group in zip(requests, codes, ctx.engine.expand(requests)):
+        for cont in group:
+            new.append((req.tree, attach(ctx, req.tree, req.node, cont)))
+            if z is not None:
+                req.node.children[-1].info["z"] = z.detach().float().cpu()
+    _score_new(ctx, new)
