@@ -18,7 +18,8 @@ import torch
 from ibtpo.algos.iib import draw_fork_positions, fork_candidates
 from ibtpo.algos.latent import ConditionalVAE, LatentInjector
 from ibtpo.rollout.engine import Request
-from ibtpo.rollout.samplers import SAMPLERS, GrowContext, _score_new, attach, grow_independent
+from ibtpo.rollout.sampling import right_pad
+from ibtpo.rollout.samplers import SAMPLERS, GrowContext, score_new, attach, grow_independent
 from ibtpo.rollout.tree import Node, Tree
 
 
@@ -93,12 +94,7 @@ def hidden_cumsums(model, seqs: list[list[int]], pad_id: int, chunk: int = 64) -
     out = []
     for i in range(0, len(seqs), chunk):
         part = seqs[i:i + chunk]
-        width = max(len(s) for s in part)
-        ids = torch.full((len(part), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(part), width), dtype=torch.long)
-        for j, s in enumerate(part):
-            ids[j, :len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[j, :len(s)] = 1
+        ids, mask = right_pad(part, pad_id)
         hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                        output_hidden_states=True).hidden_states[-1].float().cpu()
         out += [hidden[j, :len(s)].cumsum(0) for j, s in enumerate(part)]
@@ -167,4 +163,4 @@ def grow_iib(ctx: GrowContext, trees: list[Tree]) -> None:
             new.append((req.tree, attach(ctx, req.tree, req.node, cont)))
             if z is not None:
                 req.node.children[-1].info["z"] = z.detach().float().cpu()
-    _score_new(ctx, new)
+    score_new(ctx, new)

@@ -134,7 +134,8 @@ def _expand_and_attach(ctx: GrowContext, requests: list[Request], split_steps: b
     return out
 
 
-def _score_new(ctx: GrowContext, new: list[tuple[Tree, Node]]) -> None:
+def score_new(ctx: GrowContext, new: list[tuple[Tree, Node]]) -> None:
+    """Reward the new leaves, one call of the context's scorer per tree."""
     by_tree: dict[int, tuple[Tree, list[Node]]] = {}
     for tree, leaf in new:
         by_tree.setdefault(id(tree), (tree, []))[1].append(leaf)
@@ -146,7 +147,7 @@ def _score_new(ctx: GrowContext, new: list[tuple[Tree, Node]]) -> None:
 def grow_independent(ctx: GrowContext, trees: list[Tree]) -> None:
     """G = B0 independent trajectories per question."""
     new = _expand_and_attach(ctx, [Request(t, t.root, ctx.shape.b0, ctx.cap) for t in trees])
-    _score_new(ctx, new)
+    score_new(ctx, new)
 
 
 def _fork_requests(ctx: GrowContext, tree: Tree, points: list[tuple[Node, int]]) -> list[Request]:
@@ -185,7 +186,7 @@ def _grow_rounds(rule: str) -> SamplerFn:
             for tree in trees:
                 compute_p_hat(tree.root)
                 requests += _fork_requests(ctx, tree, select(tree, rctx, ctx.rng))
-            _score_new(ctx, _expand_and_attach(ctx, requests))
+            score_new(ctx, _expand_and_attach(ctx, requests))
 
     grow.__doc__ = f"B0 chains, then L-1 rounds forking at the points chosen by the '{rule}' rule."
     return grow
@@ -229,4 +230,4 @@ def grow_fixed_width(ctx: GrowContext, trees: list[Tree]) -> None:
                 leaves.append((tree, node))
             else:
                 frontier[id(tree)].append(node)
-        _score_new(ctx, leaves)
+        score_new(ctx, leaves)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from ibtpo.algos.iib import ib_trajectory_score, keep_top_n
+from ibtpo.rollout.sampling import right_pad
 from ibtpo.rollout.tree import Node, Tree
 from ibtpo.training.batch import token_logprobs
 
@@ -48,12 +49,7 @@ def span_logprobs(model, seqs: list[list[int]], spans: list[list[Span]], pad_id:
     out = []
     for i in range(0, len(seqs), chunk):
         part = seqs[i:i + chunk]
-        width = max(len(s) for s in part)
-        ids = torch.full((len(part), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(part), width), dtype=torch.long)
-        for j, s in enumerate(part):
-            ids[j, :len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[j, :len(s)] = 1
+        ids, mask = right_pad(part, pad_id)
         logp = token_logprobs(model, ids.to(device), mask.to(device), temperature)[0].cpu()
         out += [[float(logp[j, start - 1:stop - 1].sum()) for start, stop in row]
                 for j, row in enumerate(spans[i:i + len(part)])]
