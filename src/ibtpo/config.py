@@ -107,7 +107,7 @@ class TrainConfig(BaseModel):
     iib_cvae_steps: int = Field(4, ge=0, description="iib: CVAE updates per RL step, on that step's correct (prefix, continuation) pairs.")
     iib_keep: int = Field(0, ge=0, description="IB filter: trajectories per question kept for the update, best IB score first (0 = no filter).")
     iib_beta: float = Field(0.05, ge=0.0, description="IB filter: weight beta of I(q;r) in the score I(r;a) - beta*I(q;r).")
-    iib_self_reward: float = Field(0.0, ge=0.0, description="IB self-reward: adds this times the group-standardised IB score to each kept trajectory's reward.")
+    iib_self_reward: float = Field(0.0, ge=0.0, description="IB self-reward: adds this times the group-standardised IB score to each kept trajectory's advantage (after the outcome's group normalisation).")
     step_delimiter: str = Field("\n\n", min_length=1, description="Text that ends a reasoning step.")
     min_step_tokens: int = Field(3, ge=1, description="Steps shorter than this merge into the previous step.")
     prefix_reuse: bool = Field(True, description="Continue forks from the cached keys/values of their prefix (false: re-encode the prefix).")

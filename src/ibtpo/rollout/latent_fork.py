@@ -109,16 +109,22 @@ def _locate(leaf: Node, t: int) -> tuple[Node, int]:
     raise ValueError(f"position {t} is outside the trajectory (length {leaf.end})")
 
 
-def _fork_node(ctx: GrowContext, leaf: Node, t: int) -> Node:
-    """Node to continue from so that the branch keeps tokens [0, t) of `leaf`'s path (splits a node if needed)."""
-    if t == 0:
-        return leaf.lineage()[0].parent
-    node, local = _locate(leaf, t)
-    if local == 0:
-        return node.parent
-    tail = node.split(local)
-    ctx.engine.store.split(node, tail, local)
-    return node
+def _fork_nodes(ctx: GrowContext, leaf: Node, positions: list[int]) -> dict[int, Node]:
+    """Per fork position t, the node to continue from so that the branch keeps tokens [0, t) of `leaf`'s path.
+
+    Splits nodes so that every position is a node boundary: all cuts first (the last one first, so `leaf`'s lineage
+    still covers the earlier ones), then each position resolves to the node that now ends there.
+    """
+    for t in sorted({t for t in positions if t > 0}, reverse=True):
+        node, local = _locate(leaf, t)
+        if local > 0:
+            tail = node.split(local)
+            ctx.engine.store.split(node, tail, local)
+    last = leaf
+    while last.children:  # the path's end after the cuts (a cut leaf hands its tokens on to its new tail)
+        last = last.children[0]
+    root = leaf.lineage()[0].parent
+    return {t: root if t == 0 else _locate(last, t - 1)[0] for t in set(positions)}
 
 
 @SAMPLERS.register("iib")
@@ -151,7 +157,7 @@ def grow_iib(ctx: GrowContext, trees: list[Tree]) -> None:
             zs[i][j] = z
     requests, codes = [], []
     for (tree, leaf, _, positions), plan_zs in zip(plans, zs):
-        nodes = {t: _fork_node(ctx, leaf, t) for t in sorted(set(positions), reverse=True)}  # later cuts first
+        nodes = _fork_nodes(ctx, leaf, positions)
         for t, z in zip(positions, plan_zs):
             node = nodes[t]
             offset = None if z is None else latent.offsets(z[None])

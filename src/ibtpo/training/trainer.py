@@ -159,7 +159,8 @@ class Trainer:
         return 1.0
 
     def _minibatches_per_epoch(self) -> int:
-        n = self.cfg.questions_per_step * self.shape.group_size
+        group = min(self.shape.group_size, self.cfg.iib_keep or self.shape.group_size)  # the IB filter's rows only
+        n = self.cfg.questions_per_step * group
         return max(1, math.ceil(n / self.cfg.mini_batch_size)) if self.cfg.mini_batch_size else 1
 
     def done(self) -> bool:
@@ -293,12 +294,13 @@ class Trainer:
             iib_metrics.update(apply_ib_filter(self.policy, self.tokenizer, trees, self.rewards.extract,
                                                self.cfg.iib_beta, self.cfg.temperature, self.cfg.iib_keep))
         batch = flatten_paths(trees, self.tokenizer.pad_token_id)
-        if self.cfg.iib_self_reward:
-            scores = torch.tensor([leaf.info["ib_score"] for leaf in batch.leaves])
-            batch.rewards = batch.rewards + self.cfg.iib_self_reward * group_zscore(scores, batch.group_ids)
         advantages = self.adv_fn(rewards=batch.rewards, response_mask=batch.response_mask, group_ids=batch.group_ids,
                                  scale_rewards=self.cfg.scale_rewards, cfg=self.cfg, node_index=batch.node_index,
                                  nodes=batch.nodes, ancestor_index=batch.ancestor_index)
+        if self.cfg.iib_self_reward:  # IB self-reward, added after the group normalisation of the outcome
+            scores = torch.tensor([leaf.info["ib_score"] for leaf in batch.leaves])
+            bonus = self.cfg.iib_self_reward * group_zscore(scores, batch.group_ids)
+            advantages = advantages + bonus[:, None] * batch.response_mask
         metrics = rollout_metrics(trees)
         metrics.update(iib_metrics)
         metrics.update(diversity_metrics(trees, self.tokenizer, self.rewards.extract))
