@@ -24,6 +24,7 @@ from ibtpo.models import load_policy
 from ibtpo.rollout.engine import sample
 from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.tasks import build_rewards, build_source
+from ibtpo.training.checkpoint import latest_checkpoint
 
 RUNS = Path("reports/compare/runs")
 DEFAULT_PRESETS = ["grpo", "ib_tpo", "iib_lpo", "iib_lpo_no_latent", "iib_lpo_no_filter"]
@@ -59,9 +60,10 @@ def main() -> None:
     problems = source.test_sets[source.name][:args.questions]
     rows = {"base policy": [measure(load_policy(cfg.model, cfg.dtype)[0].eval(), tok, problems, rewards)]}
     for preset in args.presets:
-        found = [RUNS / preset / f"seed{s}" / "checkpoints" / "latest" for s in args.seeds]
+        found = [latest_checkpoint(RUNS / preset / f"seed{s}") for s in args.seeds
+                 if (RUNS / preset / f"seed{s}" / "summary.json").exists()]  # finished runs only
         rows[preset] = [measure(load_policy(str(f), cfg.dtype)[0].eval(), tok, problems, rewards)
-                        for f in found if f.exists()]
+                        for f in found if f is not None]
     keys = list(rows["base policy"][0])
     print(f"{len(problems)} held-out questions, 8 samples each at T = 1.0; mean +/- 95% t over seeds")
     print(f"| policy | seeds | {' | '.join(keys)} |")
