@@ -160,7 +160,7 @@ class TrainConfig(BaseModel):
         if self.task_min_terms > self.task_max_terms:
             raise ValueError(f"task_min_terms ({self.task_min_terms}) must be <= task_max_terms ({self.task_max_terms})")
         if self.iib_keep == 1:
-            raise ValueError("iib_keep must be 0 (no filter) or >= 2: a group of one trajectory has no advantage")
+            raise ValueError("iib_keep: got 1; allowed: 0 (no filter) or >= 2 (a group of one trajectory has no advantage)")
         return self
 
 

@@ -4,6 +4,8 @@ One step:
   1. take ``questions_per_step`` problems from the train stream (data position advances; the stream is endless);
   2. grow one tree per question (independent sampling = depth-one tree of ``num_generations`` leaves);
   3. reward every leaf with the run's reward function (the testbed verifier, math-verify, or a user function);
+     IIB-LPO also fits its CVAE on the step's correct continuations and scores every trajectory with the IB filter,
+     which drops all but the best ``iib_keep`` per question (``training/ib_filter.py``);
   4. lay the trees out as a training batch (``flatten_paths``) and compute advantages (registered estimator);
   5. ``ppo_epochs`` passes of mini-batch updates with the registered policy loss (+ k3 KL, - entropy bonus);
   6. log metrics, evaluate every ``eval_every`` steps, checkpoint every ``save_every`` steps, and probe the policy's
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from ibtpo.algos.advantages import get_adv_estimator
+from ibtpo.algos.iib import group_zscore
 from ibtpo.algos.ib_score import tree_ib_stats
 from ibtpo.algos.losses import REGULARIZERS, LossConfig, get_policy_loss, masked_mean
 from ibtpo.config import ConfigError, TrainConfig, save_config
@@ -34,17 +37,16 @@ from ibtpo.models import add_lora, is_lora, load_policy, resolve_device
 from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, probe_metrics
 from ibtpo.rollout.render import render_tree
 from ibtpo.rollout.grow import grow_problem_trees
+from ibtpo.rollout.latent_fork import LatentBranching
 from ibtpo.rollout.samplers import TreeShape
 from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
 from ibtpo.rollout.tree import Tree
 from ibtpo.tasks import build_rewards, build_source
-from ibtpo.algos.iib import group_zscore
-from ibtpo.rollout.latent_fork import LatentBranching
 from ibtpo.training.batch import TrainBatch, flatten_paths, token_logprobs
-from ibtpo.training.ib_filter import apply_ib_filter
 from ibtpo.training.checkpoint import (latest_checkpoint, load_trainer_state, rng_state, save_checkpoint,
                                        set_rng_state)
+from ibtpo.training.ib_filter import apply_ib_filter
 from ibtpo.training.metrics import MetricsLogger, diversity_metrics, rollout_metrics
 
 EVAL_SEED_OFFSET = 1_000_003
