@@ -27,7 +27,7 @@ from ibtpo.tasks import build_rewards, build_source
 from ibtpo.training.checkpoint import latest_checkpoint
 
 RUNS = Path("reports/compare/runs")
-DEFAULT_PRESETS = ["grpo", "ib_tpo", "iib_lpo", "iib_lpo_no_latent", "iib_lpo_no_filter"]
+DEFAULT_PRESETS = ["grpo", "ib_tpo", "iib_lpo", "iib_lpo_no_filter", "iib_lpo_no_latent", "iib_lpo_random_z"]
 
 
 def measure(model, tok, problems, rewards, k: int = 8) -> dict[str, float]:
