@@ -33,3 +33,23 @@ def tiny_model(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (tiny tensors: as fast, and immune to a busy machine), then restore."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def testbed():
+    """The shipped testbed policy (eval mode) and its tokenizer."""
+    from ibtpo.models import load_policy
+
+    model, tokenizer = load_policy("testbed", "float32", False)
+    return model.eval(), tokenizer

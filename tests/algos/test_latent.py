@@ -8,13 +8,7 @@ import torch
 from ibtpo.algos.latent import ConditionalVAE, LatentInjector, gaussian_kl
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, and immune to a busy machine (two threads spin on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_gaussian_kl_zero_for_identical_gaussians():

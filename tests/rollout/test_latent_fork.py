@@ -8,7 +8,6 @@ import torch
 
 from ibtpo.algos.iib import fork_candidates
 from ibtpo.config import TrainConfig
-from ibtpo.models import load_policy
 from ibtpo.rollout import latent_fork
 from ibtpo.rollout.grow import grow_problem_trees
 from ibtpo.rollout.latent_fork import LatentBranching, hidden_cumsums
@@ -21,19 +20,8 @@ from ibtpo.training.trainer import rollout_sampling, tree_shape
 B0, FORKS, Z = 2, 2, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A 128-wide model: one thread is as fast, and immune to a busy machine (two threads spin on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def testbed():
-    model, tokenizer = load_policy("testbed", "float32", False)
-    return model.eval(), tokenizer
 
 
 def make_latent(model, mode, seed=1):

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from ibtpo.models import load_policy
 from ibtpo.reward_fns import extract_math_answer
 from ibtpo.rollout.tree import Tree, compute_p_hat
 from ibtpo.testbed.task import extract_answer
@@ -13,19 +12,8 @@ from ibtpo.training.ib_filter import apply_ib_filter, score_trajectories, span_l
 BETA, TEMP = 0.05, 1.0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A 128-wide model: one thread is as fast, and immune to a busy machine (two threads spin on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def testbed():
-    model, tokenizer = load_policy("testbed", "float32", False)
-    return model.eval(), tokenizer
 
 
 def enc(tokenizer, text):
