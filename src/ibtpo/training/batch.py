@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ibtpo.algos.advantages import NodeStats
+from ibtpo.rollout.sampling import right_pad
 from ibtpo.rollout.tree import Node, Tree
 
 
@@ -114,19 +115,14 @@ def flatten_paths(trees: list[Tree], pad_id: int) -> TrainBatch:
                 continue
             ids, lps, _ = Tree.completion(leaf)
             rows.append((tree.prompt_ids, ids, lps, float(leaf.reward or 0.0), g, leaf))
-    width = max(len(p) + len(c) for p, c, *_ in rows)
-    n = len(rows)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention = torch.zeros((n, width), dtype=torch.long)
+    input_ids, attention = right_pad([p + c for p, c, *_ in rows], pad_id)
+    n, width = input_ids.shape
     resp = torch.zeros((n, width - 1))
     old = torch.zeros((n, width - 1))
     node_index = torch.full((n, width - 1), -1, dtype=torch.long)
     lineages = [leaf.lineage() for *_rest, leaf in rows]
     ancestor_index = torch.full((n, max(1, max(len(lin) for lin in lineages) - 1)), -1, dtype=torch.long)
     for i, (prompt, comp, lps, *_rest) in enumerate(rows):
-        seq = prompt + comp
-        input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention[i, : len(seq)] = 1
         start = len(prompt) - 1  # column predicting the first completion token
         resp[i, start: start + len(comp)] = 1.0
         old[i, start: start + len(comp)] = torch.tensor(lps, dtype=torch.float)
@@ -134,7 +130,7 @@ def flatten_paths(trees: list[Tree], pad_id: int) -> TrainBatch:
             node_index[i, start + node.offset: start + node.end] = index[id(node)]
             if d < len(lineages[i]) - 1:
                 ancestor_index[i, d] = index[id(node)]
-    latent_z, latent_start = _latents([(len(p), leaf) for p, *_rest, leaf in rows])
+    latent_z, latent_start = _latents([(len(row[0]), lineage) for row, lineage in zip(rows, lineages)])
     return TrainBatch(
         input_ids=input_ids,
         attention_mask=attention,
@@ -151,11 +147,11 @@ def flatten_paths(trees: list[Tree], pad_id: int) -> TrainBatch:
     )
 
 
-def _latents(rows: list[tuple[int, Node]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Latent code and offset start column of each (prompt length, leaf) row; (None, None) if no row has one."""
+def _latents(rows: list[tuple[int, list[Node]]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Latent code and offset start column of each (prompt length, leaf lineage) row; (None, None) if no row has one."""
     found = []
-    for prompt_len, leaf in rows:
-        branch = next((n for n in leaf.lineage() if "z" in n.info), None)
+    for prompt_len, lineage in rows:
+        branch = next((n for n in lineage if "z" in n.info), None)
         found.append(None if branch is None else (torch.as_tensor(branch.info["z"], dtype=torch.float),
                                                   prompt_len + branch.offset - 1))
     if all(f is None for f in found):
