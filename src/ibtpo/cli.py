@@ -99,7 +99,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
             res = evaluate(model, tok, problems, rewards.check, k=cfg.eval_k, temperature=cfg.eval_temperature,
                            max_new_tokens=cfg.max_completion_length, greedy=cfg.eval_greedy, top_p=cfg.eval_top_p,
                            seed=cfg.seed + EVAL_SEED_OFFSET, extract=rewards.extract,
-                           on_batch=lambda n, bar=bar: progress.advance(bar, n))
+                           on_batch=lambda n, bar=bar: progress.advance(bar, n), max_rows=cfg.rollout_max_rows)
             results[name] = {"questions": len(problems), **res}
     metrics = list(next(iter(results.values())))[1:]
     table = Table(title=f"{cfg.model}: {cfg.eval_k} samples per question at T={cfg.eval_temperature}")

@@ -141,7 +141,12 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch (TRL: num_iterations).")
     mini_batch_size: int = Field(0, ge=0, description="Sequences per optimizer step (0 = the whole rollout batch).")
-    old_logp: Literal["sampler", "recompute"] = Field("sampler", description="Old log-probs of the ratio: the sampler's (no extra pass; equal to a training forward up to the last float bits) or a no-grad training forward before the updates (verl; ratio exactly 1 on the first update).")
+    micro_batch_size: int = Field(0, ge=0, description="Sequences per forward/backward pass; gradients accumulate over a mini-batch, with the same result (0 = the whole mini-batch in one pass). Also the rows per pass of the no-grad passes (reference, recomputed old log-probs).")
+    logits_chunk_tokens: int = Field(0, ge=0, description="Tokens whose full-vocabulary logits are materialised at once when computing log-probs (0 = auto: 0.5 GiB of float32 logits).")
+    old_logp: Literal["auto", "sampler", "recompute"] = Field("auto", description="Old log-probs of the ratio: the sampler's (no extra pass; equal to a training forward only in float32 on a CPU), a no-grad training forward before the updates (verl; ratio exactly 1 on the first update), or auto = sampler on a CPU in float32, recompute otherwise.")
+    tis_cap: float | None = Field(None, gt=0.0, description="Truncated importance sampling: weight each token's policy-gradient term by min(pi_old / pi_behaviour, tis_cap) (needs recomputed old log-probs; null = off).")
+    rollout_max_rows: int = Field(0, ge=0, description="Rows decoded at once in rollouts, IB probes and evaluation; larger rounds run in chunks (0 = all rows of a round together).")
+    kv_budget_gib: float = Field(0.0, ge=0.0, description="GiB of key/value cache kept for later tree forks; past it, a fork re-encodes its prefix (0 = no limit).")
 
     # --- evaluation --------------------------------------------------------------------------------------------------
     eval_questions: int = Field(512, ge=1, description="Test questions per evaluation (the first N of the test split).")
@@ -178,6 +183,10 @@ ALIASES = {
     "max_new_tokens": "max_completion_length",
     "train_batch_size": "questions_per_step",
     "output_dir": "out_dir",
+    "per_device_train_batch_size": "micro_batch_size",
+    "ppo_micro_batch_size_per_gpu": "micro_batch_size",
+    "ppo_mini_batch_size": "mini_batch_size",
+    "tis_imp_ratio_cap": "tis_cap",
     "out": "out_dir",
 }
 

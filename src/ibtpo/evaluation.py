@@ -42,11 +42,13 @@ def _columns(problems, k: int) -> dict[str, list]:
 def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperature: float, max_new_tokens: int,
              greedy: bool = True, seed: int = 0, batch_questions: int = 128,
              extract: Callable[[str], str | None] | None = None,
-             on_batch: Callable[[int], None] | None = None, top_p: float = 1.0) -> dict[str, float]:
+             on_batch: Callable[[int], None] | None = None, top_p: float = 1.0,
+             max_rows: int = 0) -> dict[str, float]:
     """Sample k completions per problem (and one greedy) and score them; returns avg@k, pass@k, maj@k, greedy acc.
 
     A completion counts as correct when its reward is >= 1. Uses its own generator seeded with `seed`, so evaluation
     neither depends on nor disturbs the training RNG. `on_batch(n)` is called after every batch of n questions.
+    `max_rows` caps the rows decoded at once (0 = batch_questions x k together).
     """
     was_training = model.training
     model.eval()
@@ -57,7 +59,8 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
     for start in range(0, len(problems), batch_questions):
         chunk = problems[start:start + batch_questions]
         prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in chunk]
-        params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                max_rows=max_rows)
         groups = sample(model, prompts, params, eos, pad, generator=gen, n=k)
         flat, scores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk for _ in range(k)],
                                          [g.token_ids for grp in groups for g in grp], _columns(chunk, k))
@@ -71,7 +74,7 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
             if extract is not None:
                 totals["maj"] += majority_correct([extract(t) for t in grp], ok)
         if greedy:
-            gg = sample(model, prompts, SamplingParams(greedy=True, max_new_tokens=max_new_tokens), eos, pad)
+            gg = sample(model, prompts, SamplingParams(greedy=True, max_new_tokens=max_new_tokens, max_rows=max_rows), eos, pad)
             _, gscores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk],
                                            [g[0].token_ids for g in gg], _columns(chunk, 1))
             totals["greedy"] += sum(s >= 1.0 for s in gscores)

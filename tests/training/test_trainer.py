@@ -184,3 +184,45 @@ def test_recomputed_old_logprobs_make_the_first_update_exactly_on_policy(tmp_pat
     _, sampler_penalty = step(old_logp="sampler", kl_cov_coef=1.0)
     _, sampler_plain = step(old_logp="sampler", kl_cov_coef=0.0)
     assert not all(torch.equal(a, b) for a, b in zip(sampler_penalty, sampler_plain))
+
+
+@pytest.mark.parametrize("variant", [{"policy_loss": "ppo_clip", "beta": 0.01},
+                                     {"policy_loss": "clip_cov", "clip_cov_lb": -1e9, "clip_cov_ub": 1e9,
+                                      "clip_cov_ratio": 0.1, "loss_agg_mode": "token-mean"},
+                                     {"policy_loss": "kl_cov", "loss_agg_mode": "seq-mean-token-sum-norm"}],
+                         ids=lambda v: v["policy_loss"])
+def test_micro_batches_leave_the_training_step_unchanged(tmp_path, tiny_model_dir, variant):
+    """One whole step (rollout, reference, update in 2 mini-batches) with and without micro-batches of 1 and 3 rows."""
+    weights, metrics = [], []
+    for i, micro in enumerate((0, 1, 3)):
+        trainer = _trainer(tmp_path / str(i), tiny_model_dir, mini_batch_size=6, micro_batch_size=micro,
+                           old_logp="recompute", **variant)
+        metrics.append(trainer.train_step())
+        weights.append({n: p.detach().clone() for n, p in trainer.policy.named_parameters()})
+    for other, m in zip(weights[1:], metrics[1:]):
+        for name, w in weights[0].items():
+            torch.testing.assert_close(other[name], w, rtol=1e-4, atol=1e-6)
+        for key in ("actor/loss", "actor/pg_loss", "actor/pg_clipfrac", "actor/kl", "rollout/logp_diff_mean"):
+            assert m[key] == pytest.approx(metrics[0][key], rel=1e-3, abs=1e-6), key
+
+
+def test_old_logp_auto_recomputes_off_cpu_float32(tmp_path, tiny_model_dir):
+    trainer = _trainer(tmp_path, tiny_model_dir)
+    assert trainer.cfg.old_logp == "auto" and not trainer.recompute_old_logp()  # CPU, float32: the sampler's
+    m = trainer.train_step()
+    assert m["rollout/logp_diff_max"] < 1e-4  # measured on the first mini-batch's forward
+    trainer.cfg.tis_cap = 2.0
+    assert trainer.recompute_old_logp()  # truncated IS needs the training forward's old log-probs
+    m = trainer.train_step()
+    assert m["rollout/tis_weight_mean"] == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_step_on_cuda_in_bfloat16(tmp_path, tiny_model_dir):
+    trainer = _trainer(tmp_path, tiny_model_dir, device="cuda", dtype="bfloat16", sampler="ib",
+                       adv_estimator="ib_tpo", tree_b0=2, tree_l=3, tree_min_room=2, beta=0.01, micro_batch_size=2)
+    assert trainer.recompute_old_logp()
+    m = trainer.train_step()
+    assert math.isfinite(m["actor/loss"]) and "rollout/logp_diff_mean" in m
+    assert all(math.isfinite(v) for v in trainer.evaluate().values())

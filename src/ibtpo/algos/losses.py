@@ -47,25 +47,68 @@ class LossConfig:
     """Regulariser ``entropy``: entropy bonus coefficient."""
     ibro_coef: float = 0.0
     """Regulariser ``ibro``: coefficient of the advantage-weighted entropy term."""
+    agg_denominator: float | None = None
+    """Set per mini-batch when it is split into micro-batches: the aggregation's denominator over the WHOLE mini-batch
+    (``agg_denominator``), so that the micro-batch losses sum to the mini-batch loss. None = from the given mask."""
 
 
-def agg_loss(values: torch.Tensor, mask: torch.Tensor, mode: str, norm_length: int = 1) -> torch.Tensor:
+def agg_denominator(mask: torch.Tensor, mode: str, norm_length: int = 1) -> torch.Tensor:
+    """The denominator of :func:`agg_loss` for a (bs, T) mask: response tokens (token-mean), sequences with at least
+    one response token (seq-mean-token-mean), or those sequences times ``norm_length`` (seq-mean-token-sum-norm).
+    Fully masked rows never count. A scalar tensor >= 1."""
+    mask = mask.float()
+    if mode == "token-mean":
+        return mask.sum().clamp(min=1)
+    has_tokens = (mask.sum(-1) > 0).float()
+    if mode == "seq-mean-token-mean":
+        return has_tokens.sum().clamp(min=1)
+    if mode == "seq-mean-token-sum-norm":
+        return has_tokens.sum().clamp(min=1) * norm_length
+    raise ValueError(f"loss_agg_mode must be one of {', '.join(LOSS_AGG_MODES)}; got {mode!r}")
+
+
+def agg_loss(values: torch.Tensor, mask: torch.Tensor, mode: str, norm_length: int = 1,
+             denominator: torch.Tensor | float | None = None) -> torch.Tensor:
     """Aggregate per-token values (bs, T) under mask (bs, T) into a scalar.
 
     token-mean: sum over all tokens / number of tokens (TRL "dapo").
     seq-mean-token-mean: mean over sequences of the per-sequence token mean (TRL "grpo").
     seq-mean-token-sum-norm: mean over sequences of the token sum divided by a constant (TRL "dr_grpo").
+    Sequences without response tokens are not counted. `denominator` (from :func:`agg_denominator` over a whole
+    mini-batch) replaces the one of this mask: then the values of the micro-batches of a mini-batch sum to its value.
     """
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"loss_agg_mode must be one of {', '.join(LOSS_AGG_MODES)}; got {mode!r}")
     mask = mask.to(values.dtype)
-    if mode == "token-mean":
-        return (values * mask).sum() / mask.sum().clamp(min=1)
+    if denominator is None:
+        denominator = agg_denominator(mask, mode, norm_length).to(values.dtype)
     if mode == "seq-mean-token-mean":
         per_seq = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
         has_tokens = (mask.sum(-1) > 0).to(values.dtype)
-        return (per_seq * has_tokens).sum() / has_tokens.sum().clamp(min=1)
-    if mode == "seq-mean-token-sum-norm":
-        return (values * mask).sum() / (values.shape[0] * norm_length)
-    raise ValueError(f"loss_agg_mode must be one of {', '.join(LOSS_AGG_MODES)}; got {mode!r}")
+        return (per_seq * has_tokens).sum() / denominator
+    return (values * mask).sum() / denominator
+
+
+SUMMED_METRICS = ("actor/pg_loss", "actor/kl", "actor/entropy_bonus", "actor/ibro_term")
+"""Loss metrics aggregated like the loss: over micro-batches they add up; every other metric is a token mean."""
+
+
+def combine_micro_metrics(parts: list[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """Metrics of a mini-batch from those of its micro-batches, given as (metrics, response tokens) pairs."""
+    if len(parts) == 1:
+        return dict(parts[0][0])
+    total = sum(n for _, n in parts) or 1.0
+    out: dict[str, float] = {}
+    for key in parts[0][0]:
+        if key in SUMMED_METRICS:
+            out[key] = sum(m[key] for m, _ in parts)
+        else:
+            out[key] = sum(m[key] * n for m, n in parts) / total
+    return out
+
+
+def _agg(values: torch.Tensor, mask: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    return agg_loss(values, mask, cfg.loss_agg_mode, cfg.norm_length, cfg.agg_denominator)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -111,7 +154,7 @@ def ppo_clip_loss(old_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.
     All inputs (bs, T) -> scalar loss; metrics: actor/pg_loss, actor/pg_clipfrac, actor/ppo_kl.
     """
     log_ratio, unclipped, clipped = _surrogates(old_logp, logp, advantages, cfg)
-    loss = agg_loss(_clipped_loss(unclipped, clipped, advantages, cfg), mask, cfg.loss_agg_mode, cfg.norm_length)
+    loss = _agg(_clipped_loss(unclipped, clipped, advantages, cfg), mask, cfg)
     return loss, _pg_metrics(loss, clipped > unclipped, log_ratio, mask)
 
 
@@ -126,53 +169,79 @@ def token_covariance(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.T
     return torch.where(m, cov, torch.zeros_like(cov))
 
 
-@register_policy_loss("clip_cov")
-def clip_cov_loss(old_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                  cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clip-Cov (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", arXiv 2505.22617).
+def clip_cov_select(old_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                    cfg: LossConfig) -> torch.Tensor:
+    """Clip-Cov's token selection over a whole mini-batch: (bs, T) float, 0 on the tokens whose gradient is removed.
 
-    The PPO clipped loss, except that a random ``clip_cov_ratio`` share of the response tokens, drawn among those not
-    already clipped whose covariance (``token_covariance``) lies in (clip_cov_lb, clip_cov_ub), contributes no
-    gradient: high-covariance tokens are what drives entropy down. Draws use torch's global RNG (checkpointed).
-    All inputs (bs, T) -> scalar loss; metrics add actor/clip_cov_frac.
+    A random ``clip_cov_ratio`` share of the response tokens, drawn among those not clipped by PPO whose covariance
+    (``token_covariance``) lies in (clip_cov_lb, clip_cov_ub). Draws use torch's global CPU RNG (checkpointed).
+    `logp` is only read (detached): with micro-batches the trainer selects once per mini-batch and slices.
     """
-    log_ratio, unclipped, clipped = _surrogates(old_logp, logp, advantages, cfg)
-    per_token = _clipped_loss(unclipped, clipped, advantages, cfg)
+    _, unclipped, clipped = _surrogates(old_logp, logp.detach(), advantages, cfg)
     cov = token_covariance(logp, advantages, mask)
     band = mask.bool() & ~(clipped > unclipped) & (cov > cfg.clip_cov_lb) & (cov < cfg.clip_cov_ub)
     candidates = band.flatten().nonzero().squeeze(-1)
     n_pick = min(candidates.numel(), max(1, int(cfg.clip_cov_ratio * int(mask.sum()))))
-    keep = torch.ones(per_token.numel(), dtype=per_token.dtype, device=per_token.device)
+    keep = torch.ones(mask.numel(), dtype=logp.dtype, device=logp.device)
     keep[candidates[torch.randperm(candidates.numel())[:n_pick].to(candidates.device)]] = 0.0  # CPU RNG draws
-    loss = agg_loss(per_token * keep.view_as(per_token), mask, cfg.loss_agg_mode, cfg.norm_length)
+    return keep.view_as(mask)
+
+
+@register_policy_loss("clip_cov")
+def clip_cov_loss(old_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                  cfg: LossConfig, select: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clip-Cov (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", arXiv 2505.22617).
+
+    The PPO clipped loss, except that the tokens :func:`clip_cov_select` picks contribute no gradient:
+    high-covariance tokens are what drives entropy down. `select` is that (bs, T) keep mask when it was computed
+    over a larger mini-batch (micro-batching); None = select within these rows.
+    All inputs (bs, T) -> scalar loss; metrics add actor/clip_cov_frac.
+    """
+    keep = clip_cov_select(old_logp, logp, advantages, mask, cfg) if select is None else select
+    log_ratio, unclipped, clipped = _surrogates(old_logp, logp, advantages, cfg)
+    per_token = _clipped_loss(unclipped, clipped, advantages, cfg)
+    loss = _agg(per_token * keep, mask, cfg)
     metrics = _pg_metrics(loss, clipped > unclipped, log_ratio, mask)
-    metrics["actor/clip_cov_frac"] = n_pick / max(1, int(mask.sum()))
+    metrics["actor/clip_cov_frac"] = float(((1 - keep) * mask).sum()) / max(1, int(mask.sum()))
     return loss, metrics
+
+
+def kl_cov_select(old_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                  cfg: LossConfig) -> torch.Tensor:
+    """KL-Cov's token selection over a whole mini-batch: (bs, T) float, 1 on the ``kl_cov_ratio`` share of response
+    tokens with the highest covariance (``token_covariance``; `logp` is only read, detached)."""
+    cov = token_covariance(logp, advantages, mask).masked_fill(~mask.bool(), float("-inf"))
+    n_valid = int(mask.sum())
+    k = min(n_valid, max(1, int(cfg.kl_cov_ratio * n_valid))) if n_valid else 0
+    selected = torch.zeros(cov.numel(), dtype=logp.dtype, device=logp.device)
+    if k:
+        selected[cov.flatten().topk(k).indices] = 1.0
+    return selected.view_as(mask)
 
 
 @register_policy_loss("kl_cov")
 def kl_cov_loss(old_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+                cfg: LossConfig, select: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """KL-Cov (Cui et al. 2025, arXiv 2505.22617): the unclipped surrogate -r_t A_t, plus
-    ``kl_cov_coef * |logp_t - old_logp_t|`` on the ``kl_cov_ratio`` share of response tokens with the highest
-    covariance (``token_covariance``). No ratio clipping, as in the paper. The penalty has zero gradient where
-    log pi = log pi_old exactly and acts fully from the second mini-batch or PPO epoch of a rollout batch on. Our
-    old log-probs are the sampler's, which differ from the training forward in the last bits on ~20% of tokens
-    (``experiments/logp_mismatch.py``): there, even on-policy, the penalty pushes with gradient +-coef.
+    ``kl_cov_coef * |logp_t - old_logp_t|`` on the tokens :func:`kl_cov_select` picks (`select`: that mask computed
+    over a larger mini-batch; None = within these rows). No ratio clipping, as in the paper. The penalty has zero
+    gradient where log pi = log pi_old exactly and acts fully from the second mini-batch or PPO epoch of a rollout
+    batch on. With the sampler's old log-probs, which differ from the training forward in the last bits on ~20% of
+    tokens (``experiments/logp_mismatch.py``), even on-policy the penalty pushes with gradient +-coef.
     All inputs (bs, T) -> scalar loss; metrics add actor/kl_cov_frac.
     """
+    selected = kl_cov_select(old_logp, logp, advantages, mask, cfg) if select is None else select
     log_ratio, unclipped, _ = _surrogates(old_logp, logp, advantages, cfg)
-    cov = token_covariance(logp, advantages, mask).masked_fill(~mask.bool(), float("-inf"))
-    n_valid = int(mask.sum())
-    k = min(n_valid, max(1, int(cfg.kl_cov_ratio * n_valid))) if n_valid else 0
-    selected = torch.zeros(cov.numel(), dtype=unclipped.dtype, device=unclipped.device)
-    if k:
-        selected[cov.flatten().topk(k).indices] = 1.0
-    per_token = unclipped + cfg.kl_cov_coef * selected.view_as(unclipped) * (logp - old_logp).abs()
-    loss = agg_loss(per_token, mask, cfg.loss_agg_mode, cfg.norm_length)
+    per_token = unclipped + cfg.kl_cov_coef * selected * (logp - old_logp).abs()
+    loss = _agg(per_token, mask, cfg)
     metrics = _pg_metrics(loss, torch.zeros_like(mask), log_ratio, mask)
-    metrics["actor/kl_cov_frac"] = k / max(1, n_valid)
+    metrics["actor/kl_cov_frac"] = float((selected * mask).sum()) / max(1, int(mask.sum()))
     return loss, metrics
+
+
+TOKEN_SELECTORS: dict[str, Callable[..., torch.Tensor]] = {"clip_cov": clip_cov_select, "kl_cov": kl_cov_select}
+"""Policy losses whose token selection reads statistics of the whole mini-batch: the trainer computes it once per
+mini-batch (``select(old_logp, logp, advantages, mask, cfg)``) and passes slices as ``select=`` to each micro-batch."""
 
 
 RegularizerFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
@@ -184,14 +253,14 @@ each already multiplied by its coefficient; the trainer adds those whose coeffic
 @REGULARIZERS.register("kl")
 def kl_regularizer(logp, entropy, advantages, mask, ref_logp, cfg: LossConfig):
     """k3 KL(pi || pi_ref) to the frozen reference, aggregated like the policy loss, times ``kl_coef`` (GRPO)."""
-    kl = agg_loss(kl_k3(logp, ref_logp), mask, cfg.loss_agg_mode, cfg.norm_length)
+    kl = _agg(kl_k3(logp, ref_logp), mask, cfg)
     return cfg.kl_coef * kl, {"actor/kl": float(kl.detach())}
 
 
 @REGULARIZERS.register("entropy")
 def entropy_regularizer(logp, entropy, advantages, mask, ref_logp, cfg: LossConfig):
     """Entropy bonus: -entropy_coef * aggregated token entropy (verl's entropy_coeff)."""
-    ent = agg_loss(entropy, mask, cfg.loss_agg_mode, cfg.norm_length)
+    ent = _agg(entropy, mask, cfg)
     return -cfg.entropy_coef * ent, {"actor/entropy_bonus": float(ent.detach())}
 
 
@@ -200,15 +269,21 @@ def ibro_regularizer(logp, entropy, advantages, mask, ref_logp, cfg: LossConfig)
     """IBRO, the advantage-weighted entropy term of IIB-LPO's released code (arXiv 2601.05870), as we read it:
     -ibro_coef * agg(A_t * H_t). Entropy rises on the tokens of better-than-average steps and falls on worse ones,
     instead of rising everywhere as with the plain bonus."""
-    term = agg_loss(advantages.detach() * entropy, mask, cfg.loss_agg_mode, cfg.norm_length)
+    term = _agg(advantages.detach() * entropy, mask, cfg)
     return -cfg.ibro_coef * term, {"actor/ibro_term": float(term.detach())}
+
+
+KL_K3_MAX = 10.0
+"""Cap of the per-token k3 value (as verl's low_var_kl): a token far from the reference adds at most this much, and
+no gradient beyond it, instead of a value and gradient growing like exp(ref_logp - logp)."""
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimator of KL(pi || pi_ref) (Schulman's approximation, used by GRPO): exp(d) - d - 1 with
-    d = ref_logp - logp. Always >= 0. (bs, T) -> (bs, T)."""
+    d = ref_logp - logp clamped to [-20, 20], the result clamped to [0, KL_K3_MAX] (verl's clamp: a few tokens far
+    from the reference cannot dominate the loss). Always >= 0. (bs, T) -> (bs, T)."""
     d = (ref_logp - logp).clamp(-20.0, 20.0)
-    return d.exp() - d - 1.0
+    return (d.exp() - d - 1.0).clamp(0.0, KL_K3_MAX)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -59,14 +59,48 @@ class Continuation(Generation):
     """Cache of the last prefix token, computed again when the row started (with reuse only)."""
 
 
-class KVStore:
-    """Per-node key/value segments of the trees being grown (a shared prefix is stored once)."""
+def device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """A generator for draws on `device`: `generator` itself when it lives there (the CPU path, unchanged), else a
+    new one on `device` seeded from one draw of `generator` (deterministic, and resumable through its state)."""
+    if generator is None or generator.device.type == torch.device(device).type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
 
-    def __init__(self):
+
+def kv_bytes(kv: LayerKV) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+
+
+class KVStore:
+    """Per-node key/value segments of the trees being grown (a shared prefix is stored once).
+
+    budget_bytes > 0 bounds what is kept: a segment that would exceed it is not stored, and a later fork below it
+    re-encodes its prefix instead (same tokens, more compute). ``peak_bytes`` records the most held at once.
+    """
+
+    def __init__(self, budget_bytes: int = 0):
         self._kv: dict[int, LayerKV] = {}
+        self.budget = budget_bytes
+        self.bytes = 0
+        self.peak_bytes = 0
+        self.refused = 0
+        """Segments not kept because of the budget."""
+
+    def has_room(self, nbytes: int = 0) -> bool:
+        return not self.budget or self.bytes + nbytes <= self.budget
 
     def put(self, node: Node, kv: LayerKV) -> None:
+        size = kv_bytes(kv)
+        old = self._kv.pop(id(node), None)
+        if old is not None:
+            self.bytes -= kv_bytes(old)
+        if not self.has_room(size):
+            self.refused += 1
+            return
         self._kv[id(node)] = kv
+        self.bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
 
     def length(self, node: Node) -> int:
         kv = self._kv.get(id(node))
@@ -82,13 +116,13 @@ class KVStore:
             return
         self._kv[id(head)] = self.slice(kv, 0, at)
         if kv[0][0].shape[-2] > at:
-            self._kv[id(tail)] = self.slice(kv, at)
+            self._kv[id(tail)] = self.slice(kv, at)  # views of the same storage: the byte count is unchanged
 
     def complete(self, node: Node, last: LayerKV) -> None:
         """Append the cache of `node`'s last token when it was missing (the row stopped right after drawing it)."""
         kv = self._kv.get(id(node))
         if kv is not None and kv[0][0].shape[-2] == len(node.token_ids) - 1:
-            self._kv[id(node)] = [(torch.cat([k, lk], 1), torch.cat([v, lv], 1)) for (k, v), (lk, lv) in zip(kv, last)]
+            self.put(node, [(torch.cat([k, lk], 1), torch.cat([v, lv], 1)) for (k, v), (lk, lv) in zip(kv, last)])
 
     def prefix(self, tree: Tree, node: Node) -> LayerKV | None:
         """Cache of prompt + path up to `node`, minus the last token; None if any piece is missing."""
@@ -111,6 +145,7 @@ class KVStore:
 
     def clear(self) -> None:
         self._kv.clear()
+        self.bytes = 0
 
 
 class Engine:
@@ -121,12 +156,14 @@ class Engine:
         self.model = model
         self.params = params
         self.eos_id, self.pad_id = eos_id, pad_id
-        self.generator = generator
+        self.device = next(model.parameters()).device
+        self.generator = device_generator(generator, self.device)
         self.prefix_reuse = prefix_reuse
         self.keep_kv = prefix_reuse
         """Keep the caches of generated tokens for later forks (off when nothing will fork, e.g. independent sampling)."""
-        self.store = KVStore()
-        self.device = next(model.parameters()).device
+        self.max_rows = params.max_rows
+        """Decode at most this many rows at once (0 = all rows of a round together); larger rounds run in chunks."""
+        self.store = KVStore(params.kv_budget_bytes)
 
     # ----------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -135,6 +172,8 @@ class Engine:
         live = [i for i, r in enumerate(requests) if r.n > 0 and r.limit > 0]
         if len(live) < len(requests):  # nothing to draw for some: they get empty groups
             return self._expand_parts(requests, [live])
+        if self.max_rows and sum(r.n for r in requests) > self.max_rows:
+            return self._expand_chunked(requests)
         prefixes = [self.store.prefix(r.tree, r.node) for r in requests] if self.keep_kv else [None] * len(requests)
         cached = [i for i, p in enumerate(prefixes) if p is not None]
         if not cached:
@@ -150,6 +189,31 @@ class Engine:
             if part:
                 for i, group in zip(part, self.expand([requests[i] for i in part])):
                     out[i] = group
+        return out
+
+    def _expand_chunked(self, requests: list[Request]) -> list[list[Continuation]]:
+        """Expand in consecutive chunks of at most ``max_rows`` rows (a request with more rows is split)."""
+        out: list[list[Continuation]] = [[] for _ in requests]
+        chunk: list[tuple[int, Request]] = []
+        rows = 0
+
+        def flush() -> None:
+            nonlocal chunk, rows
+            for (i, _), group in zip(chunk, self.expand([r for _, r in chunk])):
+                out[i] += group
+            chunk, rows = [], 0
+
+        for i, r in enumerate(requests):
+            done = 0
+            while done < r.n:
+                take = min(r.n - done, self.max_rows - rows)
+                offset = None if r.embed_offset is None else r.embed_offset[done:done + take]
+                chunk.append((i, Request(r.tree, r.node, take, r.limit, offset)))
+                rows, done = rows + take, done + take
+                if rows == self.max_rows:
+                    flush()
+        if chunk:
+            flush()
         return out
 
     def _row_offsets(self, requests: list[Request]) -> torch.Tensor | None:
@@ -285,7 +349,7 @@ class Engine:
                     r = int(act[i])
                     lengths[r] = t + 1
                     finished[r] = bool(tok[i] == self.eos_id)
-                    if keep_row[r]:
+                    if keep_row[r] and self.store.has_room():
                         kvs[r] = [(layer.keys[i, :, gen_col0:].clone(), layer.values[i, :, gen_col0:].clone())
                                   for layer in cache.layers]  # the t tokens fed so far (none at t = 0)
                         if gen_col0 > 0:

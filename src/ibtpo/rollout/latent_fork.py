@@ -17,6 +17,7 @@ import torch
 
 from ibtpo.algos.iib import draw_fork_positions, fork_candidates
 from ibtpo.algos.latent import ConditionalVAE, LatentInjector
+from ibtpo.lm import last_hidden_states
 from ibtpo.rollout.engine import Request
 from ibtpo.rollout.sampling import right_pad
 from ibtpo.rollout.samplers import SAMPLERS, GrowContext, score_new, attach, grow_independent
@@ -95,8 +96,7 @@ def hidden_cumsums(model, seqs: list[list[int]], pad_id: int, chunk: int = 64) -
     for i in range(0, len(seqs), chunk):
         part = seqs[i:i + chunk]
         ids, mask = right_pad(part, pad_id)
-        hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                       output_hidden_states=True).hidden_states[-1].float().cpu()
+        hidden = last_hidden_states(model, ids.to(device), mask.to(device)).float().cpu()
         out += [hidden[j, :len(s)].cumsum(0) for j, s in enumerate(part)]
     return out
 

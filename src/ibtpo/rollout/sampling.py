@@ -25,6 +25,10 @@ class SamplingParams:
     """Length cap of a completion; a completion that reaches it without EOS is truncated."""
     greedy: bool = False
     """Take the argmax instead of sampling (log-probs and entropies are still recorded at `temperature`)."""
+    max_rows: int = 0
+    """Resource limit, not a sampling choice: decode at most this many rows at once (0 = a whole round together)."""
+    kv_budget_bytes: int = 0
+    """Resource limit: bytes of key/value cache kept for later forks (0 = no limit); past it, forks re-encode."""
 
 
 @dataclass

@@ -21,9 +21,15 @@ LATEST = "latest"
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """All RNG states of the process plus the sampling generator."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "sampler": generator.get_state()}
+    """All RNG states of the process (CUDA's too, when there is a GPU) plus the run's generator.
+
+    Draws on a GPU come from generators seeded from the run's (CPU) generator (``rollout.engine.device_generator``),
+    so its state covers them; the CUDA states cover what uses the global CUDA RNG (e.g. dropout on the GPU)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "sampler": generator.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
@@ -31,6 +37,9 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     generator.set_state(state["sampler"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _fsync_dir(path: Path) -> None:

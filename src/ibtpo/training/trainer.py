@@ -30,7 +30,7 @@ import torch
 from ibtpo.algos.advantages import get_adv_estimator
 from ibtpo.algos.iib import group_zscore
 from ibtpo.algos.ib_score import tree_ib_stats
-from ibtpo.algos.losses import REGULARIZERS, LossConfig, get_policy_loss, masked_mean
+from ibtpo.algos.losses import REGULARIZERS, TOKEN_SELECTORS, LossConfig, get_policy_loss, masked_mean
 from ibtpo.config import ConfigError, TrainConfig, save_config
 from ibtpo.evaluation import evaluate
 from ibtpo.models import add_lora, is_lora, load_policy, resolve_device
@@ -43,11 +43,12 @@ from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
 from ibtpo.rollout.tree import Tree
 from ibtpo.tasks import build_rewards, build_source
-from ibtpo.training.batch import TrainBatch, flatten_paths, token_logprobs
+from ibtpo.training.batch import TrainBatch, flatten_paths, logprobs_in_chunks, token_logprobs
 from ibtpo.training.checkpoint import (latest_checkpoint, load_trainer_state, rng_state, save_checkpoint,
                                        set_rng_state)
 from ibtpo.training.ib_filter import apply_ib_filter
 from ibtpo.training.metrics import MetricsLogger, diversity_metrics, rollout_metrics
+from ibtpo.training.update import LogpGap, MiniBatch, accumulate_gradients, truncated_is_weights
 
 EVAL_SEED_OFFSET = 1_000_003
 IB_KEYS = ("ib/score_mean", "ib/cov_conf_gain", "ib/step_entropy", "ib/branching_nodes")
@@ -70,7 +71,8 @@ def tree_shape(cfg: TrainConfig, sampler: str | None = None) -> TreeShape:
 def rollout_sampling(cfg: TrainConfig) -> SamplingParams:
     """How rollouts (and IB probes) draw tokens: temperature, top-p, top-k and the completion cap of the run."""
     return SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                          max_new_tokens=cfg.max_completion_length)
+                          max_new_tokens=cfg.max_completion_length, max_rows=cfg.rollout_max_rows,
+                          kv_budget_bytes=int(cfg.kv_budget_gib * 2**30))
 
 
 class Trainer:
@@ -188,59 +190,86 @@ class Trainer:
         return {"embed_offset": self.latent.injector(batch.latent_z[rows].to(self.device)),
                 "offset_start": batch.latent_start[rows].to(self.device)}
 
-    def update(self, batch: TrainBatch, advantages: torch.Tensor) -> dict[str, float]:
-        """`ppo_epochs` passes of clipped policy-gradient mini-batch steps over one rollout batch."""
+    def recompute_old_logp(self) -> bool:
+        """Old log-probs from a training forward (old_logp=recompute, or auto off a CPU or in another dtype than
+        float32, where sampler and training log-probs are not bit-equal), else the sampler's."""
         cfg = self.cfg
-        ref_logp = None
-        if cfg.beta > 0:
-            with torch.no_grad():
-                ref_logp = self.reference_logprobs(batch)
+        if cfg.old_logp == "auto":
+            return self.device.type != "cpu" or cfg.dtype != "float32" or cfg.tis_cap is not None
+        return cfg.old_logp == "recompute"
+
+    def batch_logprobs(self, model, batch: TrainBatch, offsets: bool = True) -> torch.Tensor:
+        """No-grad token log-probs (N, T) of the whole batch under `model`, ``micro_batch_size`` rows per pass."""
+        extra = (lambda rows: self.embed_offsets(batch, rows)) if offsets else None  # noqa: E731
+        return logprobs_in_chunks(model, batch.input_ids, batch.attention_mask, self.cfg.temperature,
+                                  self.cfg.micro_batch_size, self.device, extra, self.cfg.logits_chunk_tokens)
+
+    def update(self, batch: TrainBatch, advantages: torch.Tensor) -> dict[str, float]:
+        """`ppo_epochs` passes of clipped policy-gradient mini-batch steps over one rollout batch.
+
+        Each mini-batch is one optimizer step, run as micro-batches whose gradients accumulate (``update.py``)."""
+        cfg = self.cfg
+        ref_logp = self.reference_logprobs(batch) if cfg.beta > 0 else None
         mb = cfg.mini_batch_size or batch.size
-        old_logp = batch.old_logp
-        if cfg.old_logp == "recompute":  # verl's old-log-prob pass: the policy before this batch's updates
-            with torch.no_grad():
-                old_logp = torch.cat([token_logprobs(self.policy, batch.input_ids[rows].to(self.device),
-                                                     batch.attention_mask[rows].to(self.device), cfg.temperature,
-                                                     **self.embed_offsets(batch, rows))[0]
-                                      for rows in torch.arange(batch.size).split(mb)]).cpu()
+        behaviour = batch.old_logp
+        old_logp = behaviour
+        gap = LogpGap()
+        extra: dict[str, float] = {}
+        if self.recompute_old_logp():  # verl's old-log-prob pass: the policy before this batch's updates
+            old_logp = self.batch_logprobs(self.policy, batch)
+            gap.add(behaviour, old_logp, batch.response_mask)
+        pg_advantages = advantages
+        if cfg.tis_cap is not None:
+            weights, extra = truncated_is_weights(old_logp, behaviour, batch.response_mask, cfg.tis_cap)
+            pg_advantages = advantages * weights
         sums: dict[str, float] = {}
         count = 0
-        for _ in range(cfg.ppo_epochs):
+        for epoch in range(cfg.ppo_epochs):
             order = torch.randperm(batch.size, generator=self.generator) if mb < batch.size else torch.arange(batch.size)
             for rows in order.split(mb):
                 dev = self.device
-                mask, adv = batch.response_mask[rows].to(dev), advantages[rows].to(dev)
-                logp, entropy = token_logprobs(self.policy, batch.input_ids[rows].to(dev),
-                                               batch.attention_mask[rows].to(dev), cfg.temperature,
-                                               **self.embed_offsets(batch, rows))
-                loss, m = self.loss_fn(old_logp[rows].to(dev), logp, adv, mask, self.loss_cfg)
-                for reg in self.regularizers:
-                    term, rm = reg(logp, entropy, adv, mask, None if ref_logp is None else ref_logp[rows].to(dev),
-                                   self.loss_cfg)
-                    loss = loss + term
-                    m.update(rm)
+                minibatch = MiniBatch(mask=batch.response_mask[rows].to(dev), old_logp=old_logp[rows].to(dev),
+                                      advantages=advantages[rows].to(dev), pg_advantages=pg_advantages[rows].to(dev),
+                                      ref_logp=None if ref_logp is None else ref_logp[rows].to(dev))
+
+                def forward(sub: torch.Tensor, rows=rows) -> tuple[torch.Tensor, torch.Tensor]:
+                    picked = rows[sub]
+                    width = int(batch.attention_mask[picked].sum(-1).max())  # columns that are padding everywhere
+                    logp, entropy = token_logprobs(self.policy, batch.input_ids[picked, :width].to(dev),
+                                                   batch.attention_mask[picked, :width].to(dev), cfg.temperature,
+                                                   chunk_tokens=cfg.logits_chunk_tokens,
+                                                   **self.embed_offsets(batch, picked))
+                    pad = batch.input_ids.shape[1] - 1 - logp.shape[1]
+                    return torch.nn.functional.pad(logp, (0, pad)), torch.nn.functional.pad(entropy, (0, pad))
+
+                # without a recompute pass, the first mini-batch's forward (weights not yet updated) gives the gap
+                measure = (lambda sub, lp, rows=rows: gap.add(behaviour[rows[sub]].to(dev), lp,  # noqa: E731
+                                                               batch.response_mask[rows[sub]].to(dev))) \
+                    if not gap.count and epoch == 0 and count == 0 else None
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                m = accumulate_gradients(forward, minibatch, self.loss_fn, self.regularizers, self.loss_cfg,
+                                         cfg.micro_batch_size, TOKEN_SELECTORS.get(cfg.policy_loss), measure)
                 m["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
                 m["actor/lr"] = self.optimizer.param_groups[0]["lr"]
-                m["actor/loss"] = float(loss.detach())
                 self.optimizer.step()
                 self.scheduler.step()
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
         out = {k: v / count for k, v in sums.items()}
+        out.update(gap.metrics())
+        out.update(extra)
         if ref_logp is None:
             out["actor/kl"] = 0.0
         return out
 
     def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
-        """Token log-probs (bs, T) under the frozen reference: the base model (LoRA: adapters disabled)."""
-        ids, attn = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
+        """Token log-probs (N, T) under the frozen reference: the base model (LoRA: adapters disabled); no grad,
+        ``micro_batch_size`` rows per pass, on CPU."""
         if self.ref is not None:
-            return token_logprobs(self.ref, ids, attn, self.cfg.temperature)[0]
+            return self.batch_logprobs(self.ref, batch, offsets=False)
         with self.policy.disable_adapter():
-            return token_logprobs(self.policy, ids, attn, self.cfg.temperature)[0]
+            return self.batch_logprobs(self.policy, batch, offsets=False)
 
     def evaluate(self) -> dict[str, float]:
         """avg@k, pass@k, maj@k, greedy accuracy and length on every evaluation set (``val/<set>/<metric>``)."""
@@ -250,7 +279,7 @@ class Trainer:
             res = evaluate(self.policy, self.tokenizer, problems[:cfg.eval_questions], self.rewards.check,
                            k=cfg.eval_k, temperature=cfg.eval_temperature, max_new_tokens=cfg.max_completion_length,
                            greedy=cfg.eval_greedy, top_p=cfg.eval_top_p, seed=cfg.seed + EVAL_SEED_OFFSET,
-                           extract=self.rewards.extract)
+                           extract=self.rewards.extract, max_rows=cfg.rollout_max_rows)
             out.update({f"val/{name}/{k}": v for k, v in res.items()})
         return out
 
