@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ibtpo.config import build_config  # noqa: E402
+from ibtpo.config import build_config, parse_overrides  # noqa: E402
 from ibtpo.evaluation import evaluate  # noqa: E402
 from ibtpo.testbed.tokenizer import build_char_tokenizer  # noqa: E402
 from ibtpo.training.batch import TrainBatch, token_logprobs  # noqa: E402
@@ -164,21 +164,27 @@ def main(argv: list[str] | None = None) -> dict:
     model_dir = Path(tmp.name) / "model"
     t0 = time.perf_counter()
     model = build_model(args.shape, device, getattr(torch, dtype), seed=0)
+    n_params = sum(p.numel() for p in model.parameters())
+    results["model"] = {"parameters": n_params}
+    print(f"[model] {n_params / 1e9:.3f}B parameters", flush=True)
+    if args.phases == ["micro"]:  # memory per micro-batch only: the bare model, no trainer, no optimizer state
+        model.gradient_checkpointing_enable()
+        model.train()
+        phase("micro", results, lambda: micro_peaks(model, tokenizer, args, device, 0), device)
+        results["micro"]["note"] = ("weights + gradients + activations of one forward/backward with gradient "
+                                    "checkpointing; AdamW adds 2 x parameters x dtype size")
+        return _finish(results, args, tmp)
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    n_params = sum(p.numel() for p in model.parameters())
     del model
     reset_peak(device)
-    results["model"] = {"parameters": n_params, "build_and_save_s": round(time.perf_counter() - t0, 1)}
-    print(f"[model] {n_params / 1e9:.3f}B parameters", flush=True)
+    results["model"]["build_and_save_s"] = round(time.perf_counter() - t0, 1)
 
     overrides = {"model": str(model_dir), "device": str(device), "dtype": dtype, "dataset": None,
                  "eval_datasets": [], "reward_fn": "auto", "out_dir": str(Path(tmp.name) / "run"),
                  "questions_per_step": args.questions, "max_completion_length": args.cap, "tensorboard": False,
                  "plots": False, "progress": False, "threads": 4}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        overrides[key] = value
+    overrides.update(parse_overrides(args.set))
     cfg = build_config(args.config, overrides)
     results["config"] = {k: getattr(cfg, k) for k in ("algorithm", "micro_batch_size", "mini_batch_size",
                                                        "gradient_checkpointing", "rollout_max_rows", "kv_budget_gib",
@@ -218,21 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "finite_loss": math.isfinite(m["actor/loss"])}
 
     def micro() -> dict:
-        out = {}
-        policy = trainer.policy
-        for size in args.micro_sizes:
-            ids = torch.randint(3, len(tokenizer), (size, args.seq_len), device=device)
-            reset_peak(device)
-            try:
-                logp, ent = token_logprobs(policy, ids, torch.ones_like(ids), 1.0, chunk_tokens=cfg.logits_chunk_tokens)
-                (logp.mean() + 0.01 * ent.mean()).backward()
-                sync(device)
-                out[f"micro_{size}_peak_gib"] = round(peak_gib(device), 2)
-            except torch.OutOfMemoryError:
-                out[f"micro_{size}_peak_gib"] = "OOM"
-            policy.zero_grad(set_to_none=True)
-            del ids
-        return out
+        return micro_peaks(trainer.policy, tokenizer, args, device, cfg.logits_chunk_tokens)
 
     def evaluation() -> dict:
         problems = list(trainer.source.test_sets[trainer.source.name][:args.eval_questions])
@@ -243,6 +235,28 @@ def main(argv: list[str] | None = None) -> dict:
     for name, fn in (("step", step), ("update", update), ("micro", micro), ("eval", evaluation)):
         if name in args.phases:
             phase(name, results, fn, device)
+    return _finish(results, args, tmp)
+
+
+def micro_peaks(policy, tokenizer, args, device: torch.device, chunk_tokens: int) -> dict:
+    """Peak memory of one forward/backward of each micro-batch size (--micro-sizes x --seq-len tokens)."""
+    out = {}
+    for size in args.micro_sizes:
+        ids = torch.randint(3, len(tokenizer), (size, args.seq_len), device=device)
+        reset_peak(device)
+        try:
+            logp, ent = token_logprobs(policy, ids, torch.ones_like(ids), 1.0, chunk_tokens=chunk_tokens)
+            (logp.mean() + 0.01 * ent.mean()).backward()
+            sync(device)
+            out[f"micro_{size}_peak_gib"] = round(peak_gib(device), 2)
+        except torch.OutOfMemoryError:
+            out[f"micro_{size}_peak_gib"] = "OOM"
+        policy.zero_grad(set_to_none=True)
+        del ids
+    return out
+
+
+def _finish(results: dict, args, tmp) -> dict:
     tmp.cleanup()
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -127,3 +127,15 @@ def test_regularizers_hand_computed():
     assert bonus.item() == pytest.approx(-0.01 * 1.0)
     ibro, _ = REGULARIZERS["ibro"](logp, ent, adv, mask, ref, cfg)
     assert ibro.item() == pytest.approx(-0.2 * (2.0 * 0.5 - 1.0 * 1.5) / 2)
+
+
+def test_kl_k3_is_clamped_like_verl():
+    """Far from the reference the k3 value stops at 10 with no gradient (it grew like e^d: 16.1 at d = 3)."""
+    logp = torch.tensor([-5.0, -2.0], requires_grad=True)
+    ref = torch.tensor([-2.0, -2.0])  # d = ref - logp = 3 and 0
+    val = kl_k3(logp, ref)
+    assert val[0].item() == pytest.approx(10.0) and val[1].item() == 0.0
+    val.sum().backward()
+    assert logp.grad[0].item() == 0.0
+    small = kl_k3(torch.tensor([-2.5], requires_grad=True), torch.tensor([-2.0]))  # d = 0.5: unclamped
+    assert small.item() == pytest.approx(math.exp(0.5) - 0.5 - 1)
