@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, fn in (("step", step), ("update", update), ("micro", micro), ("eval", evaluation)):
         if name in args.phases:
             phase(name, results, fn, device)
+            _write(results, args)  # after every phase: a run cut short keeps what it measured
     return _finish(results, args, tmp)
 
 
@@ -256,11 +257,15 @@ def micro_peaks(policy, tokenizer, args, device: torch.device, chunk_tokens: int
     return out
 
 
-def _finish(results: dict, args, tmp) -> dict:
-    tmp.cleanup()
+def _write(results: dict, args) -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _finish(results: dict, args, tmp) -> dict:
+    tmp.cleanup()
+    _write(results, args)
     return results
 
 

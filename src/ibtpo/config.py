@@ -49,6 +49,7 @@ class TrainConfig(BaseModel):
     model: str = Field(TESTBED_MODEL, description="'testbed' (the shipped tiny policy), a local transformers causal LM directory, or a hub id already in the local HF cache.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter dtype of the policy.")
     device: str = Field("auto", description="Where the policy runs: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
+    deterministic: bool = Field(False, description="Deterministic GPU kernels (torch.use_deterministic_algorithms, cuBLAS workspace config): a run and its --resume repeat bit for bit on a GPU, somewhat slower. CPU runs are deterministic anyway.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (less memory, ~30% more compute).")
     lora_rank: int = Field(0, ge=0, description="LoRA rank through peft (0 = train every weight).")
     lora_alpha: float = Field(32.0, gt=0.0, description="LoRA alpha (the adapter update is scaled by alpha / rank).")
