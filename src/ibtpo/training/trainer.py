@@ -235,24 +235,12 @@ class Trainer:
                 minibatch = MiniBatch(mask=batch.response_mask[rows].to(dev), old_logp=old_logp[rows].to(dev),
                                       advantages=advantages[rows].to(dev), pg_advantages=pg_advantages[rows].to(dev),
                                       ref_logp=None if ref_logp is None else ref_logp[rows].to(dev))
-
-                def forward(sub: torch.Tensor, rows=rows) -> tuple[torch.Tensor, torch.Tensor]:
-                    picked = rows[sub]
-                    width = int(batch.attention_mask[picked].sum(-1).max())  # columns that are padding everywhere
-                    logp, entropy = token_logprobs(self.policy, batch.input_ids[picked, :width].to(dev),
-                                                   batch.attention_mask[picked, :width].to(dev), cfg.temperature,
-                                                   chunk_tokens=cfg.logits_chunk_tokens,
-                                                   **self.embed_offsets(batch, picked))
-                    pad = batch.input_ids.shape[1] - 1 - logp.shape[1]
-                    return torch.nn.functional.pad(logp, (0, pad)), torch.nn.functional.pad(entropy, (0, pad))
-
                 # without a recompute pass, the first mini-batch's forward (weights not yet updated) gives the gap
-                measure = (lambda sub, lp, rows=rows: gap.add(behaviour[rows[sub]].to(dev), lp,  # noqa: E731
-                                                               batch.response_mask[rows[sub]].to(dev))) \
-                    if not gap.count and epoch == 0 and count == 0 else None
+                first = not gap.count and epoch == 0 and count == 0
                 self.optimizer.zero_grad(set_to_none=True)
-                m = accumulate_gradients(forward, minibatch, self.loss_fn, self.regularizers, self.loss_cfg,
-                                         cfg.micro_batch_size, TOKEN_SELECTORS.get(cfg.policy_loss), measure)
+                m = accumulate_gradients(self._forward_rows(batch, rows), minibatch, self.loss_fn, self.regularizers,
+                                         self.loss_cfg, cfg.micro_batch_size, TOKEN_SELECTORS.get(cfg.policy_loss),
+                                         self._gap_probe(gap, batch, rows) if first else None)
                 m["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
                 m["actor/lr"] = self.optimizer.param_groups[0]["lr"]
                 self.optimizer.step()
@@ -266,6 +254,28 @@ class Trainer:
         if ref_logp is None:
             out["actor/kl"] = 0.0
         return out
+
+    def _forward_rows(self, batch: TrainBatch, rows: torch.Tensor):
+        """forward(sub) -> (logp, entropy) with gradients of mini-batch rows `rows[sub]`, on the device, computed on
+        the columns that are not padding in every one of them and padded back to the batch width."""
+        cfg, dev = self.cfg, self.device
+
+        def forward(sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            picked = rows[sub]
+            width = int(batch.attention_mask[picked].sum(-1).max())
+            logp, entropy = token_logprobs(self.policy, batch.input_ids[picked, :width].to(dev),
+                                           batch.attention_mask[picked, :width].to(dev), cfg.temperature,
+                                           chunk_tokens=cfg.logits_chunk_tokens, **self.embed_offsets(batch, picked))
+            pad = batch.input_ids.shape[1] - 1 - logp.shape[1]
+            return torch.nn.functional.pad(logp, (0, pad)), torch.nn.functional.pad(entropy, (0, pad))
+
+        return forward
+
+    def _gap_probe(self, gap: LogpGap, batch: TrainBatch, rows: torch.Tensor):
+        """on_logp(sub, logp) adding the behaviour/training gap of mini-batch rows `rows[sub]` to `gap`."""
+        def on_logp(sub: torch.Tensor, logp: torch.Tensor) -> None:
+            gap.add(batch.old_logp[rows[sub]].to(logp.device), logp, batch.response_mask[rows[sub]].to(logp.device))
+        return on_logp
 
     def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         """Token log-probs (N, T) under the frozen reference: the base model (LoRA: adapters disabled); no grad,
