@@ -165,6 +165,20 @@ class Engine:
         """Decode at most this many rows at once (0 = all rows of a round together); larger rounds run in chunks."""
         self.store = KVStore(params.kv_budget_bytes)
 
+    # --- the rollout-backend boundary (``rollout.backend.RolloutBackend``) ------------------------------------------
+    def adopt(self, node: Node, cont: Continuation, begin: int, end: int) -> None:
+        """`node` holds tokens [begin, end) of `cont`: keep that slice of the row's cache on it (when there is one)."""
+        if cont.kv is not None:
+            self.store.put(node, self.store.slice(cont.kv, begin, end))
+
+    def split(self, head: Node, tail: Node, at: int) -> None:
+        """`head` was cut after `at` tokens: its cache moves with the tokens."""
+        self.store.split(head, tail, at)
+
+    def release(self) -> None:
+        """End of a growth: free the per-node caches."""
+        self.store.clear()
+
     # ----------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def expand(self, requests: list[Request]) -> list[list[Continuation]]:

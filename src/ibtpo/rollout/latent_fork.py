@@ -119,7 +119,7 @@ def _fork_nodes(ctx: GrowContext, leaf: Node, positions: list[int]) -> dict[int,
         node, local = _locate(leaf, t)
         if local > 0:
             tail = node.split(local)
-            ctx.engine.store.split(node, tail, local)
+            ctx.engine.split(node, tail, local)
     last = leaf
     while last.children:  # the path's end after the cuts (a cut leaf hands its tokens on to its new tail)
         last = last.children[0]

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ibtpo.registry import Registry
-from ibtpo.rollout.engine import Continuation, Engine, Request
+from ibtpo.rollout.backend import RolloutBackend
+from ibtpo.rollout.engine import Request
+from ibtpo.rollout.sampling import Generation
 from ibtpo.rollout.rules import BRANCH_RULES, RuleContext
 from ibtpo.rollout.steps import StepSplitter
 from ibtpo.rollout.tree import Node, Tree, compute_p_hat
@@ -70,7 +72,8 @@ class TreeShape:
 
 @dataclass
 class GrowContext:
-    engine: Engine
+    engine: RolloutBackend
+    """The rollout backend that decodes the requests (``rollout.backend``)."""
     splitter: StepSplitter
     shape: TreeShape
     cap: int
@@ -86,19 +89,19 @@ SAMPLERS: Registry[SamplerFn] = Registry("sampler")
 
 def grow_trees(name: str, ctx: GrowContext, prompts: list[list[int]], question_ids: list[str],
                columns: list[dict]) -> list[Tree]:
-    """One rewarded tree per prompt, grown by the named sampler. The engine's cache store is emptied afterwards."""
+    """One rewarded tree per prompt, grown by the named sampler. The backend's per-node caches are released after."""
     trees = [Tree(question_id=q, prompt_ids=list(p), columns=dict(c)) for p, q, c in zip(prompts, question_ids, columns)]
     ctx.engine.keep_kv = ctx.engine.prefix_reuse and name != "independent"  # nothing forks: keep no caches
     try:
         SAMPLERS.get(name)(ctx, trees)
     finally:
-        ctx.engine.store.clear()
+        ctx.engine.release()
     for t in trees:
         compute_p_hat(t.root)
     return trees
 
 
-def attach(ctx: GrowContext, tree: Tree, node: Node, cont: Continuation, split_steps: bool = True) -> Node:
+def attach(ctx: GrowContext, tree: Tree, node: Node, cont: Generation, split_steps: bool = True) -> Node:
     """Hang a continuation under `node` as a chain of step nodes (or one node); returns the last node."""
     if split_steps:
         context = _tail_tokens(node, 2 * len(ctx.splitter.delimiter))
@@ -109,8 +112,7 @@ def attach(ctx: GrowContext, tree: Tree, node: Node, cont: Continuation, split_s
     parent, begin = node, 0
     for end in ends:
         child = parent.add_child(cont.token_ids[begin:end], cont.logprobs[begin:end], cont.entropies[begin:end])
-        if cont.kv is not None:
-            ctx.engine.store.put(child, ctx.engine.store.slice(cont.kv, begin, end))
+        ctx.engine.adopt(child, cont, begin, end)
         parent, begin = child, end
     parent.finished = cont.finished
     return parent
@@ -166,7 +168,7 @@ def _fork_requests(ctx: GrowContext, tree: Tree, points: list[tuple[Node, int]])
             local = at - consumed
             if local < len(cur.token_ids):
                 tail = cur.split(local)
-                ctx.engine.store.split(cur, tail, local)
+                ctx.engine.split(cur, tail, local)
                 requests.append(Request(tree, cur, ctx.shape.b * counts[at], ctx.cap - cur.end))
                 cur, consumed = tail, at
             else:

@@ -1,0 +1,103 @@
+"""The rollout-backend boundary: what samplers need from whatever decodes their requests.
+
+Samplers (``rollout.samplers``, ``rollout.latent_fork``) build :class:`~ibtpo.rollout.engine.Request` s, hand them to
+a backend's :meth:`RolloutBackend.expand`, hang the returned continuations in their trees and tell the backend about
+every change of the trees' node structure, so that a backend may keep per-node state (cached keys/values) without the
+samplers knowing how:
+
+    adopt(node, cont, begin, end)   node took tokens [begin, end) of continuation `cont`
+    split(head, tail, at)           `head` was cut after `at` tokens (after ``Node.split``), `tail` holds the rest
+    release()                       the growth is over: drop all per-node state
+
+Two backends implement it:
+    eager    ``rollout.engine.Engine``: a transformers forward with a ``DynamicCache`` per round (the CPU default and
+             the reference every other backend is tested against).
+    static   ``rollout.static_backend.StaticBackend``: preallocated KV slots, continuous batching, CUDA graphs on a
+             GPU (the default on CUDA).
+
+:func:`make_backend` picks one by name (``auto`` = static on CUDA when the model is supported, eager otherwise).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ibtpo.rollout.sampling import Generation, SamplingParams
+from ibtpo.rollout.tree import Node
+
+BACKEND_NAMES = ("auto", "eager", "static")
+
+
+@runtime_checkable
+class RolloutBackend(Protocol):
+    """Decodes requests for the samplers and keeps whatever per-node state it needs (see the module docstring)."""
+
+    model: torch.nn.Module
+    """The policy (samplers read it, e.g. for hidden states of prefixes)."""
+    pad_id: int
+    prefix_reuse: bool
+    """Continue forks from cached prefixes (False: every request re-encodes its prompt + path)."""
+    keep_kv: bool
+    """Keep per-node caches for later forks during this growth (samplers switch it off when nothing will fork)."""
+
+    def expand(self, requests: list) -> list[list[Generation]]:
+        """n continuations per request (``engine.Request``), rewards not set, in request order."""
+        ...
+
+    def adopt(self, node: Node, cont: Generation, begin: int, end: int) -> None:
+        """`node` (just added to a tree) holds tokens [begin, end) of `cont`, a continuation this backend returned."""
+        ...
+
+    def split(self, head: Node, tail: Node, at: int) -> None:
+        """`head` was cut after `at` tokens; `tail` is its new single child holding the rest."""
+        ...
+
+    def release(self) -> None:
+        """End of a growth: free every per-node cache."""
+        ...
+
+
+def resolve_backend_name(name: str, model) -> str:
+    """'auto' -> 'static' on a CUDA model of a supported architecture, else 'eager'; other names pass through."""
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"rollout backend must be one of {', '.join(BACKEND_NAMES)}; got {name!r}")
+    if name != "auto":
+        return name
+    from ibtpo.rollout.static_forward import supports
+
+    device = next(model.parameters()).device
+    return "static" if device.type == "cuda" and supports(model) is None else "eager"
+
+
+def make_backend(name: str, model, params: SamplingParams, eos_id: int, pad_id: int,
+                 generator: torch.Generator | None = None, prefix_reuse: bool = True,
+                 kv_budget_gib: float = 0.0, max_rows: int = 0) -> RolloutBackend:
+    """Build the named backend ('auto', 'eager' or 'static'); kv_budget_gib / max_rows size the static slots."""
+    name = resolve_backend_name(name, model)
+    if name == "eager":
+        from ibtpo.rollout.engine import Engine
+
+        return Engine(model, params, eos_id, pad_id, generator, prefix_reuse=prefix_reuse)
+    from ibtpo.rollout.static_backend import StaticBackend
+
+    return StaticBackend(model, params, eos_id, pad_id, generator, prefix_reuse=prefix_reuse,
+                         kv_budget_gib=kv_budget_gib, max_rows=max_rows)
+
+
+def sample(model, prompts: list[list[int]], params: SamplingParams, eos_id: int, pad_id: int,
+           generator: torch.Generator | None = None, n: int = 1, backend: str = "auto",
+           kv_budget_gib: float = 0.0) -> list[list[Generation]]:
+    """``engine.sample`` through the named backend: `n` continuations of each prompt (token-id lists)."""
+    from ibtpo.rollout.engine import Request
+    from ibtpo.rollout.tree import Tree
+
+    engine = make_backend(backend, model, params, eos_id, pad_id, generator, prefix_reuse=False,
+                          kv_budget_gib=kv_budget_gib)
+    engine.keep_kv = False
+    trees = [Tree(question_id=str(i), prompt_ids=list(p)) for i, p in enumerate(prompts)]
+    try:
+        return engine.expand([Request(t, t.root, n, params.max_new_tokens) for t in trees])
+    finally:
+        engine.release()
