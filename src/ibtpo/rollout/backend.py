@@ -20,6 +20,7 @@ Two backends implement it:
 
 from __future__ import annotations
 
+import weakref
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -71,10 +72,19 @@ def resolve_backend_name(name: str, model) -> str:
     return "static" if device.type == "cuda" and supports(model) is None else "eager"
 
 
+_STATIC: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+"""One static backend per model (and eos / pad ids), reused across growths so that its slot buffers and CUDA graphs
+are allocated and captured once per run, not once per rollout."""
+
+
 def make_backend(name: str, model, params: SamplingParams, eos_id: int, pad_id: int,
                  generator: torch.Generator | None = None, prefix_reuse: bool = True,
-                 kv_budget_gib: float = 0.0, max_rows: int = 0) -> RolloutBackend:
-    """Build the named backend ('auto', 'eager' or 'static'); kv_budget_gib / max_rows size the static slots."""
+                 kv_budget_gib: float = 0.0, max_rows: int = 0, reuse: bool = True) -> RolloutBackend:
+    """Build the named backend ('auto', 'eager' or 'static'); kv_budget_gib / max_rows size the static slots.
+
+    reuse: hand back the model's previous static backend (same eos / pad ids and row cap), reset to these settings;
+    it keeps the slot buffers it grew to (bounded by the budget) between growths. ``StaticBackend.free`` drops them.
+    """
     name = resolve_backend_name(name, model)
     if name == "eager":
         from ibtpo.rollout.engine import Engine
@@ -82,8 +92,14 @@ def make_backend(name: str, model, params: SamplingParams, eos_id: int, pad_id: 
         return Engine(model, params, eos_id, pad_id, generator, prefix_reuse=prefix_reuse)
     from ibtpo.rollout.static_backend import StaticBackend
 
-    return StaticBackend(model, params, eos_id, pad_id, generator, prefix_reuse=prefix_reuse,
-                         kv_budget_gib=kv_budget_gib, max_rows=max_rows)
+    old = _STATIC.get(model) if reuse else None
+    if old is not None and (old.eos_id, old.pad_id, old.max_rows) == (eos_id, pad_id, max_rows):
+        return old.reset(params, generator, prefix_reuse, kv_budget_gib)
+    backend = StaticBackend(model, params, eos_id, pad_id, generator, prefix_reuse=prefix_reuse,
+                            kv_budget_gib=kv_budget_gib, max_rows=max_rows)
+    if reuse:
+        _STATIC[model] = backend
+    return backend
 
 
 def sample(model, prompts: list[list[int]], params: SamplingParams, eos_id: int, pad_id: int,

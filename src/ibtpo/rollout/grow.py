@@ -13,7 +13,7 @@ import torch
 
 from ibtpo.rewards import RewardFn, reward_columns, reward_leaves
 from ibtpo.rollout import latent_fork  # noqa: F401  (registers the iib sampler)
-from ibtpo.rollout.engine import Engine
+from ibtpo.rollout.backend import make_backend
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
 from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
@@ -23,12 +23,14 @@ from ibtpo.rollout.tree import Tree
 def grow_problem_trees(sampler: str, model, tokenizer, problems: list, reward_fn: RewardFn, shape: TreeShape,
                        sampling: SamplingParams, splitter: StepSplitter, generator: torch.Generator,
                        rng: random.Random, prefix_reuse: bool = True,
-                       columns: Callable[[Any], dict[str, Any]] = reward_columns, latent=None) -> list[Tree]:
+                       columns: Callable[[Any], dict[str, Any]] = reward_columns, latent=None,
+                       backend: str = "auto", kv_budget_gib: float = 0.0) -> list[Tree]:
     """One rewarded tree per problem (objects with ``id`` and ``prompt``), grown by the named sampler.
 
     The model is put in eval mode while sampling and restored afterwards. Token draws come from `generator`,
     the tree rules' node draws and tie-breaks from `rng`. `latent`: the iib sampler's latent codes
-    (``latent_fork.LatentBranching``), or None.
+    (``latent_fork.LatentBranching``), or None. `backend`: the rollout backend ('auto', 'eager', 'static';
+    ``rollout.backend``), `kv_budget_gib` its KV slot budget (static only; 0 = auto).
     """
     prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
     prompt_text = {p.id: p.prompt for p in problems}
@@ -36,8 +38,8 @@ def grow_problem_trees(sampler: str, model, tokenizer, problems: list, reward_fn
     def score(tree: Tree, leaves: list) -> None:
         reward_leaves(reward_fn, tokenizer, prompt_text[tree.question_id], tree, leaves)
 
-    engine = Engine(model, sampling, tokenizer.eos_token_id, tokenizer.pad_token_id, generator,
-                    prefix_reuse=prefix_reuse)
+    engine = make_backend(backend, model, sampling, tokenizer.eos_token_id, tokenizer.pad_token_id, generator,
+                          prefix_reuse=prefix_reuse, kv_budget_gib=kv_budget_gib)
     ctx = GrowContext(engine=engine, splitter=splitter, shape=shape, cap=sampling.max_new_tokens, score=score, rng=rng,
                       latent=latent)
     was_training = model.training

@@ -27,6 +27,7 @@ uncached request, plus the re-fed last token of every row), ``reused_prefix_toke
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -66,7 +67,7 @@ class _Row:
 class StaticBackend:
     """Slot-based batched continuation of tree nodes (see the module docstring); counts tokens in `tree.meta`.
 
-    kv_budget_gib: bytes of the slot buffers (0 = auto: 45% of the free GPU memory, 1 GiB on CPU); max_rows caps the
+    kv_budget_gib: bytes of the slot buffers (0 = auto: 35% of the free GPU memory, 1 GiB on CPU); max_rows caps the
     slots (0 = no cap); check_every: decode steps between checks for finished rows; ctx_step: attention reads the
     first multiple of ctx_step columns that covers every live row; use_graphs: capture CUDA graphs (default: on
     CUDA); prefill_rows: rows per prefill forward.
@@ -92,8 +93,30 @@ class StaticBackend:
         self.slots, self.max_ctx = 0, 0
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._graph_pool = None
-        self.stats = {"steps": 0, "row_steps": 0, "checks": 0, "graphs": 0, "moves": 0, "prefill_rows": 0}
-        """steps: decode steps; row_steps: rows computed over all steps (bucket sizes); graphs: captures."""
+        self.stats = {"steps": 0, "row_steps": 0, "checks": 0, "graphs": 0, "capture_s": 0.0, "moves": 0,
+                      "prefill_rows": 0}
+        """steps: decode steps; row_steps: rows computed over all steps (bucket sizes); graphs: captures (taking
+        capture_s seconds of host time); moves: rows moved to lower slots; prefill_rows: sequences prefilled."""
+
+    def reset(self, params: SamplingParams, generator: torch.Generator | None, prefix_reuse: bool,
+              kv_budget_gib: float = 0.0) -> "StaticBackend":
+        """Reuse this backend (its slot buffers and captured graphs) for a new growth with other settings."""
+        self.release()
+        self.params, self.prefix_reuse, self.keep_kv = params, prefix_reuse, prefix_reuse
+        self.generator = self._device_generator(generator)
+        self.kv_budget_gib = kv_budget_gib
+        return self
+
+    def free(self) -> None:
+        """Drop the node caches, slot buffers and graphs (the next expand allocates and captures again)."""
+        self.release()
+        self._drop_buffers()
+
+    def _drop_buffers(self) -> None:
+        self.keys = self.values = None
+        self.graphs.clear()
+        self._graph_pool = None
+        self.slots, self.max_ctx = 0, 0
 
     # --- the rollout-backend boundary -------------------------------------------------------------------------------
     def adopt(self, node: Node, cont: StaticContinuation, begin: int, end: int) -> None:
@@ -123,7 +146,7 @@ class StaticBackend:
             return int(self.kv_budget_gib * 2**30)
         if self.device.type == "cuda":
             held = 0 if self.keys is None else 2 * self.keys.numel() * self.keys.element_size()
-            return int(0.45 * (torch.cuda.mem_get_info(self.device)[0] + held))
+            return int(0.35 * (torch.cuda.mem_get_info(self.device)[0] + held))
         return 2**30
 
     def _ensure(self, rows: int, need_ctx: int) -> None:
@@ -138,9 +161,7 @@ class StaticBackend:
                              f"holds no slot of {max_ctx} tokens")
         if self.keys is not None and self.max_ctx >= max_ctx and self.slots >= slots:
             return
-        self.keys = self.values = None
-        self.graphs.clear()
-        self._graph_pool = None
+        self._drop_buffers()  # the node caches stay: they are separate tensors
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.keys, self.values = self.dec.alloc(slots, max_ctx)
@@ -286,11 +307,13 @@ class StaticBackend:
             with torch.cuda.stream(side):
                 self.dec(*args)  # warm-up; rewrites the keys/values the next step writes anyway (same token, column)
             torch.cuda.current_stream(self.device).wait_stream(side)
+            t0 = time.perf_counter()
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, pool=self._graph_pool):
                 logits = self.dec(*args)
             graph = self.graphs[(bs, ctx)] = (g, logits)
             self.stats["graphs"] += 1
+            self.stats["capture_s"] += time.perf_counter() - t0
         graph[0].replay()
         return graph[1]
 
