@@ -66,12 +66,7 @@ def build_model(shape: str, device: str | torch.device = "cpu", dtype: torch.dty
 
 def parameter_bytes(model) -> int:
     """Bytes of the distinct parameters (tied weights once): what a decode step reads at least once."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel() * p.element_size()
-    return total
+    return sum(p.numel() * p.element_size() for p in model.parameters())  # parameters() yields tied ones once
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ uncached request, plus the re-fed last token of every row), ``reused_prefix_toke
 from __future__ import annotations
 
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -300,22 +301,34 @@ class StaticBackend:
             return self.dec(*args)
         graph = self.graphs.get((bs, ctx))
         if graph is None:
-            if self._graph_pool is None:
-                self._graph_pool = torch.cuda.graph_pool_handle()
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                self.dec(*args)  # warm-up; rewrites the keys/values the next step writes anyway (same token, column)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            t0 = time.perf_counter()
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=self._graph_pool):
-                logits = self.dec(*args)
-            graph = self.graphs[(bs, ctx)] = (g, logits)
-            self.stats["graphs"] += 1
-            self.stats["capture_s"] += time.perf_counter() - t0
+            try:
+                graph = self._capture(bs, ctx, args)
+            except Exception as exc:  # noqa: BLE001  (a capture failure costs speed, not the rollout)
+                warnings.warn(f"static rollout backend: CUDA graph capture failed ({exc!r}); decoding without graphs")
+                self.stats["graph_error"] = repr(exc)
+                self.use_graphs = False
+                torch.cuda.synchronize(self.device)
+                return self.dec(*args)
         graph[0].replay()
         return graph[1]
+
+    def _capture(self, bs: int, ctx: int, args: tuple) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Capture the decode forward of slots [0, bs) over `ctx` columns (after one warm-up run on a side stream)."""
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self.dec(*args)  # warm-up; rewrites the keys/values the next step writes anyway (same token, column)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        t0 = time.perf_counter()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self._graph_pool):
+            logits = self.dec(*args)
+        graph = self.graphs[(bs, ctx)] = (g, logits)
+        self.stats["graphs"] += 1
+        self.stats["capture_s"] += time.perf_counter() - t0
+        return graph
 
     def _step(self, bs: int, ctx: int) -> None:
         """One decode step of slots [0, bs): draw, record and advance the live rows (no host synchronisation)."""
