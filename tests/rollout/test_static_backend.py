@@ -65,6 +65,23 @@ def test_decode_step_matches_a_full_forward(tiny_model, tokenizer):
                 assert not keys[i, slot, :, len(s):].any()  # nothing written past the row's own column
 
 
+def test_float32_scores_path_reshapes_correctly(tiny_model, tokenizer, monkeypatch):
+    """The half-precision path (scores from ``bmm(out_dtype=float32)``, CUDA only) gives the same logits; on CPU the
+    out_dtype is emulated, which checks the reshapes of the key slots around it."""
+    dec = StaticDecoder(tiny_model)
+    keys, values = dec.alloc(3, 16)
+    keys.normal_(generator=torch.Generator().manual_seed(0))
+    values.normal_(generator=torch.Generator().manual_seed(1))
+    args = (torch.tensor([5, 6, 7]), torch.tensor([3, 9, 0]), torch.zeros(3, dec.hidden))
+    with torch.no_grad():
+        plain = dec(keys.clone(), values.clone(), *args, ctx=12)
+        bmm = torch.bmm
+        monkeypatch.setattr(torch, "bmm", lambda a, b, out_dtype=None: bmm(a, b).to(out_dtype or a.dtype))
+        dec.fp32_scores = True
+        fp32 = dec(keys.clone(), values.clone(), *args, ctx=12)
+    assert torch.allclose(plain, fp32, atol=1e-6)
+
+
 def expand_both(model, tokenizer, make_requests, params=GREEDY, **kw):
     outs = []
     for backend in (eager(model, tokenizer, params), static(model, tokenizer, params, **kw)):

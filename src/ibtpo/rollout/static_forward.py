@@ -44,6 +44,16 @@ def supports(model) -> str | None:
     return None
 
 
+def _bmm_out_fp32_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Does ``torch.bmm(..., out_dtype=torch.float32)`` run for `dtype` inputs on `device` (newer torch, CUDA)?"""
+    try:
+        a = torch.ones((2, 2, 8), dtype=dtype, device=device)
+        out = torch.bmm(a, a.transpose(1, 2), out_dtype=torch.float32)
+        return out.dtype == torch.float32 and bool((out == 8).all())
+    except Exception:  # noqa: BLE001  (not available: round scores to the model dtype)
+        return False
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
@@ -77,6 +87,9 @@ class StaticDecoder:
         self.device, self.dtype = weight.device, weight.dtype
         self._cols = torch.arange(0, 1, device=self.device)
         self._row_ids = torch.arange(0, 1, device=self.device)
+        self.fp32_scores = self.dtype != torch.float32 and _bmm_out_fp32_works(self.device, self.dtype)
+        """Attention scores of a half-precision model come out of the matmul in float32 (``bmm(out_dtype=...)``, where
+        this torch has it), as in a fused attention kernel; else they are rounded to the model dtype first."""
 
     def bytes_per_token(self) -> int:
         """Key + value bytes of one token over all layers."""
@@ -121,7 +134,13 @@ class StaticDecoder:
             kk = keys[i][:b, :, :ctx]  # (B, kv_heads, ctx, head_dim)
             vv = values[i][:b, :, :ctx]
             qg = q.reshape(b, self.kv_heads, self.groups, self.head_dim)  # heads are grouped per kv head
-            scores = torch.matmul(qg, kk.transpose(-1, -2)).float() * self.scaling  # (B, kv_heads, groups, ctx)
+            if self.fp32_scores:
+                scores = torch.bmm(qg.reshape(b * self.kv_heads, self.groups, self.head_dim),
+                                   kk.reshape(b * self.kv_heads, ctx, self.head_dim).transpose(1, 2),
+                                   out_dtype=torch.float32).view(b, self.kv_heads, self.groups, ctx)
+            else:
+                scores = torch.matmul(qg, kk.transpose(-1, -2)).float()
+            scores = scores * self.scaling  # (B, kv_heads, groups, ctx)
             probs = (scores + bias).softmax(-1).to(vv.dtype)
             out = torch.matmul(probs, vv).reshape(b, 1, self.heads * self.head_dim)
             h = h + attn.o_proj(out)
