@@ -129,6 +129,7 @@ def greedy_check(model, tok, prompts, cap: int, label: str) -> dict:
     return res
 
 
+@torch.no_grad()
 def micro_step(model, tok, params, rows: int, ctx: int, steps: int, bandwidth: float | None, device) -> dict:
     """ms per decode step (graph replay + sampling) of the static backend with `rows` rows at context `ctx`."""
     backend = StaticBackend(model, params, tok.eos_token_id, tok.pad_token_id,
@@ -266,7 +267,7 @@ def main(argv=None) -> int:
     ap.add_argument("--greedy-prompts", type=int, default=4)
     ap.add_argument("--greedy-cap", type=int, default=96)
     ap.add_argument("--no-fp32-check", action="store_true", help="skip the float32 greedy check (it builds a copy)")
-    ap.add_argument("--micro-rows", type=int, default=128)
+    ap.add_argument("--micro-rows", default="16,128", help="comma list of row counts for the decode-step timing")
     ap.add_argument("--micro-ctx", type=int, default=300)
     ap.add_argument("--bandwidth-gib", type=float, default=2.0)
     ap.add_argument("--time-limit", type=float, default=225.0, help="start no phase after this many seconds")
@@ -353,8 +354,10 @@ def main(argv=None) -> int:
         report["greedy"].append(phase("greedy float32", fp32_check))
     report["greedy"].append(phase(f"greedy {args.dtype}", lambda: greedy_check(
         model, tok, prompts[:args.greedy_prompts], args.greedy_cap, args.dtype)))
-    report["micro"] = phase("decode step", lambda: micro_step(model, tok, params, args.micro_rows, args.micro_ctx,
-                                                               20, bw, device))
+    report["micro"] = []
+    for rows in [int(x) for x in args.micro_rows.split(",") if x]:
+        report["micro"].append(phase(f"decode step {rows} rows", lambda: micro_step(
+            model, tok, params, rows, args.micro_ctx, 20, bw, device)))
     phase("warm-up", lambda: grow_trees("independent", GrowContext(
         make_backend("eager", model, params, tok.eos_token_id, tok.pad_token_id,
                      torch.Generator(device=device).manual_seed(0)),

@@ -262,12 +262,12 @@ class StaticBackend:
             for _ in range(self.check_every):
                 self._step(bs, ctx)
             self.stats["checks"] += 1
-            state = torch.stack([self.alive[:bs].long(), self.pos_in[:bs], self.count[:bs]]).cpu()
+            alive, pos, count = torch.stack([self.alive[:bs].long(), self.pos_in[:bs], self.count[:bs]]).tolist()
             for s in used:
-                host_pos[s] = int(state[1, s])
-            done = [s for s in used if not bool(state[0, s])]
+                host_pos[s] = pos[s]
+            done = [s for s in used if not alive[s]]
             if done:
-                self._harvest(done, [int(state[2, s]) for s in done], pool, rows, requests, out)
+                self._harvest(done, [count[s] for s in done], pool, rows, requests, out)
             if not pending:
                 self._compact(pool, host_pos)
         return out
