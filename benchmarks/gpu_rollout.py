@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_shapes import DELIMITER, add_step_bias, build_model, parameter_bytes  # noqa: E402
 
 from ibtpo.rollout import latent_fork  # noqa: E402,F401  (registers every sampler)
-from ibtpo.rollout.backend import make_backend  # noqa: E402
+from ibtpo.rollout.backend import make_backend, release_static  # noqa: E402
 from ibtpo.rollout.engine import Request  # noqa: E402
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees  # noqa: E402
 from ibtpo.rollout.sampling import SamplingParams, left_pad  # noqa: E402
@@ -350,7 +350,7 @@ def main(argv=None) -> int:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    if not args.no_fp32_check:
+    if not args.no_fp32_check and dtype != torch.float32:
         report["greedy"].append(phase("greedy float32", fp32_check))
     report["greedy"].append(phase(f"greedy {args.dtype}", lambda: greedy_check(
         model, tok, prompts[:args.greedy_prompts], args.greedy_cap, args.dtype)))
@@ -365,6 +365,8 @@ def main(argv=None) -> int:
         prompts[:2], ["0", "1"], [{}, {}]))
     for backend, sampler, q in plan:
         label = f"{backend} {sampler} {q} questions"
+        if backend != "static":
+            release_static(model)  # its KV slots would count in this run's peak memory
         if backend == "generate":
             res = phase(label, lambda: run_generate(prompts[:q], model, tok, params, args.seed, device))
         else:

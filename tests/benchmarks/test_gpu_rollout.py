@@ -13,14 +13,16 @@ def test_gpu_rollout_smoke(tmp_path):
     out = tmp_path / "r.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_rollout.py"), "--shape", "tiny", "--device", "cpu",
-           "--dtype", "float32", "--cap", "12", "--greedy-prompts", "2", "--greedy-cap", "8", "--micro-rows", "2,4",
+           "--dtype", "bfloat16", "--cap", "12", "--greedy-prompts", "2", "--greedy-cap", "8", "--micro-rows", "2,4",
            "--micro-ctx", "16", "--plan", "static:independent:2,static:ib:2,eager:independent:2,generate:independent:2",
            "--json", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["errors"] == [] and report["skipped"] == []
-    assert [g["result"] for g in report["greedy"]] == ["PASS", "PASS"]
+    fp32, half = report["greedy"]  # the float32 check is the gate; bf16 rounding may flip a near-tie
+    assert fp32["label"] == "float32" and fp32["result"] == "PASS" and fp32["tokens_compared"] > 0
+    assert half["label"] == "bfloat16" and half["result"] in ("PASS", "FAIL")
     runs = {(r["backend"], r["sampler"]): r for r in report["runs"]}
     assert set(runs) == {("static", "independent"), ("static", "ib"), ("eager", "independent"),
                          ("generate", "independent")}

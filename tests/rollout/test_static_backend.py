@@ -259,3 +259,16 @@ def test_sample_entry_point_matches_eager(tiny_model, tokenizer):
     a = eager_sample(tiny_model, ps, GREEDY, tokenizer.eos_token_id, tokenizer.pad_token_id, n=2)
     b = sample(tiny_model, ps, GREEDY, tokenizer.eos_token_id, tokenizer.pad_token_id, n=2, backend="static")
     assert_same_groups(a, b)
+
+
+def test_static_backend_is_reused_per_model_and_released(tiny_model, tokenizer):
+    from ibtpo.rollout.backend import release_static
+
+    a = make_backend("static", tiny_model, GREEDY, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    t = Tree(question_id="x", prompt_ids=prompts(tokenizer, 1)[0])
+    a.expand([Request(t, t.root, 2, 4)])
+    params = SamplingParams(max_new_tokens=8, temperature=0.5)
+    b = make_backend("static", tiny_model, params, tokenizer.eos_token_id, tokenizer.pad_token_id, prefix_reuse=False)
+    assert b is a and b.params is params and not b.keep_kv and b.keys is not None  # buffers kept
+    assert release_static(tiny_model) and a.keys is None and not release_static(tiny_model)
+    assert make_backend("static", tiny_model, GREEDY, tokenizer.eos_token_id, tokenizer.pad_token_id) is not a

@@ -102,6 +102,18 @@ def make_backend(name: str, model, params: SamplingParams, eos_id: int, pad_id: 
     return backend
 
 
+def release_static(model) -> bool:
+    """Free the slot buffers and graphs of `model`'s cached static backend (e.g. before a memory-hungry update);
+    the next static growth allocates and captures again. True if there was one."""
+    backend = _STATIC.pop(model, None)
+    if backend is None:
+        return False
+    backend.free()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return True
+
+
 def sample(model, prompts: list[list[int]], params: SamplingParams, eos_id: int, pad_id: int,
            generator: torch.Generator | None = None, n: int = 1, backend: str = "auto",
            kv_budget_gib: float = 0.0) -> list[list[Generation]]:
