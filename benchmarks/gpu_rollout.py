@@ -177,7 +177,7 @@ def run_trees(backend_name: str, sampler: str, prompts, ids, model, tok, params,
     name, shape = SAMPLERS[sampler]
     gen = torch.Generator(device=device).manual_seed(seed)
     backend = make_backend(backend_name, model, params, tok.eos_token_id, tok.pad_token_id, gen,
-                           kv_budget_gib=args.kv_gib)
+                           slots_gib=args.slots_gib)
     stats0 = dict(getattr(backend, "stats", {}))
     ctx = GrowContext(backend, StepSplitter(tok, DELIMITER, min_step_tokens=3), shape, params.max_new_tokens,
                       parity_reward, random.Random(seed))
@@ -286,7 +286,7 @@ def main(argv=None) -> int:
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--mean-length", type=float, default=300.0, help="target mean completion length (EOS bias)")
     ap.add_argument("--mean-step", type=float, default=40.0, help="target mean step length (delimiter bias)")
-    ap.add_argument("--kv-gib", type=float, default=0.0, help="static backend KV budget (0 = auto)")
+    ap.add_argument("--slots-gib", type=float, default=0.0, help="static backend: GiB of KV slots (0 = auto)")
     ap.add_argument("--greedy-prompts", type=int, default=4)
     ap.add_argument("--greedy-cap", type=int, default=96)
     ap.add_argument("--no-fp32-check", action="store_true", help="skip the float32 greedy check (it builds a copy)")

@@ -113,7 +113,7 @@ class TrainConfig(BaseModel):
     min_step_tokens: int = Field(3, ge=1, description="Steps shorter than this merge into the previous step.")
     prefix_reuse: bool = Field(True, description="Continue forks from the cached keys/values of their prefix (false: re-encode the prefix).")
     rollout_backend: Literal["auto", "eager", "static"] = Field("auto", description="Rollout decoder: eager (transformers forward per round), static (preallocated KV slots, continuous batching, CUDA graphs), auto (static on CUDA for Llama/Qwen models, eager otherwise).")
-    rollout_kv_gib: float = Field(0.0, ge=0.0, description="static backend: GiB of the preallocated KV slots (0 = 45% of the free GPU memory).")
+    rollout_slots_gib: float = Field(0.0, ge=0.0, description="static backend: GiB of its preallocated key/value slots, the rows decoded at once (0 = 35% of the free GPU memory); the cache kept for forks is kv_budget_gib.")
     dump_trees: int = Field(0, ge=0, description="Write the step's trees as JSON to RUN_DIR/trees every N steps (0 = never).")
     ib_probe_every: int = Field(100, ge=0, description="Grow IBTrees (tree_b0/l/k/b) on the probe questions every N steps, and before the first and after the last (0 = never).")
     ib_probe_questions: int = Field(32, ge=1, description="Probe questions: the first N of the test split, the same at every probe (grown in one batch).")

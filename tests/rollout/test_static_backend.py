@@ -235,9 +235,9 @@ def test_top_k_one_is_greedy(tiny_model, tokenizer):
 
 
 def test_budget_and_backend_choice(tiny_model, tokenizer):
-    with pytest.raises(ValueError, match="kv_budget_gib"):
+    with pytest.raises(ValueError, match="slots_gib"):
         t = Tree(question_id="x", prompt_ids=prompts(tokenizer, 1)[0])
-        static(tiny_model, tokenizer, kv_budget_gib=1e-9).expand([Request(t, t.root, 1, CAP)])
+        static(tiny_model, tokenizer, slots_gib=1e-9).expand([Request(t, t.root, 1, CAP)])
     assert resolve_backend_name("auto", tiny_model) == "eager"  # CPU
     assert resolve_backend_name("static", tiny_model) == "static"
     assert isinstance(make_backend("static", tiny_model, GREEDY, 1, 0), StaticBackend)
@@ -272,3 +272,16 @@ def test_static_backend_is_reused_per_model_and_released(tiny_model, tokenizer):
     assert b is a and b.params is params and not b.keep_kv and b.keys is not None  # buffers kept
     assert release_static(tiny_model) and a.keys is None and not release_static(tiny_model)
     assert make_backend("static", tiny_model, GREEDY, tokenizer.eos_token_id, tokenizer.pad_token_id) is not a
+
+
+def test_resource_limits_of_the_sampling_params(tiny_model, tokenizer):
+    """params.max_rows caps the slots; params.kv_budget_bytes bounds the node caches (refused forks prefill): the
+    greedy trees stay the eager engine's."""
+    params = SamplingParams(max_new_tokens=CAP, greedy=True, max_rows=3, kv_budget_bytes=20_000)
+    backend = static(tiny_model, tokenizer, params, max_rows=0)
+    got = grow(backend, tokenizer, "ib")
+    ref = grow(eager(tiny_model, tokenizer), tokenizer, "ib")
+    assert backend.slots == 3
+    assert backend.store.refused > 0 and backend.store.peak_bytes <= 20_000
+    assert backend.stats["prefill_rows"] > 3  # some forks re-encoded their prefix
+    assert [[x[:2] for x in t] for t in leaves_of(ref)] == [[x[:2] for x in t] for t in leaves_of(got)]

@@ -79,8 +79,8 @@ are allocated and captured once per run, not once per rollout."""
 
 def make_backend(name: str, model, params: SamplingParams, eos_id: int, pad_id: int,
                  generator: torch.Generator | None = None, prefix_reuse: bool = True,
-                 kv_budget_gib: float = 0.0, max_rows: int = 0, reuse: bool = True) -> RolloutBackend:
-    """Build the named backend ('auto', 'eager' or 'static'); kv_budget_gib / max_rows size the static slots.
+                 slots_gib: float = 0.0, max_rows: int = 0, reuse: bool = True) -> RolloutBackend:
+    """Build the named backend ('auto', 'eager' or 'static'); slots_gib / max_rows size the static slots.
 
     reuse: hand back the model's previous static backend (same eos / pad ids and row cap), reset to these settings;
     it keeps the slot buffers it grew to (bounded by the budget) between growths. ``StaticBackend.free`` drops them.
@@ -94,9 +94,9 @@ def make_backend(name: str, model, params: SamplingParams, eos_id: int, pad_id: 
 
     old = _STATIC.get(model) if reuse else None
     if old is not None and (old.eos_id, old.pad_id, old.max_rows) == (eos_id, pad_id, max_rows):
-        return old.reset(params, generator, prefix_reuse, kv_budget_gib)
+        return old.reset(params, generator, prefix_reuse, slots_gib)
     backend = StaticBackend(model, params, eos_id, pad_id, generator, prefix_reuse=prefix_reuse,
-                            kv_budget_gib=kv_budget_gib, max_rows=max_rows)
+                            slots_gib=slots_gib, max_rows=max_rows)
     if reuse:
         _STATIC[model] = backend
     return backend
@@ -116,13 +116,13 @@ def release_static(model) -> bool:
 
 def sample(model, prompts: list[list[int]], params: SamplingParams, eos_id: int, pad_id: int,
            generator: torch.Generator | None = None, n: int = 1, backend: str = "auto",
-           kv_budget_gib: float = 0.0) -> list[list[Generation]]:
+           slots_gib: float = 0.0) -> list[list[Generation]]:
     """``engine.sample`` through the named backend: `n` continuations of each prompt (token-id lists)."""
     from ibtpo.rollout.engine import Request
     from ibtpo.rollout.tree import Tree
 
     engine = make_backend(backend, model, params, eos_id, pad_id, generator, prefix_reuse=False,
-                          kv_budget_gib=kv_budget_gib)
+                          slots_gib=slots_gib)
     engine.keep_kv = False
     trees = [Tree(question_id=str(i), prompt_ids=list(p)) for i, p in enumerate(prompts)]
     try:

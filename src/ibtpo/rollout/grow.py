@@ -24,13 +24,13 @@ def grow_problem_trees(sampler: str, model, tokenizer, problems: list, reward_fn
                        sampling: SamplingParams, splitter: StepSplitter, generator: torch.Generator,
                        rng: random.Random, prefix_reuse: bool = True,
                        columns: Callable[[Any], dict[str, Any]] = reward_columns, latent=None,
-                       backend: str = "auto", kv_budget_gib: float = 0.0) -> list[Tree]:
+                       backend: str = "auto", slots_gib: float = 0.0) -> list[Tree]:
     """One rewarded tree per problem (objects with ``id`` and ``prompt``), grown by the named sampler.
 
     The model is put in eval mode while sampling and restored afterwards. Token draws come from `generator`,
     the tree rules' node draws and tie-breaks from `rng`. `latent`: the iib sampler's latent codes
     (``latent_fork.LatentBranching``), or None. `backend`: the rollout backend ('auto', 'eager', 'static';
-    ``rollout.backend``), `kv_budget_gib` its KV slot budget (static only; 0 = auto).
+    ``rollout.backend``), `slots_gib` its KV slot budget (static only; 0 = auto).
     """
     prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
     prompt_text = {p.id: p.prompt for p in problems}
@@ -39,7 +39,7 @@ def grow_problem_trees(sampler: str, model, tokenizer, problems: list, reward_fn
         reward_leaves(reward_fn, tokenizer, prompt_text[tree.question_id], tree, leaves)
 
     engine = make_backend(backend, model, sampling, tokenizer.eos_token_id, tokenizer.pad_token_id, generator,
-                          prefix_reuse=prefix_reuse, kv_budget_gib=kv_budget_gib)
+                          prefix_reuse=prefix_reuse, slots_gib=slots_gib)
     ctx = GrowContext(engine=engine, splitter=splitter, shape=shape, cap=sampling.max_new_tokens, score=score, rng=rng,
                       latent=latent)
     was_training = model.training

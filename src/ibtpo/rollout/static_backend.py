@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from ibtpo.rollout.engine import Request
+from ibtpo.rollout.engine import Request, device_generator
 from ibtpo.rollout.sampling import Generation, SamplingParams, filter_logits, left_pad
 from ibtpo.rollout.static_forward import StaticDecoder
 from ibtpo.rollout.static_store import SegmentStore, SlotPool, batch_buckets, bucket_at_least, ctx_bucket
@@ -68,14 +68,15 @@ class _Row:
 class StaticBackend:
     """Slot-based batched continuation of tree nodes (see the module docstring); counts tokens in `tree.meta`.
 
-    kv_budget_gib: bytes of the slot buffers (0 = auto: 35% of the free GPU memory, 1 GiB on CPU); max_rows caps the
-    slots (0 = no cap); check_every: decode steps between checks for finished rows; ctx_step: attention reads the
-    first multiple of ctx_step columns that covers every live row; use_graphs: capture CUDA graphs (default: on
-    CUDA); prefill_rows: rows per prefill forward.
+    slots_gib: GiB of the slot buffers (0 = auto: 35% of the free GPU memory, 1 GiB on CPU); max_rows caps the
+    slots (0 = ``params.max_rows``, 0 there too = no cap); ``params.kv_budget_bytes`` bounds the node caches;
+    check_every: decode steps between checks for finished rows; ctx_step: attention reads the first multiple of
+    ctx_step columns that covers every live row; use_graphs: capture CUDA graphs (default: on CUDA); prefill_rows:
+    rows per prefill forward.
     """
 
     def __init__(self, model, params: SamplingParams, eos_id: int, pad_id: int,
-                 generator: torch.Generator | None = None, prefix_reuse: bool = True, kv_budget_gib: float = 0.0,
+                 generator: torch.Generator | None = None, prefix_reuse: bool = True, slots_gib: float = 0.0,
                  max_rows: int = 0, check_every: int = 8, ctx_step: int = 256, use_graphs: bool | None = None,
                  prefill_rows: int = 32):
         self.model = model
@@ -85,11 +86,11 @@ class StaticBackend:
         self.keep_kv = prefix_reuse
         self.dec = StaticDecoder(model)
         self.device = self.dec.device
-        self.generator = self._device_generator(generator)
-        self.kv_budget_gib, self.max_rows = kv_budget_gib, max_rows
+        self.generator = device_generator(generator, self.device)
+        self.slots_gib, self.max_rows = slots_gib, max_rows
         self.check_every, self.ctx_step, self.prefill_rows = max(1, check_every), ctx_step, prefill_rows
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
-        self.store = SegmentStore()
+        self.store = SegmentStore(params.kv_budget_bytes)
         self.keys = self.values = None
         self.slots, self.max_ctx = 0, 0
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -100,12 +101,13 @@ class StaticBackend:
         capture_s seconds of host time); moves: rows moved to lower slots; prefill_rows: sequences prefilled."""
 
     def reset(self, params: SamplingParams, generator: torch.Generator | None, prefix_reuse: bool,
-              kv_budget_gib: float = 0.0) -> "StaticBackend":
+              slots_gib: float = 0.0) -> "StaticBackend":
         """Reuse this backend (its slot buffers and captured graphs) for a new growth with other settings."""
         self.release()
         self.params, self.prefix_reuse, self.keep_kv = params, prefix_reuse, prefix_reuse
-        self.generator = self._device_generator(generator)
-        self.kv_budget_gib = kv_budget_gib
+        self.generator = device_generator(generator, self.device)
+        self.slots_gib = slots_gib
+        self.store.budget = params.kv_budget_bytes
         return self
 
     def free(self) -> None:
@@ -133,18 +135,9 @@ class StaticBackend:
         self.store.clear()
 
     # --- setup ------------------------------------------------------------------------------------------------------
-    def _device_generator(self, g: torch.Generator | None) -> torch.Generator | None:
-        """`g` itself on the model's device type; otherwise a generator there seeded by one draw from `g`."""
-        if g is None or g.device.type == self.device.type:
-            return g
-        seed = int(torch.randint(0, 2**62, (1,), generator=g))
-        out = torch.Generator(device=self.device)
-        out.manual_seed(seed)
-        return out
-
     def _budget_bytes(self) -> int:
-        if self.kv_budget_gib > 0:
-            return int(self.kv_budget_gib * 2**30)
+        if self.slots_gib > 0:
+            return int(self.slots_gib * 2**30)
         if self.device.type == "cuda":
             held = 0 if self.keys is None else 2 * self.keys.numel() * self.keys.element_size()
             return int(0.35 * (torch.cuda.mem_get_info(self.device)[0] + held))
@@ -155,10 +148,11 @@ class StaticBackend:
         max_ctx = max(self.max_ctx, ctx_bucket(need_ctx, self.ctx_step, 1 << 30))
         budget = self._budget_bytes()
         cap = budget // (self.dec.bytes_per_token() * max_ctx)
-        want = min(rows, self.max_rows) if self.max_rows else rows
+        cap_rows = self.max_rows or self.params.max_rows
+        want = min(rows, cap_rows) if cap_rows else rows
         slots = min(max(want, self.slots), cap)
         if slots < 1:
-            raise ValueError(f"static rollout backend: the KV budget ({budget / 2**30:.2f} GiB, kv_budget_gib) "
+            raise ValueError(f"static rollout backend: the KV budget ({budget / 2**30:.2f} GiB, slots_gib) "
                              f"holds no slot of {max_ctx} tokens")
         if self.keys is not None and self.max_ctx >= max_ctx and self.slots >= slots:
             return
@@ -367,7 +361,7 @@ class StaticBackend:
             row, r = rows[ri], requests[rows[ri].req]
             ids = toks[k, :c].tolist()
             kv = None
-            if row.keep:
+            if row.keep and self.store.has_room():
                 a = row.length - 1
                 kv = torch.stack([self.keys[:, s, :, a:a + c], self.values[:, s, :, a:a + c]], 1)
                 want = len(r.tree.prompt_ids) if r.node is r.tree.root else len(r.node.token_ids)

@@ -15,13 +15,34 @@ from ibtpo.rollout.tree import Node, Tree
 
 
 class SegmentStore:
-    """Per-node key/value segments of the trees being grown (the static backend's ``engine.KVStore``)."""
+    """Per-node key/value segments of the trees being grown (the static backend's ``engine.KVStore``).
 
-    def __init__(self):
+    budget_bytes > 0 bounds what is kept (as ``SamplingParams.kv_budget_bytes`` does for the eager store): a segment
+    that would exceed it is not stored, and a later fork below it prefills its prefix instead.
+    """
+
+    def __init__(self, budget_bytes: int = 0):
         self._kv: dict[int, torch.Tensor] = {}
+        self.budget = budget_bytes
+        self.bytes = 0
+        self.peak_bytes = 0
+        self.refused = 0
+        """Segments not kept because of the budget."""
+
+    def has_room(self, nbytes: int = 0) -> bool:
+        return not self.budget or self.bytes + nbytes <= self.budget
 
     def put(self, node: Node, seg: torch.Tensor) -> None:
+        old = self._kv.pop(id(node), None)
+        if old is not None:
+            self.bytes -= old.numel() * old.element_size()
+        size = seg.numel() * seg.element_size()
+        if not self.has_room(size):
+            self.refused += 1
+            return
         self._kv[id(node)] = seg
+        self.bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
 
     def length(self, node: Node) -> int:
         seg = self._kv.get(id(node))
@@ -40,7 +61,7 @@ class SegmentStore:
         """Append `last` (one token's segment) to `node`'s segment when it holds `want` - 1 tokens."""
         seg = self._kv.get(id(node))
         if seg is not None and seg.shape[-2] == want - 1:
-            self._kv[id(node)] = torch.cat([seg, last], dim=-2)
+            self.put(node, torch.cat([seg, last], dim=-2))
 
     def prefix(self, tree: Tree, node: Node) -> list[torch.Tensor] | None:
         """Segments covering prompt + path up to `node` minus its last token, in order; None if a piece is missing."""
@@ -61,6 +82,7 @@ class SegmentStore:
 
     def clear(self) -> None:
         self._kv.clear()
+        self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._kv)

@@ -185,7 +185,7 @@ class Trainer:
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
         return grow_problem_trees(cfg.sampler, self.policy, self.tokenizer, problems, self.reward_fn, self.shape,
                                   self.sampling, self.splitter, self.generator, rng, cfg.prefix_reuse,
-                                  latent=self.latent, backend=cfg.rollout_backend, kv_budget_gib=cfg.rollout_kv_gib)
+                                  latent=self.latent, backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
 
     def embed_offsets(self, batch: TrainBatch, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """token_logprobs keywords applying each row's latent offset W z (IIB-LPO); {} without latents."""
