@@ -285,3 +285,18 @@ def test_resource_limits_of_the_sampling_params(tiny_model, tokenizer):
     assert backend.store.refused > 0 and backend.store.peak_bytes <= 20_000
     assert backend.stats["prefill_rows"] > 3  # some forks re-encoded their prefix
     assert [[x[:2] for x in t] for t in leaves_of(ref)] == [[x[:2] for x in t] for t in leaves_of(got)]
+
+
+def test_a_failed_graph_capture_falls_back_to_plain_decoding(tiny_model, tokenizer):
+    """Asking for graphs where capture cannot work (CPU) costs speed only: a warning, then the same rows."""
+    ps = prompts(tokenizer)
+
+    def requests():
+        trees = [Tree(question_id=str(i), prompt_ids=p) for i, p in enumerate(ps)]
+        return [Request(t, t.root, 2, CAP) for t in trees]
+
+    backend = static(tiny_model, tokenizer, use_graphs=True)
+    with pytest.warns(UserWarning, match="graph capture failed"):
+        got = backend.expand(requests())
+    assert not backend.use_graphs and "graph_error" in backend.stats
+    assert_same_groups(eager(tiny_model, tokenizer).expand(requests()), got)

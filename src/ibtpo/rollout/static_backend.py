@@ -292,19 +292,35 @@ class StaticBackend:
     def _forward(self, bs: int, ctx: int) -> torch.Tensor:
         args = (self.keys, self.values, self.tok_in[:bs], self.pos_in[:bs], self.off_in[:bs], ctx)
         if not self.use_graphs:
-            return self.dec(*args)
+            return self._eager(args)
         graph = self.graphs.get((bs, ctx))
         if graph is None:
             try:
                 graph = self._capture(bs, ctx, args)
             except Exception as exc:  # noqa: BLE001  (a capture failure costs speed, not the rollout)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                if self.dec.fp32_scores:  # the newest op first: retry with scores in the model dtype
+                    self.dec.fp32_scores = False
+                    self.stats["fp32_scores_error"] = repr(exc)
+                    return self._forward(bs, ctx)
                 warnings.warn(f"static rollout backend: CUDA graph capture failed ({exc!r}); decoding without graphs")
                 self.stats["graph_error"] = repr(exc)
                 self.use_graphs = False
-                torch.cuda.synchronize(self.device)
-                return self.dec(*args)
+                return self._eager(args)
         graph[0].replay()
         return graph[1]
+
+    def _eager(self, args: tuple) -> torch.Tensor:
+        """The decode forward without a graph (CPU, or after a failed capture)."""
+        try:
+            return self.dec(*args)
+        except Exception as exc:  # noqa: BLE001
+            if not self.dec.fp32_scores:
+                raise
+            self.dec.fp32_scores = False
+            self.stats["fp32_scores_error"] = repr(exc)
+            return self.dec(*args)
 
     def _capture(self, bs: int, ctx: int, args: tuple) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Capture the decode forward of slots [0, bs) over `ctx` columns (after one warm-up run on a side stream)."""
