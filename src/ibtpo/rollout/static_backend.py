@@ -77,7 +77,7 @@ class StaticBackend:
 
     def __init__(self, model, params: SamplingParams, eos_id: int, pad_id: int,
                  generator: torch.Generator | None = None, prefix_reuse: bool = True, slots_gib: float = 0.0,
-                 max_rows: int = 0, check_every: int = 8, ctx_step: int = 256, use_graphs: bool | None = None,
+                 max_rows: int = 0, check_every: int = 8, ctx_step: int = 128, use_graphs: bool | None = None,
                  prefill_rows: int = 32):
         self.model = model
         self.params = params
