@@ -197,7 +197,20 @@ def test_sampled_trees_have_the_policys_logprobs(tiny_model, tokenizer, sampler)
         logp, _ = token_logprobs(tiny_model, batch.input_ids, batch.attention_mask)
     mask = batch.response_mask.bool()
     assert torch.allclose(logp[mask], batch.old_logp[mask], atol=1e-5)
-    assert backend.stats["moves"] > 0 or backend.stats["checks"] > 0
+
+
+def test_live_rows_move_to_low_slots(tiny_model, tokenizer):
+    """Three short rows end first; the long row in the highest slot moves to slot 0 (a batch of 1), same outputs."""
+    ps = prompts(tokenizer, 2)
+
+    def requests():
+        trees = [Tree(question_id=str(i), prompt_ids=p) for i, p in enumerate(ps)]
+        return [Request(trees[0], trees[0].root, 3, 2), Request(trees[1], trees[1].root, 1, CAP)]
+
+    backend = static(tiny_model, tokenizer)
+    got = backend.expand(requests())
+    assert backend.stats["moves"] == 1
+    assert_same_groups(eager(tiny_model, tokenizer).expand(requests()), got)
 
 
 def test_draws_follow_the_filtered_distribution(tiny_model, tokenizer):
