@@ -164,8 +164,9 @@ def grow(backend, tokenizer, sampler, seed=0):
 
 
 def leaves_of(trees):
-    """Per tree, its trajectories as (tokens, reward, log-probs), sorted: greedy rows from one prefix are identical, so
-    a rule may pick either of two identical siblings (their scores differ by float noise only); what grew is the same."""
+    """Per tree, its trajectories as (tokens, reward, log-probs), sorted: greedy rows from one prefix are identical,
+    so a rule may pick either of two identical siblings (their scores differ by float noise only); what grew is the
+    same."""
     return [sorted((Tree.completion(x)[0], x.reward, Tree.completion(x)[1]) for x in t.leaves()) for t in trees]
 
 

@@ -112,7 +112,8 @@ class SlotPool:
     def move(self, src: int, dst: int) -> None:
         """The row in slot `src` moves to the free slot `dst`."""
         if self.owner[src] < 0 or self.owner[dst] >= 0:
-            raise ValueError(f"cannot move slot {src} (owner {self.owner[src]}) to slot {dst} (owner {self.owner[dst]})")
+            raise ValueError(f"cannot move slot {src} (owner {self.owner[src]}) "
+                             f"to slot {dst} (owner {self.owner[dst]})")
         self.owner[dst], self.owner[src] = self.owner[src], -1
         self._free.remove(dst)
         self._free.append(src)
@@ -132,7 +133,7 @@ class SlotPool:
 
 
 def batch_buckets(slots: int) -> list[int]:
-    """Batch sizes graphs are captured for: 1, 2, 4, 8, then steps of x1.5/x1.33 (12, 16, 24, 32, 48, ...), and `slots`."""
+    """Batch sizes graphs are captured for: 1, 2, 4, 8, then x1.5 / x1.33 steps (12, 16, 24, 32, 48, ...), `slots`."""
     out, b = [1, 2, 4], 8
     while b < slots:
         out += [b, b * 3 // 2]
