@@ -37,52 +37,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ibtpo.config import build_config, parse_overrides  # noqa: E402
 from ibtpo.evaluation import evaluate  # noqa: E402
-from ibtpo.testbed.tokenizer import build_char_tokenizer  # noqa: E402
 from ibtpo.training.batch import TrainBatch, token_logprobs  # noqa: E402
 from ibtpo.training.trainer import Trainer  # noqa: E402
+from model_shapes import add_step_bias, build_model  # noqa: E402
 
 RECIPE = ROOT / "src/ibtpo/configs/qwen3_1.7b_dapo_ib_tpo.yaml"
-
-SHAPES = {  # Qwen3 configs (hub config.json of each model), random weights
-    "qwen3-0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
-    "qwen3-1.7b": dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
-                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
-    "qwen3-8b": dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                     num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
-    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1, head_dim=32, tie_word_embeddings=True),
-}
-
-
-def build_model(shape: str, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    """A Qwen3 causal LM of a named shape with random weights, built directly on `device` in `dtype`."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-    if shape not in SHAPES:
-        raise SystemExit(f"--shape: unknown {shape!r}; known: {', '.join(SHAPES)}")
-    torch.manual_seed(seed)
-    config = Qwen3Config(**SHAPES[shape], max_position_embeddings=40960, rope_theta=1e6, bos_token_id=2,
-                         eos_token_id=1, pad_token_id=0)
-    with torch.device(device):
-        model = Qwen3ForCausalLM(config).to(dtype)
-    return model.eval()
-
-
-def add_step_bias(model, tokenizer, mean_length: float, step_length: float) -> dict:
-    """Constant logit biases on the LM head's output (a forward hook): ids outside the tokenizer get -1e4, EOS and
-    the newline (two make the step delimiter) get biases that aim at the given mean completion and step lengths."""
-    head = model.get_output_embeddings()
-    vocab, allowed = head.weight.shape[0], len(tokenizer)
-    newline = tokenizer("\n", add_special_tokens=False)["input_ids"][0]
-    # about `allowed` tokens of similar logits: p(EOS) = 1 / mean_length, p(newline)^2 = 1 / step_length
-    p_eos, p_nl = 1.0 / mean_length, step_length ** -0.5
-    bias = torch.zeros(vocab, device=head.weight.device, dtype=torch.float32)
-    bias[allowed:] = -1e4
-    bias[tokenizer.eos_token_id] = math.log(p_eos * allowed / (1 - p_eos))
-    bias[newline] = math.log(p_nl * allowed / (1 - p_nl))
-    head.register_forward_hook(lambda _m, _i, out: out + bias.to(out.dtype))
-    return {"eos": round(float(bias[tokenizer.eos_token_id]), 3), "newline": round(float(bias[newline]), 3)}
-
 
 def peak_gib(device: torch.device) -> float:
     if device.type == "cuda":
@@ -155,7 +114,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = torch.device(args.device)
     dtype = args.dtype or ("float32" if args.shape == "tiny" else "bfloat16")
-    tokenizer = build_char_tokenizer()
     results: dict = {"shape": args.shape, "device": str(device), "dtype": dtype,
                      "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                      "torch": torch.__version__, "args": vars(args)}
@@ -163,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     tmp = tempfile.TemporaryDirectory(prefix="ibtpo-gpu-")
     model_dir = Path(tmp.name) / "model"
     t0 = time.perf_counter()
-    model = build_model(args.shape, device, getattr(torch, dtype), seed=0)
+    model, tokenizer = build_model(args.shape, device, getattr(torch, dtype), seed=0)
     n_params = sum(p.numel() for p in model.parameters())
     results["model"] = {"parameters": n_params}
     print(f"[model] {n_params / 1e9:.3f}B parameters", flush=True)
@@ -190,9 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                        "gradient_checkpointing", "rollout_max_rows", "kv_budget_gib",
                                                        "old_logp", "beta", "logits_chunk_tokens")}
     trainer = Trainer(cfg)
-    biases = [add_step_bias(m, tokenizer, args.mean_length, args.step_length)
-              for m in (trainer.policy, trainer.ref) if m is not None]
-    results["bias"] = biases[0]
+    for m in (trainer.policy, trainer.ref):
+        if m is not None:
+            add_step_bias(m, tokenizer, args.mean_length, args.step_length, cfg.temperature)
 
     def step() -> dict:
         m = trainer.train_step()
