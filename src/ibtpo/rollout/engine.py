@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from ibtpo.rollout.node_store import NodeStore
 from ibtpo.rollout.sampling import Generation, SamplingParams, filter_logits, left_pad
 from ibtpo.rollout.tree import Node, Tree
 
@@ -72,80 +73,31 @@ def kv_bytes(kv: LayerKV) -> int:
     return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
 
 
-class KVStore:
-    """Per-node key/value segments of the trees being grown (a shared prefix is stored once).
+class KVStore(NodeStore[LayerKV]):
+    """The eager engine's per-node caches: per layer, (keys, values) of the node's tokens (``node_store.NodeStore``)."""
 
-    budget_bytes > 0 bounds what is kept: a segment that would exceed it is not stored, and a later fork below it
-    re-encodes its prefix instead (same tokens, more compute). ``peak_bytes`` records the most held at once.
-    """
+    def nbytes(self, value: LayerKV) -> int:
+        return kv_bytes(value)
 
-    def __init__(self, budget_bytes: int = 0):
-        self._kv: dict[int, LayerKV] = {}
-        self.budget = budget_bytes
-        self.bytes = 0
-        self.peak_bytes = 0
-        self.refused = 0
-        """Segments not kept because of the budget."""
+    def tokens(self, value: LayerKV) -> int:
+        return value[0][0].shape[-2]
 
-    def has_room(self, nbytes: int = 0) -> bool:
-        return not self.budget or self.bytes + nbytes <= self.budget
+    def cut(self, value: LayerKV, start: int, stop: int | None = None) -> LayerKV:
+        return [(k[:, start:stop], v[:, start:stop]) for k, v in value]
 
-    def put(self, node: Node, kv: LayerKV) -> None:
-        size = kv_bytes(kv)
-        old = self._kv.pop(id(node), None)
-        if old is not None:
-            self.bytes -= kv_bytes(old)
-        if not self.has_room(size):
-            self.refused += 1
-            return
-        self._kv[id(node)] = kv
-        self.bytes += size
-        self.peak_bytes = max(self.peak_bytes, self.bytes)
+    slice = cut
 
-    def length(self, node: Node) -> int:
-        kv = self._kv.get(id(node))
-        return 0 if kv is None else kv[0][0].shape[-2]
-
-    def slice(self, kv: LayerKV, start: int, stop: int | None = None) -> LayerKV:
-        return [(k[:, start:stop], v[:, start:stop]) for k, v in kv]
-
-    def split(self, head: Node, tail: Node, at: int) -> None:
-        """`head` was cut after `at` tokens; its cache moves accordingly (after :meth:`Node.split`)."""
-        kv = self._kv.get(id(head))
-        if kv is None:
-            return
-        self._kv[id(head)] = self.slice(kv, 0, at)
-        if kv[0][0].shape[-2] > at:
-            self._kv[id(tail)] = self.slice(kv, at)  # views of the same storage: the byte count is unchanged
-
-    def complete(self, node: Node, last: LayerKV) -> None:
-        """Append the cache of `node`'s last token when it was missing (the row stopped right after drawing it)."""
-        kv = self._kv.get(id(node))
-        if kv is not None and kv[0][0].shape[-2] == len(node.token_ids) - 1:
-            self.put(node, [(torch.cat([k, lk], 1), torch.cat([v, lv], 1)) for (k, v), (lk, lv) in zip(kv, last)])
+    def join(self, first: LayerKV, second: LayerKV) -> LayerKV:
+        return [(torch.cat([k, lk], 1), torch.cat([v, lv], 1)) for (k, v), (lk, lv) in zip(first, second)]
 
     def prefix(self, tree: Tree, node: Node) -> LayerKV | None:
         """Cache of prompt + path up to `node`, minus the last token; None if any piece is missing."""
-        pieces = [tree.root] + node.lineage()
-        kvs = []
-        for i, n in enumerate(pieces):
-            want = len(tree.prompt_ids) if n is tree.root else len(n.token_ids)
-            have = self.length(n)
-            last = i == len(pieces) - 1
-            if have != want and not (last and have == want - 1):
-                return None
-            kvs.append(self._kv[id(n)])
+        kvs = self.lineage(tree, node)
+        if not kvs:
+            return None
         total = len(tree.prompt_ids) + node.end - 1
-        layers = []
-        for layer in range(len(kvs[0])):
-            k = torch.cat([kv[layer][0] for kv in kvs], 1)[:, :total]
-            v = torch.cat([kv[layer][1] for kv in kvs], 1)[:, :total]
-            layers.append((k, v))
-        return layers
-
-    def clear(self) -> None:
-        self._kv.clear()
-        self.bytes = 0
+        return [(torch.cat([kv[layer][0] for kv in kvs], 1)[:, :total],
+                 torch.cat([kv[layer][1] for kv in kvs], 1)[:, :total]) for layer in range(len(kvs[0]))]
 
 
 class Engine:
@@ -320,7 +272,7 @@ class Engine:
         # the re-fed last prefix token's cache completes a node whose row had stopped right after drawing it
         for r, group in zip(requests, conts):
             if r.node is not r.tree.root and r.embed_offset is None and group[0].prefix_last_kv is not None:
-                self.store.complete(r.node, group[0].prefix_last_kv)
+                self.store.complete(r.node, len(r.node.token_ids), group[0].prefix_last_kv)
         return conts
 
     def _decode(self, requests: list[Request], cache: DynamicCache, mask: torch.Tensor, next_pos: torch.Tensor,

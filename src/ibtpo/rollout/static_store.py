@@ -11,81 +11,39 @@ import heapq
 
 import torch
 
+from ibtpo.rollout.node_store import NodeStore
 from ibtpo.rollout.tree import Node, Tree
 
 
-class SegmentStore:
-    """Per-node key/value segments of the trees being grown (the static backend's ``engine.KVStore``).
+class SegmentStore(NodeStore[torch.Tensor]):
+    """Per-node key/value segments of the trees being grown (the static backend's ``engine.KVStore``): each value is
+    one (layers, 2, kv_heads, tokens, head_dim) tensor; budget and bookkeeping in ``node_store.NodeStore``."""
 
-    budget_bytes > 0 bounds what is kept (as ``SamplingParams.kv_budget_bytes`` does for the eager store): a segment
-    that would exceed it is not stored, and a later fork below it prefills its prefix instead.
-    """
+    def nbytes(self, value: torch.Tensor) -> int:
+        return value.numel() * value.element_size()
 
-    def __init__(self, budget_bytes: int = 0):
-        self._kv: dict[int, torch.Tensor] = {}
-        self.budget = budget_bytes
-        self.bytes = 0
-        self.peak_bytes = 0
-        self.refused = 0
-        """Segments not kept because of the budget."""
+    def tokens(self, value: torch.Tensor) -> int:
+        return value.shape[-2]
 
-    def has_room(self, nbytes: int = 0) -> bool:
-        return not self.budget or self.bytes + nbytes <= self.budget
+    def cut(self, value: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+        return value[..., start:stop, :]
 
-    def put(self, node: Node, seg: torch.Tensor) -> None:
-        old = self._kv.pop(id(node), None)
-        if old is not None:
-            self.bytes -= old.numel() * old.element_size()
-        size = seg.numel() * seg.element_size()
-        if not self.has_room(size):
-            self.refused += 1
-            return
-        self._kv[id(node)] = seg
-        self.bytes += size
-        self.peak_bytes = max(self.peak_bytes, self.bytes)
-
-    def length(self, node: Node) -> int:
-        seg = self._kv.get(id(node))
-        return 0 if seg is None else seg.shape[-2]
-
-    def split(self, head: Node, tail: Node, at: int) -> None:
-        """`head` was cut after `at` tokens; its segment is cut the same way (views, no copy)."""
-        seg = self._kv.get(id(head))
-        if seg is None:
-            return
-        self._kv[id(head)] = seg[..., :at, :]
-        if seg.shape[-2] > at:
-            self._kv[id(tail)] = seg[..., at:, :]
-
-    def complete(self, node: Node, want: int, last: torch.Tensor) -> None:
-        """Append `last` (one token's segment) to `node`'s segment when it holds `want` - 1 tokens."""
-        seg = self._kv.get(id(node))
-        if seg is not None and seg.shape[-2] == want - 1:
-            self.put(node, torch.cat([seg, last], dim=-2))
+    def join(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        return torch.cat([first, second], dim=-2)
 
     def prefix(self, tree: Tree, node: Node) -> list[torch.Tensor] | None:
         """Segments covering prompt + path up to `node` minus its last token, in order; None if a piece is missing."""
-        pieces = [tree.root] + node.lineage()
-        out = []
-        for i, n in enumerate(pieces):
-            want = len(tree.prompt_ids) if n is tree.root else len(n.token_ids)
-            have = self.length(n)
-            last = i == len(pieces) - 1
-            if have != want and not (last and have == want - 1):
-                return None
-            seg = self._kv.get(id(n))
-            if last and have == want:
-                seg = seg[..., :want - 1, :]
-            if seg is not None and seg.shape[-2]:
-                out.append(seg)
+        segs = self.lineage(tree, node)
+        if segs is None:
+            return None
+        total = len(tree.prompt_ids) + node.end - 1
+        out, have = [], 0
+        for seg in segs:
+            take = min(seg.shape[-2], total - have)
+            if take > 0:
+                out.append(seg[..., :take, :])
+                have += take
         return out
-
-    def clear(self) -> None:
-        self._kv.clear()
-        self.bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._kv)
 
 
 class SlotPool:
