@@ -31,7 +31,7 @@ import torch
 from transformers import DynamicCache
 
 from ibtpo.rollout.node_store import NodeStore
-from ibtpo.rollout.sampling import Generation, SamplingParams, filter_logits, left_pad
+from ibtpo.rollout.sampling import Generation, SamplingParams, draw, left_pad
 from ibtpo.rollout.tree import Node, Tree
 
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -297,17 +297,10 @@ class Engine:
         active = torch.arange(rows, device=self.device)
         keep_row = [self.keep_kv and (offsets is None or not bool(offsets[r].any())) for r in range(rows)]
         for t in range(max_len):
-            scaled = logits.float() / p.temperature
-            logp_all = scaled.log_softmax(-1)
-            ent = -(logp_all.exp() * logp_all).sum(-1)
-            if p.greedy:
-                tok = scaled.argmax(-1)
-            else:
-                probs = filter_logits(scaled, p.top_k, p.top_p).softmax(-1)
-                tok = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+            tok, lp, ent = draw(logits, p, self.generator)
             act = active.cpu()
             tokens[act, t] = tok.cpu()
-            logps[act, t] = logp_all.gather(-1, tok[:, None]).squeeze(-1).cpu()
+            logps[act, t] = lp.cpu()
             ents[act, t] = ent.cpu()
             stop = (tok == self.eos_id) | (limits[active] <= t + 1)
             if bool(stop.any()):

@@ -59,6 +59,21 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def draw(logits: torch.Tensor, params: SamplingParams,
+         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decode step's draw from (B, V) logits: (B,) tokens, their behaviour log-probs and the entropies of
+    softmax(logits / temperature) over the full vocabulary (top-k / top-p only restrict which token is drawn)."""
+    scaled = logits.float() / params.temperature
+    logp_all = scaled.log_softmax(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    if params.greedy:
+        tok = scaled.argmax(-1)
+    else:
+        probs = filter_logits(scaled, params.top_k, params.top_p).softmax(-1)
+        tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return tok, logp_all.gather(-1, tok[:, None]).squeeze(-1), entropy
+
+
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists into (input_ids, attention_mask), both (B, max_len)."""
     width = max(len(s) for s in seqs)

@@ -36,7 +36,7 @@ import torch
 from transformers import DynamicCache
 
 from ibtpo.rollout.engine import Request, device_generator
-from ibtpo.rollout.sampling import Generation, SamplingParams, filter_logits, left_pad
+from ibtpo.rollout.sampling import Generation, SamplingParams, draw, left_pad
 from ibtpo.rollout.static_forward import StaticDecoder
 from ibtpo.rollout.static_store import SegmentStore, SlotPool, batch_buckets, bucket_at_least, ctx_bucket
 from ibtpo.rollout.tree import Node, Tree
@@ -343,15 +343,7 @@ class StaticBackend:
     def _step(self, bs: int, ctx: int) -> None:
         """One decode step of slots [0, bs): draw, record and advance the live rows (no host synchronisation)."""
         p = self.params
-        scaled = self._forward(bs, ctx).float() / p.temperature
-        logp_all = scaled.log_softmax(-1)
-        ent = -(logp_all.exp() * logp_all).sum(-1)
-        if p.greedy:
-            tok = scaled.argmax(-1)
-        else:
-            probs = filter_logits(scaled, p.top_k, p.top_p).softmax(-1)
-            tok = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
-        lp = logp_all.gather(-1, tok[:, None]).squeeze(-1)
+        tok, lp, ent = draw(self._forward(bs, ctx), p, self.generator)
         alive, count = self.alive[:bs], self.count[:bs]
         col = torch.where(alive, count, self.trash)
         rows = self.dec._row_ids[:bs]
