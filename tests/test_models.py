@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ibtpo.config import build_config
+from ibtpo.tasks import build_source
 from ibtpo.models import ModelLoadError, is_lora, load_policy
 from ibtpo.rollout.tree import Tree
 from ibtpo.tiny_models import ARCHITECTURES, save_tiny_model
@@ -51,11 +52,10 @@ def test_chat_prompts_render_through_the_template(tmp_path, arch_dirs, arch):
     first = trainer.source.train_problem(0)
     assert first.prompt.startswith("<|im_start|>") and first.prompt.endswith("<|im_start|>assistant\n")
     assert trainer.source.name == "math500" and len(trainer.source.test_sets["math500"]) == 5
-    # plain-string prompts stay as they are unless chat_template=always
-    plain = trainer.source.test_sets["math500"][0].prompt
-    assert plain.startswith("Simplify")
-    on = Trainer(_cfg(tmp_path, arch_dirs[arch], chat_template="always", overwrite=True))
-    assert on.source.test_sets["math500"][0].prompt.startswith("<|im_start|>user\nSimplify")
+    # plain-string prompts go through the chat template of a chat tokenizer too, unless chat_template=never
+    assert trainer.source.test_sets["math500"][0].prompt.startswith("<|im_start|>user\nSimplify")
+    off = build_source(_cfg(tmp_path, arch_dirs[arch], chat_template="never", dataset=None), trainer.tokenizer)
+    assert off.test_sets["math500"][0].prompt.startswith("Simplify")
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
