@@ -182,3 +182,40 @@ def test_hub_id_loads_from_the_local_cache_offline(tmp_path, arch_dirs):
                            "max_completion_length=4", "--json", str(out)], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-1500:]
     assert json.loads(out.read_text())["datasets"]["aime"]["questions"] == 2
+
+
+def test_lora_checkpoint_finds_its_base_after_a_move(tmp_path, arch_dirs):
+    """Adapters record their base relative to themselves: moving the run with its base model keeps them loadable;
+    moving the base alone gives one line naming where it was looked for."""
+    from ibtpo.models import BASE_REFERENCE, add_lora, write_base_reference
+
+    project = tmp_path / "project"
+    shutil.copytree(arch_dirs[ARCHITECTURES[0]], project / "base")
+    model, tok = load_policy(str(project / "base"))
+    model = add_lora(model, 4, 8.0, 0.0, "all-linear")
+    ckpt = project / "run" / "checkpoints" / "step-000001"
+    model.save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    write_base_reference(ckpt, model)
+    assert json.loads((ckpt / BASE_REFERENCE).read_text())["relative"] == "../../../base"
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(project), str(moved))
+    loaded, _ = load_policy(str(moved / "run" / "checkpoints" / "step-000001"))
+    assert is_lora(loaded)
+    shutil.move(str(moved / "base"), str(tmp_path / "base_alone"))
+    with pytest.raises(ModelLoadError, match="base model is not found at .*project/base.* nor .*base"):
+        load_policy(str(moved / "run" / "checkpoints" / "step-000001"))
+
+
+def test_lora_load_prints_no_future_warning(tmp_path, arch_dirs):
+    import warnings
+
+    from ibtpo.models import add_lora
+
+    model, tok = load_policy(str(arch_dirs[ARCHITECTURES[0]]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = add_lora(model, 4, 8.0, 0.0, "all-linear")
+        model.save_pretrained(tmp_path / "ad")
+        load_policy(str(tmp_path / "ad"))
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]

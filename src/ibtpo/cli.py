@@ -55,6 +55,8 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
         path = path or str(run_dir / "config.yaml")
         overrides["out_dir"] = str(run_dir)
     cfg = build_config(path, overrides, base)
+    if args.resume:
+        _check_resume_changes(Path(args.resume), cfg, args.allow_config_change)
     summary = train(cfg, resume=bool(args.resume))
     print(json.dumps(summary, indent=2))
     return 0
@@ -70,6 +72,24 @@ def _print_setup(console, cfg, tokenizer) -> None:
         console.print(line)
     if cfg.dataset or cfg.eval_datasets:
         console.print(describe_prompting(cfg.chat_template, cfg.prompt_template, tokenizer))
+
+
+def _check_resume_changes(run_dir: Path, cfg, allowed: bool) -> None:
+    """Refuse settings that break an exact continuation of the run in `run_dir` unless `allowed` (names them)."""
+    import yaml
+
+    from ibtpo.resume_check import config_changes
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    breaking, harmless = config_changes(saved, cfg.model_dump())
+    if harmless:
+        print(f"--resume: changed settings that keep the run exact: {'; '.join(harmless)}", file=sys.stderr)
+    if breaking and not allowed:
+        raise UsageError(f"--resume {run_dir}: these changes make the run no longer an exact continuation: "
+                         f"{'; '.join(breaking)} (pass --allow-config-change to resume with them anyway)")
+    if breaking:
+        print(f"--resume: continuing with changed settings (not an exact continuation): {'; '.join(breaking)}",
+              file=sys.stderr)
 
 
 def _resolve_eval_model(name: str) -> str:
@@ -344,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="RL training (defaults: the CPU testbed main job)")
     p_train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p_train.add_argument("--allow-config-change", action="store_true",
+                         help="with --resume: accept settings that differ from the saved run's and break exactness")
     p_train.add_argument("--help-config", action="store_true", help="list every config field with its default and doc")
     p_eval = sub.add_parser("eval", help="held-out avg@k / pass@k / maj@k / greedy accuracy")
     p_eval.add_argument("--json", metavar="FILE", help="also write the results as JSON")
