@@ -69,9 +69,9 @@ def _print_setup(console, cfg, tokenizer) -> None:
 
     line = describe_profile(cfg._profile)
     if line:
-        console.print(line)
+        console.print(line, soft_wrap=True)
     if cfg.dataset or cfg.eval_datasets:
-        console.print(describe_prompting(cfg.chat_template, cfg.prompt_template, tokenizer))
+        console.print(describe_prompting(cfg.chat_template, cfg.prompt_template, tokenizer), soft_wrap=True)
 
 
 def _check_resume_changes(run_dir: Path, cfg, allowed: bool) -> None:
@@ -149,7 +149,8 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
                       *[f"{100 * res[m]:.1f}%" if m != "response_length" else f"{res[m]:.1f}" for m in metrics])
         if res["cap_hit_rate"] > 0.5:
             console.print(f"[yellow]warning: {100 * res['cap_hit_rate']:.0f}% of the completions on {name} hit "
-                          f"max_completion_length={cfg.max_completion_length} before ending: raise it[/yellow]")
+                          f"max_completion_length={cfg.max_completion_length} before ending: raise it[/yellow]",
+                          soft_wrap=True)
     Console().print(table)
     errors = rewards.check.pop_stats()
     if any(errors.values()):

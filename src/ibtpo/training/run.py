@@ -23,9 +23,9 @@ def _print_setup(console: Console, trainer: Trainer) -> None:
     cfg = trainer.cfg
     line = describe_profile(cfg._profile)
     if line:
-        console.print(line)
+        console.print(line, soft_wrap=True)
     if cfg.dataset or cfg.eval_datasets:
-        console.print(describe_prompting(cfg.chat_template, cfg.prompt_template, trainer.tokenizer))
+        console.print(describe_prompting(cfg.chat_template, cfg.prompt_template, trainer.tokenizer), soft_wrap=True)
 
 
 def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None) -> dict:
@@ -51,14 +51,14 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
         if trainer.step == 0:
             last_eval = trainer.evaluate(bars)
             for line in warn.after_eval(last_eval):
-                console.print(f"[yellow]{line}[/yellow]")
+                console.print(f"[yellow]{line}[/yellow]", soft_wrap=True)
             trainer.logger.log(0, {**last_eval, **(trainer.probe(bars) if cfg.ib_probe_every else {})})
         unit, done, total = bar_state()
         task = progress.add_task(unit, total=total, completed=done, info="reward -  acc -") if progress else None
         while not trainer.done():
             metrics = trainer.train_step()
             for line in warn.after_step(metrics, last=trainer.done()):
-                console.print(f"[yellow]{line}[/yellow]")
+                console.print(f"[yellow]{line}[/yellow]", soft_wrap=True)
             if trainer.done() or (cfg.eval_every and trainer.step % cfg.eval_every == 0):
                 last_eval = trainer.evaluate(bars)
                 metrics.update(last_eval)
