@@ -22,6 +22,16 @@ def test_no_warning_for_a_healthy_run_and_a_short_run_is_judged_at_its_end():
     assert len(short.after_step({"eff_rate": 0.0, "response_length/clip_ratio": 0.0}, last=True)) == 1
 
 
+def test_a_tree_that_forks_only_at_the_root_is_reported():
+    w = EarlyWarnings(cap=48, window=2, tree=True)
+    ok = {"eff_rate": 0.5, "response_length/clip_ratio": 0.0}
+    assert w.after_step({**ok, "rollout/tree_depth": 1.0}) == []
+    (line,) = w.after_step({**ok, "rollout/tree_depth": 1.0})
+    assert "forked only at the root" in line and "'\\n\\n'" in line
+    deep = EarlyWarnings(cap=48, window=2, tree=True)
+    assert deep.after_step({**ok, "rollout/tree_depth": 1.0}) == deep.after_step({**ok, "rollout/tree_depth": 3.0}) == []
+
+
 def test_eval_cap_warning_names_the_set():
     w = EarlyWarnings(cap=48)
     assert w.after_eval({"val/gsm/cap_hit_rate": 0.2}) == []

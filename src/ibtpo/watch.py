@@ -4,6 +4,8 @@
 each warning once, as one line:
 - most question groups had all-equal rewards (``eff_rate`` below ``min_eff_rate``): their advantages are zero, so
   those steps teach nothing (the questions are too hard or too easy for the model, or the reward finds no answers);
+- a tree sampler forked only at the root (``rollout/tree_depth`` 1: completions without step boundaries, e.g. short
+  answers with no blank line), so it sampled independently;
 - most completions hit ``max_completion_length`` (``response_length/clip_ratio``, evaluation ``cap_hit_rate`` above
   ``max_cap_rate``): answers are cut before they are stated and score 0.
 """
@@ -16,8 +18,10 @@ from statistics import mean
 class EarlyWarnings:
     """Collects the first steps' metrics; :meth:`after_step` / :meth:`after_eval` return warnings not given yet."""
 
-    def __init__(self, cap: int, window: int = 3, min_eff_rate: float = 0.25, max_cap_rate: float = 0.5):
-        self.cap, self.window = cap, window
+    def __init__(self, cap: int, window: int = 3, min_eff_rate: float = 0.25, max_cap_rate: float = 0.5,
+                 tree: bool = False, delimiter: str = "\n\n"):
+        self.cap, self.window, self.tree, self.delimiter = cap, window, tree, delimiter
+        self.depth: list[float] = []
         self.min_eff_rate, self.max_cap_rate = min_eff_rate, max_cap_rate
         self.eff: list[float] = []
         self.clip: list[float] = []
@@ -37,6 +41,8 @@ class EarlyWarnings:
             self.eff.append(float(metrics["eff_rate"]))
         if "response_length/clip_ratio" in metrics:
             self.clip.append(float(metrics["response_length/clip_ratio"]))
+        if "rollout/tree_depth" in metrics:
+            self.depth.append(float(metrics["rollout/tree_depth"]))
         if len(self.eff) < self.window and not last:
             return []
         out: list[str] = []
@@ -50,6 +56,10 @@ class EarlyWarnings:
             out += self._once("cap", f"warning: in the first {len(self.clip)} steps {100 * mean(self.clip):.0f}% of "
                                      f"the completions hit max_completion_length={self.cap} before ending: answers "
                                      f"are cut off; raise max_completion_length")
+        if self.tree and self.depth and max(self.depth) <= 1.0:
+            out += self._once("flat", f"warning: in the first {len(self.depth)} steps the tree sampler forked only at "
+                                      f"the root (no step boundary {self.delimiter!r} inside the completions), so it "
+                                      f"sampled independently; set step_delimiter (e.g. '\\n') to fork inside answers")
         return out
 
     def after_eval(self, metrics: dict[str, float]) -> list[str]:

@@ -37,7 +37,8 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     if skipped:
         console.print(f"skip_bad_rows: skipped {len(skipped)} malformed dataset rows (first: {skipped[0]})")
     _print_setup(console, trainer)
-    warn = EarlyWarnings(cfg.max_completion_length)
+    warn = EarlyWarnings(cfg.max_completion_length, tree=cfg.sampler in ("ib", "entropy", "random"),
+                         delimiter=cfg.step_delimiter)
     last_eval: dict[str, float] = {}
     t_start = time.perf_counter()
     bound = cfg.questions_per_step * trainer.shape.group_size * cfg.max_completion_length  # most tokens a step makes
