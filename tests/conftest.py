@@ -13,11 +13,6 @@ from ibtpo.testbed.tokenizer import build_char_tokenizer
 torch.set_num_threads(2)
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "real_model: needs a real pretrained model directory named by the "
-                                       "IBTPO_REAL_MODEL environment variable (skipped without it)")
-
-
 @pytest.fixture(scope="session")
 def tokenizer():
     return build_char_tokenizer()
