@@ -193,7 +193,7 @@ def test_prompt_template_on_strings_and_messages():
     assert load_questions(FIXTURES / "dapo.jsonl").questions[1].prompt[1]["content"].startswith("Find the sum")
     with pytest.raises(DataError) as err:
         load_questions(FIXTURES / "dapo.jsonl", prompt_template="Solve: \\boxed{}")
-    assert str(err.value) == "prompt_template 'Solve: \\\\boxed{}' has no {prompt} placeholder"
+    assert str(err.value) == "prompt_template 'Solve: \\\\boxed{}' has no {prompt} placeholder and is not a preset (boxed, answer_line)"
 
 
 def test_template_needs_a_user_message(tmp_path):

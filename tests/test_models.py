@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ibtpo.config import build_config
+from ibtpo.tasks import build_source
 from ibtpo.models import ModelLoadError, is_lora, load_policy
 from ibtpo.rollout.tree import Tree
 from ibtpo.tiny_models import ARCHITECTURES, save_tiny_model
@@ -51,11 +52,10 @@ def test_chat_prompts_render_through_the_template(tmp_path, arch_dirs, arch):
     first = trainer.source.train_problem(0)
     assert first.prompt.startswith("<|im_start|>") and first.prompt.endswith("<|im_start|>assistant\n")
     assert trainer.source.name == "math500" and len(trainer.source.test_sets["math500"]) == 5
-    # plain-string prompts stay as they are unless chat_template=always
-    plain = trainer.source.test_sets["math500"][0].prompt
-    assert plain.startswith("Simplify")
-    on = Trainer(_cfg(tmp_path, arch_dirs[arch], chat_template="always", overwrite=True))
-    assert on.source.test_sets["math500"][0].prompt.startswith("<|im_start|>user\nSimplify")
+    # plain-string prompts go through the chat template of a chat tokenizer too, unless chat_template=never
+    assert trainer.source.test_sets["math500"][0].prompt.startswith("<|im_start|>user\nSimplify")
+    off = build_source(_cfg(tmp_path, arch_dirs[arch], chat_template="never", dataset=None), trainer.tokenizer)
+    assert off.test_sets["math500"][0].prompt.startswith("Simplify")
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -182,3 +182,40 @@ def test_hub_id_loads_from_the_local_cache_offline(tmp_path, arch_dirs):
                            "max_completion_length=4", "--json", str(out)], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-1500:]
     assert json.loads(out.read_text())["datasets"]["aime"]["questions"] == 2
+
+
+def test_lora_checkpoint_finds_its_base_after_a_move(tmp_path, arch_dirs):
+    """Adapters record their base relative to themselves: moving the run with its base model keeps them loadable;
+    moving the base alone gives one line naming where it was looked for."""
+    from ibtpo.models import BASE_REFERENCE, add_lora, write_base_reference
+
+    project = tmp_path / "project"
+    shutil.copytree(arch_dirs[ARCHITECTURES[0]], project / "base")
+    model, tok = load_policy(str(project / "base"))
+    model = add_lora(model, 4, 8.0, 0.0, "all-linear")
+    ckpt = project / "run" / "checkpoints" / "step-000001"
+    model.save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    write_base_reference(ckpt, model)
+    assert json.loads((ckpt / BASE_REFERENCE).read_text())["relative"] == "../../../base"
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(project), str(moved))
+    loaded, _ = load_policy(str(moved / "run" / "checkpoints" / "step-000001"))
+    assert is_lora(loaded)
+    shutil.move(str(moved / "base"), str(tmp_path / "base_alone"))
+    with pytest.raises(ModelLoadError, match="base model is not found at .*project/base.* nor .*base"):
+        load_policy(str(moved / "run" / "checkpoints" / "step-000001"))
+
+
+def test_lora_load_prints_no_future_warning(tmp_path, arch_dirs):
+    import warnings
+
+    from ibtpo.models import add_lora
+
+    model, tok = load_policy(str(arch_dirs[ARCHITECTURES[0]]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = add_lora(model, 4, 8.0, 0.0, "all-linear")
+        model.save_pretrained(tmp_path / "ad")
+        load_policy(str(tmp_path / "ad"))
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]

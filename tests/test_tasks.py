@@ -50,14 +50,15 @@ def test_eval_sets_are_named_and_rendered(chat_tok):
     assert row.prompt.startswith("<|im_start|>") and row.reward_columns()["question_id"] == row.id
     assert row.reward_columns()["data_source"] == "fixture_dapo"  # other columns reach the reward function
     gsm = src.test_sets["g"][0]
-    assert gsm.answer.isdigit() and not gsm.prompt.startswith("<|im_start|>")
+    assert gsm.answer.isdigit() and gsm.prompt.startswith("<|im_start|>")  # a chat tokenizer: strings too
     with pytest.raises(DataError, match="two sets are named 'math500'"):
         _source(chat_tok, eval_datasets=[str(FIXTURES / "math500.jsonl")] * 2)
 
 
 def test_render_prompt_modes(chat_tok):
     msgs = ({"role": "user", "content": "What is 2+2?"},)
-    assert render_prompt("plain", chat_tok, "auto") == "plain"
+    assert render_prompt("plain", chat_tok, "never") == "plain"
+    assert render_prompt("plain", chat_tok, "auto") == render_prompt("plain", chat_tok, "always")
     assert render_prompt("plain", chat_tok, "always") == "<|im_start|>user\nplain<|im_end|>\n<|im_start|>assistant\n"
     assert render_prompt(msgs, chat_tok, "auto").startswith("<|im_start|>user\nWhat is 2+2?")
     with pytest.raises(DataError, match="chat_template=never"):

@@ -55,9 +55,41 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
         path = path or str(run_dir / "config.yaml")
         overrides["out_dir"] = str(run_dir)
     cfg = build_config(path, overrides, base)
+    if args.resume:
+        _check_resume_changes(Path(args.resume), cfg, args.allow_config_change)
     summary = train(cfg, resume=bool(args.resume))
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _print_setup(console, cfg, tokenizer) -> None:
+    """The start-of-work lines: real-model defaults applied, and how prompts reach the model."""
+    from ibtpo.data import describe_prompting
+    from ibtpo.profiles import describe_profile
+
+    line = describe_profile(cfg._profile)
+    if line:
+        console.print(line, soft_wrap=True)
+    if cfg.dataset or cfg.eval_datasets:
+        console.print(describe_prompting(cfg.chat_template, cfg.prompt_template, tokenizer), soft_wrap=True)
+
+
+def _check_resume_changes(run_dir: Path, cfg, allowed: bool) -> None:
+    """Refuse settings that break an exact continuation of the run in `run_dir` unless `allowed` (names them)."""
+    import yaml
+
+    from ibtpo.resume_check import config_changes
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    breaking, harmless = config_changes(saved, cfg.model_dump())
+    if harmless:
+        print(f"--resume: changed settings that keep the run exact: {'; '.join(harmless)}", file=sys.stderr)
+    if breaking and not allowed:
+        raise UsageError(f"--resume {run_dir}: these changes make the run no longer an exact continuation: "
+                         f"{'; '.join(breaking)} (pass --allow-config-change to resume with them anyway)")
+    if breaking:
+        print(f"--resume: continuing with changed settings (not an exact continuation): {'; '.join(breaking)}",
+              file=sys.stderr)
 
 
 def _resolve_eval_model(name: str) -> str:
@@ -78,7 +110,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from ibtpo.evaluation import evaluate
+    from ibtpo.evaluation import evaluate, write_samples
     from ibtpo.models import load_policy, resolve_device
     from ibtpo.tasks import build_rewards, build_source
     from ibtpo.training.trainer import EVAL_SEED_OFFSET
@@ -91,16 +123,21 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     model.to(resolve_device(cfg.device))
     sets = {name: qs[:cfg.eval_questions] for name, qs in build_source(cfg, tok).test_sets.items()}
     console = Console(stderr=True)
-    results = {}
+    _print_setup(console, cfg, tok)
+    results, records = {}, [] if args.samples else None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("questions"),
                   TimeElapsedColumn(), console=console) as progress:
         for name, problems in sets.items():
             bar = progress.add_task(f"{name} ({cfg.eval_k} samples + greedy)", total=len(problems))
+            found = [] if records is not None else None
             res = evaluate(model, tok, problems, rewards.check, k=cfg.eval_k, temperature=cfg.eval_temperature,
                            max_new_tokens=cfg.max_completion_length, greedy=cfg.eval_greedy, top_p=cfg.eval_top_p,
                            seed=cfg.seed + EVAL_SEED_OFFSET, extract=rewards.extract,
+                           batch_questions=cfg.eval_batch_questions, samples=found,
                            on_batch=lambda n, bar=bar: progress.advance(bar, n), max_rows=cfg.rollout_max_rows)
             results[name] = {"questions": len(problems), **res}
+            if found is not None:
+                records += [{"dataset": name, **r} for r in found]
     metrics = list(next(iter(results.values())))[1:]
     table = Table(title=f"{cfg.model}: {cfg.eval_k} samples per question at T={cfg.eval_temperature}")
     table.add_column("dataset")
@@ -110,6 +147,10 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     for name, res in results.items():
         table.add_row(name, str(res["questions"]),
                       *[f"{100 * res[m]:.1f}%" if m != "response_length" else f"{res[m]:.1f}" for m in metrics])
+        if res["cap_hit_rate"] > 0.5:
+            console.print(f"[yellow]warning: {100 * res['cap_hit_rate']:.0f}% of the completions on {name} hit "
+                          f"max_completion_length={cfg.max_completion_length} before ending: raise it[/yellow]",
+                          soft_wrap=True)
     Console().print(table)
     errors = rewards.check.pop_stats()
     if any(errors.values()):
@@ -118,6 +159,9 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     out = {"model": cfg.model, "eval_k": cfg.eval_k, "eval_temperature": cfg.eval_temperature,
            "max_completion_length": cfg.max_completion_length, "reward_fn": rewards.check.name, "datasets": results,
            "reward_stats": errors}
+    if records is not None:
+        write_samples(args.samples, records)
+        console.print(f"wrote {len(records)} completions to {args.samples}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))
@@ -149,7 +193,8 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     from rich.table import Table
 
     from ibtpo.models import load_policy, resolve_device
-    from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, plot_summary, summarize
+    from ibtpo.evaluation import write_samples
+    from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, plot_summary, summarize, tree_samples
     from ibtpo.rollout.steps import StepSplitter
     from ibtpo.tasks import build_rewards
     from ibtpo.training.trainer import rollout_sampling, tree_shape
@@ -168,16 +213,19 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     if args.dataset != "sum":  # the file is scored as an evaluation set (its layout, reward_fn auto = math)
         cfg = cfg.model_copy(update={"eval_datasets": [args.dataset], "dataset": None})
     questions, dataset = _score_questions(args, cfg, tok)
-    reward = build_rewards(cfg).check
+    rewards = build_rewards(cfg)
+    reward = rewards.check
     shape = tree_shape(cfg, "ib")
     sampling = rollout_sampling(cfg)
     console = Console(stderr=True)
+    _print_setup(console, cfg, tok)
+    batch = args.batch or (16 if cfg._profile else 64)  # a real model: smaller batches, a bar that moves
     with Progress(TextColumn("growing IBTrees"), BarColumn(), MofNCompleteColumn(), TextColumn("questions"),
                   TimeElapsedColumn(), console=console) as progress:
         bar = progress.add_task("score", total=len(questions))
         trees = grow_probe(model, tok, questions, reward, shape, sampling,
                            StepSplitter(tok, cfg.step_delimiter, cfg.min_step_tokens), seed=cfg.seed + PROBE_SEED_OFFSET,
-                           batch_questions=args.batch, prefix_reuse=cfg.prefix_reuse,
+                           batch_questions=batch, prefix_reuse=cfg.prefix_reuse,
                            on_batch=lambda n: progress.advance(bar, n))
     summary = summarize(trees, cfg.ib_beta, cfg.ib_conf)
     settings = {"model": cfg.model, "dataset": dataset, "questions": len(questions), "seed": cfg.seed,
@@ -186,6 +234,7 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
                 "max_completion_length": cfg.max_completion_length}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "score.json").write_text(json.dumps({"settings": settings, **summary}, indent=2))
+    write_samples(out_dir / "samples.jsonl", tree_samples(trees, tok, rewards.extract))
     plot_summary(summary, out_dir / "score.png", f"{cfg.model} on {dataset}: IBTree {shape.b0},{shape.rounds},"
                                                 f"{shape.k},{shape.b} (beta {cfg.ib_beta})")
     agg = summary["aggregate"]
@@ -203,7 +252,8 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     root = summary["p_hat"]["root"]
     table.add_row("p_hat at root = 0 / = 1", f"{root['zero']} / {root['one']} of {root['n']}", "")
     Console().print(table)
-    console.print(f"wrote {out_dir / 'score.json'} and {out_dir / 'score.png'}")
+    console.print(f"wrote {out_dir / 'score.json'}, {out_dir / 'score.png'} and {out_dir / 'samples.jsonl'} (every "
+                  f"trajectory with its extracted answer and score)")
     return 0
 
 
@@ -315,14 +365,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="RL training (defaults: the CPU testbed main job)")
     p_train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p_train.add_argument("--allow-config-change", action="store_true",
+                         help="with --resume: accept settings that differ from the saved run's and break exactness")
     p_train.add_argument("--help-config", action="store_true", help="list every config field with its default and doc")
     p_eval = sub.add_parser("eval", help="held-out avg@k / pass@k / maj@k / greedy accuracy")
     p_eval.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p_eval.add_argument("--samples", metavar="FILE", help="write every completion with its extracted answer and "
+                        "score as JSONL")
     p_score = sub.add_parser("score", help="IB-Score probe: grow IBTrees with a policy on a question set")
     p_score.add_argument("--dataset", default="sum", help="'sum' (the testbed task) or a dataset file/dir (any layout of dataset=; scored by reward_fn, auto = math-verify)")
     p_score.add_argument("--split", choices=("test", "train"), default="test", help="testbed split (--dataset sum)")
     p_score.add_argument("--questions", type=int, default=None, help="score only the first N questions")
-    p_score.add_argument("--batch", type=int, default=64, help="questions grown together in one batch")
+    p_score.add_argument("--batch", type=int, default=None, help="questions grown together in one batch (default 64; "
+                         "16 for a real model)")
     p_score.add_argument("--out", default="runs/score", help="directory for score.json and score.png")
     p_score.add_argument("--overwrite", action="store_true", help="replace an existing score.json in --out")
     p_cmp = sub.add_parser("compare", help="presets x seeds at the same generated-token budget, with a report")

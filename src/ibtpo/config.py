@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from ibtpo.algos.losses import LOSS_AGG_MODES
 from ibtpo.algos.presets import ALGORITHM_NAMES, apply_preset
+from ibtpo.profiles import profile_values
 
 TESTBED_MODEL = "testbed"
 SAMPLER_NAMES = ("independent", "ib", "entropy", "random", "fixed_width", "iib")
@@ -68,8 +69,8 @@ class TrainConfig(BaseModel):
     prompt_column: str | None = Field(None, description="Column holding the prompt (a string or chat messages) in the dataset file (ibtpo eval: the eval files); overrides the layout's.")
     answer_column: str | None = Field(None, description="Column holding the reference answer; overrides the layout's.")
     id_column: str | None = Field(None, description="Column holding a question id; overrides the layout's.")
-    prompt_template: str | None = Field(None, description="Template with {prompt} wrapped around each question (for chat messages: the last user turn).")
-    chat_template: Literal["auto", "always", "never"] = Field("auto", description="Apply the tokenizer's chat template: auto = when the prompt is chat messages; always (a string prompt becomes one user turn); never.")
+    prompt_template: str | None = Field(None, description="Template with {prompt} wrapped around each question (for chat messages: the last user turn), or a preset: boxed, answer_line.")
+    chat_template: Literal["auto", "always", "never"] = Field("auto", description="Apply the tokenizer's chat template: auto = to every prompt when the tokenizer has one (a string becomes one user turn); always; never (plain strings).")
     skip_bad_rows: bool = Field(False, description="Skip (and count) malformed dataset rows instead of failing on the first one.")
     eval_datasets: list[str] = Field(default_factory=list, description="Evaluation sets, each PATH or NAME=PATH (metrics val/NAME/...); empty = the task's test split.")
     reward_fn: str = Field("auto", description="Reward: auto (sum for the built-in task, math when questions come from dataset or eval_datasets files), sum, math (math-verify), or module:function / file.py:function (TRL signature).")
@@ -157,6 +158,11 @@ class TrainConfig(BaseModel):
     eval_temperature: float = Field(1.0, gt=0.0, description="Sampling temperature of evaluation.")
     eval_top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass of evaluation (1.0 = off).")
     eval_greedy: bool = Field(True, description="Also measure greedy accuracy.")
+    eval_batch_questions: int = Field(128, ge=1, description="Evaluation questions sampled together (the progress bar moves per batch).")
+    eval_samples: bool = Field(False, description="Write every evaluation completion with its extracted answer and score to RUN_DIR/eval_samples/step_NNNNNN.jsonl.")
+
+    _profile: dict = PrivateAttr(default_factory=dict)
+    """Settings the real-model profile filled in (ibtpo.profiles), for the line printed at the start."""
 
     @model_validator(mode="before")
     @classmethod
@@ -273,7 +279,9 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 def build_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                  base: dict[str, Any] | None = None, sources: dict[str, str] | None = None) -> TrainConfig:
-    """Resolve defaults <- `base` <- YAML file <- overrides into a validated TrainConfig; raises ConfigError.
+    """Resolve defaults <- real-model profile <- `base` <- YAML file <- overrides into a validated TrainConfig;
+    raises ConfigError. The profile (``ibtpo.profiles``) fills fields none of the others gives when ``model`` is not
+    the testbed; ``cfg._profile`` holds what it filled.
 
     `sources` names where an override came from, for error messages (default "command line")."""
     values: dict[str, Any] = dict(base or {})
@@ -288,10 +296,13 @@ def build_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] 
         name = ALIASES.get(key, key)
         values[name] = value
         where[name] = (sources or {}).get(key, "command line")
+    profile = profile_values(values)  # a real model's defaults for the fields not given (testbed: none)
     try:
-        return TrainConfig(**values)
+        cfg = TrainConfig(**{**profile, **values})
     except ValidationError as err:
         raise ConfigError(_format_error(err, where)) from None
+    cfg._profile = profile
+    return cfg
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

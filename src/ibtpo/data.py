@@ -8,6 +8,11 @@ A malformed row stops the load with ``location: reason`` (``file:LINE`` for JSON
 parquet, ``dir[split]:row N`` for a saved DatasetDict), or with ``skip_bad_rows=True`` is skipped and listed in
 :attr:`LoadedDataset.skipped`.
 
+Prompt text for the policy (:func:`render_prompt`): with ``chat_template=auto`` (default) every prompt, chat messages
+or a plain string (as one user turn), goes through the tokenizer's chat template when the tokenizer has one; a
+tokenizer without one gets plain strings as they are. ``prompt_template`` is a template with ``{prompt}`` or the
+name of a preset in :data:`PROMPT_PRESETS` (``boxed``, ``answer_line``).
+
 Ids come from the layout's id column when present, else ``<name>-<row index>`` (0-based index of the row in the
 file, blank JSONL lines not counted, bad rows counted, so ids do not move when rows are skipped). A repeated id
 gets ``#2``, ``#3``, ... appended in file order.
@@ -24,6 +29,13 @@ from ibtpo.layouts import LAYOUTS, Columns, Prompt, RowError, detect_layout
 
 ACCEPTED = ".jsonl, .json, .parquet, or a directory written by datasets save_to_disk"
 LAYOUT_CHOICES = "dapo, math500, aime, gsm8k, columns (with prompt_column= and answer_column=)"
+
+PROMPT_PRESETS = {
+    "boxed": "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{}.",
+    "answer_line": "{prompt}\nSolve the problem step by step. The last line of your response must be of the form "
+                   "'Answer: X', where X is the final answer alone.",
+}
+"""Named prompt templates (``prompt_template=NAME``) for the common math instructions."""
 
 RawRow = tuple[str, int, Any]  # (location, 0-based row index, parsed value or a RowError)
 
@@ -179,11 +191,60 @@ def _apply_template(prompt: Prompt, template: str | None) -> Prompt:
     return tuple(messages)
 
 
+def resolve_prompt_template(template: str | None) -> str | None:
+    """A preset name -> its template; a template with ``{prompt}`` as it is; anything else a DataError."""
+    if template is None or "{prompt}" in template:
+        return template
+    if template in PROMPT_PRESETS:
+        return PROMPT_PRESETS[template]
+    raise DataError(f"prompt_template {template!r} has no {{prompt}} placeholder and is not a preset "
+                    f"({', '.join(PROMPT_PRESETS)})")
+
+
 def _check_options(layout: str, template: str | None) -> None:
     if layout != "auto" and layout not in LAYOUTS:
         raise DataError(f"unknown dataset layout '{layout}'; use auto or one of {LAYOUT_CHOICES}")
-    if template is not None and "{prompt}" not in template:
-        raise DataError(f"prompt_template {template!r} has no {{prompt}} placeholder")
+    resolve_prompt_template(template)
+
+
+def uses_chat_template(prompt: Prompt, tokenizer, chat_template: str) -> bool:
+    """Does `prompt` go through the tokenizer's chat template? (the rule of :func:`render_prompt`)"""
+    if not isinstance(prompt, str):
+        return True  # chat messages (chat_template=never then fails in render_prompt)
+    if chat_template == "auto":
+        return bool(getattr(tokenizer, "chat_template", None))
+    return chat_template == "always"
+
+
+def render_prompt(prompt: Prompt, tokenizer, chat_template: str) -> str:
+    """Prompt text for the policy. Chat messages always go through the tokenizer's chat template (with the generation
+    prompt); a string does too, as one user turn, with ``always``, or with ``auto`` when the tokenizer has one;
+    otherwise the string is used as it is."""
+    if not uses_chat_template(prompt, tokenizer, chat_template):
+        return prompt
+    messages = ({"role": "user", "content": prompt},) if isinstance(prompt, str) else prompt
+    if chat_template == "never":
+        raise DataError("chat_template=never, but a question's prompt is chat messages; set chat_template=auto, or "
+                        "use a string prompt column (prompt_column=)")
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("chat_template: the prompts need a chat template but the tokenizer has none; use a chat "
+                        "model, or string prompts with chat_template=auto or never")
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
+def describe_prompting(chat_template: str, prompt_template: str | None, tokenizer) -> str:
+    """One line for the start of a run or evaluation: how prompts reach the model."""
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if chat_template == "never":
+        how = "plain text (chat_template=never)"
+    elif chat_template == "always" or has:
+        how = (f"through the tokenizer's chat template (chat_template={chat_template}"
+               + ("; chat_template=never sends plain text)" if chat_template == "auto" else ")"))
+    else:
+        how = "plain text (the tokenizer has no chat template; chat messages would fail)"
+    name = prompt_template if prompt_template in PROMPT_PRESETS else ("custom" if prompt_template else None)
+    tmpl = f", prompt_template={name}" if name else " (prompt_template=boxed asks for a boxed final answer)"
+    return f"prompts: {how}{tmpl}"
 
 
 def _resolve_layout(path: Path, rows: list[RawRow], layout: str, cols: Columns) -> str:
@@ -230,11 +291,12 @@ def load_questions(path: str | Path, layout: str = "auto", prompt_column: str | 
 
     ``layout`` is ``auto`` or a name in :data:`ibtpo.layouts.LAYOUTS` (auto rule: see :mod:`ibtpo.layouts`); the
     ``*_column`` arguments override the layout's columns. ``prompt_template`` must contain ``{prompt}`` (replaced
-    literally, so LaTeX braces such as ``\\boxed{}`` are kept). ``split`` picks a DatasetDict split (default
+    literally, so LaTeX braces such as ``\\boxed{}`` are kept) or name a preset of :data:`PROMPT_PRESETS`. ``split`` picks a DatasetDict split (default
     ``test``, else ``train``) and is ignored for other inputs.
     """
     path = Path(path)
     _check_options(layout, prompt_template)
+    prompt_template = resolve_prompt_template(prompt_template)
     name, rows = _open_rows(path, split)
     cols = Columns(prompt_column, answer_column, id_column)
     resolved = _resolve_layout(path, rows, layout, cols)

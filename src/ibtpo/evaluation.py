@@ -1,4 +1,5 @@
-"""Held-out evaluation: avg@k, pass@k (unbiased estimator), maj@k and greedy accuracy."""
+"""Held-out evaluation: avg@k, pass@k (unbiased estimator), maj@k, greedy accuracy, cap-hit rate; per-completion
+records for inspection (:func:`write_samples`)."""
 
 from __future__ import annotations
 
@@ -38,17 +39,34 @@ def _columns(problems, k: int) -> dict[str, list]:
     return {key: [r.get(key) for r in rows for _ in range(k)] for key in rows[0]}
 
 
+def _records(problems, flat: list[str], gens: list, scores: list[float], k: int, extract, label) -> list[dict]:
+    """One JSON-ready record per completion of a batch (`label(j)`: its sample index, or "greedy")."""
+    out = []
+    for i, q in enumerate(problems):
+        for j in range(k):
+            text, gen = flat[i * k + j], gens[i * k + j]
+            out.append({"question_id": q.id, "sample": label(j), "answer": q.answer, "completion": text,
+                        "extracted": extract(text) if extract is not None else None, "score": scores[i * k + j],
+                        "tokens": len(gen.token_ids), "hit_cap": not gen.finished, "prompt": q.prompt})
+    return out
+
+
 @torch.no_grad()
 def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperature: float, max_new_tokens: int,
              greedy: bool = True, seed: int = 0, batch_questions: int = 128,
              extract: Callable[[str], str | None] | None = None,
              on_batch: Callable[[int], None] | None = None, top_p: float = 1.0,
-             max_rows: int = 0) -> dict[str, float]:
-    """Sample k completions per problem (and one greedy) and score them; returns avg@k, pass@k, maj@k, greedy acc.
+             samples: list[dict] | None = None, max_rows: int = 0) -> dict[str, float]:
+    """Sample k completions per problem (and one greedy) and score them; returns avg@k, pass@k, maj@k, greedy acc,
+    the mean sampled length and ``cap_hit_rate`` (share of all completions, sampled and greedy, that reached
+    `max_new_tokens` without an end-of-sequence token).
 
     A completion counts as correct when its reward is >= 1. Uses its own generator seeded with `seed`, so evaluation
     neither depends on nor disturbs the training RNG. `on_batch(n)` is called after every batch of n questions.
     `max_rows` caps the rows decoded at once (0 = batch_questions x k together).
+    `samples`, when given, receives one record per completion (question id, sample index or "greedy", answer,
+    completion, extracted answer, score, tokens, hit_cap, prompt). Completions end at the tokenizer's EOS or any
+    EOS id of the model's generation config.
     """
     was_training = model.training
     model.eval()
@@ -56,15 +74,20 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     totals = Counter()
     lengths = []
+    capped = 0
     for start in range(0, len(problems), batch_questions):
         chunk = problems[start:start + batch_questions]
         prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in chunk]
         params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                                 max_rows=max_rows)
         groups = sample(model, prompts, params, eos, pad, generator=gen, n=k)
+        gens = [g for grp in groups for g in grp]
         flat, scores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk for _ in range(k)],
-                                         [g.token_ids for grp in groups for g in grp], _columns(chunk, k))
-        lengths += [len(g.token_ids) for grp in groups for g in grp]
+                                         [g.token_ids for g in gens], _columns(chunk, k))
+        lengths += [len(g.token_ids) for g in gens]
+        capped += sum(not g.finished for g in gens)
+        if samples is not None:
+            samples += _records(chunk, flat, gens, scores, k, extract, lambda j: j)
         for i in range(len(chunk)):
             grp = flat[i * k:(i + 1) * k]
             ok = [s >= 1.0 for s in scores[i * k:(i + 1) * k]]
@@ -74,18 +97,35 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
             if extract is not None:
                 totals["maj"] += majority_correct([extract(t) for t in grp], ok)
         if greedy:
-            gg = sample(model, prompts, SamplingParams(greedy=True, max_new_tokens=max_new_tokens, max_rows=max_rows), eos, pad)
-            _, gscores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk],
-                                           [g[0].token_ids for g in gg], _columns(chunk, 1))
+            gg = [g[0] for g in sample(model, prompts, SamplingParams(greedy=True, max_new_tokens=max_new_tokens,
+                                                                      max_rows=max_rows), eos, pad)]
+            gtexts, gscores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk],
+                                                [g.token_ids for g in gg], _columns(chunk, 1))
             totals["greedy"] += sum(s >= 1.0 for s in gscores)
+            capped += sum(not g.finished for g in gg)
+            if samples is not None:
+                samples += _records(chunk, gtexts, gg, gscores, 1, extract, lambda j: "greedy")
         if on_batch is not None:
             on_batch(len(chunk))
     n = len(problems)
     out = {f"avg@{k}": totals["avg"] / n, f"pass@{k}": totals["passk"] / n,
-           "response_length": sum(lengths) / max(1, len(lengths))}
+           "response_length": sum(lengths) / max(1, len(lengths)),
+           "cap_hit_rate": capped / max(1, n * (k + int(greedy)))}
     if extract is not None:
         out[f"maj@{k}"] = totals["maj"] / n
     if greedy:
         out["greedy_acc"] = totals["greedy"] / n
     model.train(was_training)
     return out
+
+
+def write_samples(path, records: list[dict]) -> None:
+    """Write evaluation records as JSONL (one completion per line), creating the parent directory."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")

@@ -4,6 +4,9 @@
   Runs are offline (``HF_HUB_OFFLINE=1`` in ``run.sh``): a hub id loads from the local Hugging Face cache.
 - A directory holding ``adapter_config.json`` (what a LoRA run's checkpoints hold) is loaded as its base model
   (``base_model_name_or_path``) with the adapters attached.
+- A LoRA checkpoint finds its base model by the absolute path or hub id in ``adapter_config.json``, else by the path
+  relative to the checkpoint stored in ``base_model.json`` (so a run moved together with its base model still
+  loads); otherwise a one-line error names both.
 - LoRA through peft (``lora_rank > 0``): only the adapters train and are saved; the base weights stay frozen, so
   the KL reference is the same model with its adapters disabled (no second copy in memory).
 """
@@ -11,6 +14,9 @@
 from __future__ import annotations
 
 import json
+import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,6 +25,8 @@ from ibtpo.config import TESTBED_MODEL
 
 TESTBED_POLICY_DIR = Path(__file__).parent / "testbed" / "policy"
 ADAPTER_CONFIG = "adapter_config.json"
+BASE_REFERENCE = "base_model.json"
+"""Next to saved adapters: the base model as loaded, and its path relative to the adapter directory."""
 
 
 class ModelLoadError(RuntimeError):
@@ -47,7 +55,7 @@ def _source(name: str) -> str:
         if path.is_dir() and not (path / "config.json").exists() and not (path / ADAPTER_CONFIG).exists():
             raise ModelLoadError(f"cannot load a causal LM from {path}: no config.json there (not a transformers "
                                  f"model directory)")
-        return str(path)
+        return str(path.resolve())  # absolute: what adapters saved on top of it record as their base
     if name == TESTBED_MODEL:
         raise ModelLoadError(f"model path not found: {path} (run `ibtpo pretrain` to rebuild the testbed policy)")
     if _looks_like_hub_id(name):
@@ -84,6 +92,46 @@ def _check_pair(model, tokenizer, where: str) -> None:
     tokenizer.padding_side = "left"
 
 
+@contextmanager
+def _quiet_peft():
+    """peft asks transformers (5.x) for `is_gradient_checkpointing`, which warns FutureWarning on every call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def adapter_base(adapter_dir: Path) -> str:
+    """The base model of the LoRA adapters in `adapter_dir`: the stored name if it is a local path that exists or a
+    hub id, else the stored path relative to `adapter_dir`; a ModelLoadError naming both otherwise."""
+    stored = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    ref_file = adapter_dir / BASE_REFERENCE
+    relative = json.loads(ref_file.read_text()).get("relative") if ref_file.exists() else None
+    if not stored and not relative:
+        raise ModelLoadError(f"cannot load LoRA adapters from {adapter_dir}: {ADAPTER_CONFIG} names no base model")
+    if stored and (Path(stored).exists() or stored == TESTBED_MODEL):
+        return stored
+    if relative and (adapter_dir / relative).exists():
+        return str((adapter_dir / relative).resolve())
+    if stored and not Path(stored).is_absolute() and _looks_like_hub_id(stored):
+        return stored
+    tried = " nor ".join(f"'{x}'" for x in (stored, relative and str(adapter_dir / relative)) if x)
+    raise ModelLoadError(f"cannot load LoRA adapters from {adapter_dir}: their base model is not found at {tried}; "
+                         f"put it back, or set base_model_name_or_path in {adapter_dir / ADAPTER_CONFIG}")
+
+
+def write_base_reference(adapter_dir: Path, model) -> None:
+    """Next to adapters saved in `adapter_dir`, record their base model's path relative to it (BASE_REFERENCE).
+    Does nothing for a model without adapters."""
+    configs = getattr(model, "peft_config", None)
+    if not configs:
+        return
+    base = next(iter(configs.values())).base_model_name_or_path
+    ref = {"name_or_path": base}
+    if base and Path(base).exists():
+        ref["relative"] = os.path.relpath(Path(base).resolve(), Path(adapter_dir).resolve())
+    (Path(adapter_dir) / BASE_REFERENCE).write_text(json.dumps(ref, indent=2))
+
+
 def load_policy(name: str, dtype: str = "float32", gradient_checkpointing: bool = False):
     """(model, tokenizer) from `name`; raises ModelLoadError with a one-line reason.
 
@@ -92,10 +140,7 @@ def load_policy(name: str, dtype: str = "float32", gradient_checkpointing: bool 
     """
     path = resolve_model_path(name)
     if (path / ADAPTER_CONFIG).exists():
-        base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-        if not base:
-            raise ModelLoadError(f"cannot load LoRA adapters from {path}: {ADAPTER_CONFIG} names no base model")
-        model, tokenizer = _from_pretrained(base, dtype)
+        model, tokenizer = _from_pretrained(adapter_base(path), dtype)
         if (path / "tokenizer_config.json").exists():
             from transformers import AutoTokenizer
 
@@ -103,7 +148,8 @@ def load_policy(name: str, dtype: str = "float32", gradient_checkpointing: bool 
         from peft import PeftModel
 
         try:
-            model = PeftModel.from_pretrained(model, path, is_trainable=True)
+            with _quiet_peft():
+                model = PeftModel.from_pretrained(model, path, is_trainable=True)
         except Exception as exc:
             raise ModelLoadError(f"cannot load LoRA adapters from {path}: {_first_line(exc)}") from None
     else:
@@ -139,8 +185,9 @@ def add_lora(model, rank: int, alpha: float, dropout: float, target_modules: str
         return model
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
     try:
-        return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                                                target_modules=targets, task_type="CAUSAL_LM"))
+        with _quiet_peft():
+            return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                                                    target_modules=targets, task_type="CAUSAL_LM"))
     except ValueError as exc:
         raise ModelLoadError(f"lora_target_modules={target_modules!r}: {_first_line(exc)}") from None
 

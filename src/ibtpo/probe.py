@@ -4,7 +4,8 @@ Used in two places:
 - training-time monitoring (``ib_probe_every``): every N steps the current policy grows IBTrees on the first
   ``ib_probe_questions`` test questions, so runs that sample independently (GRPO and its regularised variants) get
   IB-Score and Cov curves too, and every algorithm is measured by the same instrument;
-- ``ibtpo score``: one probe of any policy on any question set, written as JSON and a plot.
+- ``ibtpo score``: one probe of any policy on any question set, written as JSON and a plot, and every trajectory
+  with its extracted answer and score as JSONL (:func:`tree_samples`).
 
 The probe draws from its own generator seeded with a fixed seed, so successive probes of a run differ only through
 the policy (common random numbers), and the training RNG stream is not disturbed.
@@ -53,6 +54,21 @@ def grow_probe(model, tokenizer, problems: list, reward_fn: RewardFn, shape: Tre
         if on_batch is not None:
             on_batch(len(chunk))
     return trees
+
+
+def tree_samples(trees: list[Tree], tokenizer, extract: Callable[[str], str | None] | None) -> list[dict]:
+    """One JSON-ready record per trajectory (leaf) of each tree: question id, leaf path, reference answer, completion,
+    extracted answer, score, tokens, hit_cap (ended by the length cap, not by EOS)."""
+    records = []
+    for tree in trees:
+        answer = tree.columns.get("answer")
+        for leaf in tree.leaves():
+            ids = Tree.completion(leaf)[0]
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            records.append({"question_id": tree.question_id, "leaf": leaf.path, "answer": answer, "completion": text,
+                            "extracted": extract(text) if extract is not None else None, "score": leaf.reward,
+                            "tokens": len(ids), "hit_cap": not leaf.finished})
+    return records
 
 
 def _finite(x: float) -> float | None:

@@ -3,8 +3,10 @@
 All reward functions take TRL's signature ``fn(prompts, completions, completion_ids=None, **columns)`` and return one
 score per completion; None means "no score" (the caller counts it and scores it 0.0).
 
-- `math_accuracy`: 1.0 when the completion's final answer (last ``\\boxed{...}``, else a final "Answer: X" line, else
-  math-verify's anchored extraction such as "the answer is X") is equivalent to the `answer` column per math-verify.
+- `math_accuracy`: 1.0 when the completion's final answer is equivalent to the `answer` column per math-verify; the
+  final answer is the last ``\\boxed{...}``, else the value after the last "Answer:" / "the answer is" marker, else
+  the last number or expression of the last line that holds one (rules and their guards: :mod:`ibtpo.answers`).
+- `explain_math`: the extracted answer, the rule that found it and the score of one completion (for inspection).
 - `boxed_format`: 1.0 when the completion states a final answer in one of those two forms.
 - `load_reward_fn("math" | "pkg.module:fn" | "path/to/file.py:fn")`, `weighted_sum`, `GuardedReward`.
 
@@ -25,16 +27,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Literal, TypeVar
 
+from ibtpo.answers import FinalAnswer, find_final_answer, last_boxed
 from ibtpo.rewards import RewardFn
 from ibtpo.testbed.task import sum_reward
 
 PARSE_TIMEOUT_S = 3  # math-verify's per-call limits (whole seconds, signal.alarm)
 VERIFY_TIMEOUT_S = 3
 STR_TIMEOUT_S = 2  # str() of a huge sympy value can hang too
-FALLBACK_TAIL_CHARS = 2000  # the anchored fallback only reads the end of a completion
 
 T = TypeVar("T")
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_LINE_RE = re.compile(r"^[ \t>#*_]*(?:final[ \t]+)?answer[ \t*_]*[:：][ \t*_]*(.*?)[ \t]*$",
                              re.IGNORECASE | re.MULTILINE)
 
@@ -61,32 +62,6 @@ def _text(completion: Any) -> str:
     if isinstance(completion, (list, tuple)) and completion and isinstance(completion[-1], dict):
         return str(completion[-1].get("content") or "")
     return "" if completion is None else str(completion)
-
-
-def _brace_pairs(text: str) -> dict[int, int]:
-    """Index of each ``{`` that is closed -> index of its ``}`` (one pass; escaped ``\\{``/``\\}`` skipped)."""
-    pairs, stack, i = {}, [], 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 1
-        elif ch == "{":
-            stack.append(i)
-        elif ch == "}" and stack:
-            pairs[stack.pop()] = i
-        i += 1
-    return pairs
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete, non-empty ``\\boxed{...}`` (or ``\\fbox{...}``) in `text`, else None."""
-    boxes = list(_BOX_RE.finditer(text))
-    pairs = _brace_pairs(text) if boxes else {}
-    for m in reversed(boxes):
-        end = pairs.get(m.end() - 1)
-        if end is not None and text[m.end():end].strip():
-            return text[m.end():end].strip()
-    return None
 
 
 def _answer_line(text: str, must_be_last: bool = False) -> str | None:
@@ -150,15 +125,16 @@ def _parse_gold(answer: str) -> tuple | None:
     return tuple(parsed) if _has_value(parsed) else None
 
 
+def _parse_answer(found: FinalAnswer | None) -> list:
+    """math-verify's parse of an extracted final answer ([] when there is none; the raw string if unparsable)."""
+    if found is None:
+        return []
+    return _parse_value(found.value) or [found.value]
+
+
 def _parse_completion(text: str) -> list:
-    """The completion's final answer, parsed: last box, else last "Answer:" line, else anchored extraction."""
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return _parse_value(boxed) or [boxed]
-    line = _answer_line(text)
-    if line is not None:
-        return _parse_value(line) or [line]
-    return _parse(text[-FALLBACK_TAIL_CHARS:], anchored_only=True)
+    """The completion's final answer (rules: :mod:`ibtpo.answers`), parsed by math-verify."""
+    return _parse_answer(find_final_answer(text))
 
 
 def _canonical(value: Any) -> str | None:
@@ -212,6 +188,15 @@ def math_accuracy(prompts: list, completions: list, completion_ids: list | None 
         pred = _parse_completion(_text(completion))
         scores.append(1.0 if pred and _equivalent(gold, pred) else 0.0)
     return scores
+
+
+def explain_math(completion: Any, answer: Any) -> dict[str, Any]:
+    """How `math_accuracy` scores one completion: ``{"extracted", "rule", "score"}`` (extracted/rule None when
+    the completion states no final answer; score None when the reference cannot be parsed)."""
+    found = find_final_answer(_text(completion))
+    score = math_accuracy([""], [completion], None, answer=[answer])[0]
+    return {"extracted": None if found is None else found.value, "rule": None if found is None else found.rule,
+            "score": score}
 
 
 def boxed_format(prompts: list, completions: list, completion_ids: list | None = None,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from ibtpo.data import DataError, Question, load_questions
+from ibtpo.data import DataError, Question, load_questions, render_prompt  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -33,23 +33,6 @@ class PromptedQuestion:
     def reward_columns(self) -> dict[str, Any]:
         """Keyword columns of the reward call: the answer, the question id (read by the error guard) and the rest."""
         return {**self.columns, "answer": self.answer, "question_id": self.id}
-
-
-def render_prompt(prompt: str | tuple[dict, ...], tokenizer, chat_template: str) -> str:
-    """Prompt text for the policy: chat messages (or, with chat_template=always, a string as one user turn) go through
-    the tokenizer's chat template with the generation prompt; otherwise the string is used as it is."""
-    messages = prompt if not isinstance(prompt, str) else None
-    if chat_template == "always" and messages is None:
-        messages = ({"role": "user", "content": prompt},)
-    if messages is None:
-        return prompt
-    if chat_template == "never":
-        raise DataError("chat_template=never, but a question's prompt is chat messages; set chat_template=auto, or "
-                        "use a string prompt column (prompt_column=)")
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError("the prompts are chat messages but the tokenizer has no chat template; use a chat model, "
-                        "or a string prompt column (prompt_column=)")
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
 
 class SumSource:

@@ -100,14 +100,24 @@ class KVStore(NodeStore[LayerKV]):
                  torch.cat([kv[layer][1] for kv in kvs], 1)[:, :total]) for layer in range(len(kvs[0]))]
 
 
+def stop_token_ids(model, eos_id: int | list[int]) -> torch.Tensor:
+    """The ids that end a completion: `eos_id` and the model's ``generation_config.eos_token_id`` (an id or a list,
+    as transformers' generate uses them; chat models often end a turn with a token other than the tokenizer's EOS)."""
+    ids = [eos_id] if isinstance(eos_id, int) else list(eos_id)
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += [extra] if isinstance(extra, int) else list(extra or [])
+    return torch.tensor(sorted({int(i) for i in ids if i is not None}), dtype=torch.long)
+
+
 class Engine:
     """Batched continuation of tree nodes with optional prefix KV reuse; counts tokens per tree in `tree.meta`."""
 
-    def __init__(self, model, params: SamplingParams, eos_id: int, pad_id: int,
+    def __init__(self, model, params: SamplingParams, eos_id: int | list[int], pad_id: int,
                  generator: torch.Generator | None = None, prefix_reuse: bool = True):
         self.model = model
         self.params = params
         self.eos_id, self.pad_id = eos_id, pad_id
+        self.stop_ids = stop_token_ids(model, eos_id)
         self.device = next(model.parameters()).device
         self.generator = device_generator(generator, self.device)
         self.prefix_reuse = prefix_reuse
@@ -302,12 +312,13 @@ class Engine:
             tokens[act, t] = tok.cpu()
             logps[act, t] = lp.cpu()
             ents[act, t] = ent.cpu()
-            stop = (tok == self.eos_id) | (limits[active] <= t + 1)
+            ended = torch.isin(tok, self.stop_ids.to(tok.device))
+            stop = ended | (limits[active] <= t + 1)
             if bool(stop.any()):
                 for i in stop.nonzero().flatten().tolist():
                     r = int(act[i])
                     lengths[r] = t + 1
-                    finished[r] = bool(tok[i] == self.eos_id)
+                    finished[r] = bool(ended[i])
                     if keep_row[r] and self.store.has_room():
                         kvs[r] = [(layer.keys[i, :, gen_col0:].clone(), layer.values[i, :, gen_col0:].clone())
                                   for layer in cache.layers]  # the t tokens fed so far (none at t = 0)

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ibtpo.models import write_base_reference
+
 LATEST = "latest"
 
 
@@ -59,6 +61,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     model.save_pretrained(tmp)
+    write_base_reference(tmp, model)  # LoRA: the base model's path relative to the checkpoint
     tokenizer.save_pretrained(tmp)
     torch.save(trainer_state, tmp / "trainer_state.pt")
     for f in tmp.iterdir():

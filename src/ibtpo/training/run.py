@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ibtpo.config import TrainConfig
+from ibtpo.progress import binding_budget, phase, run_progress
 from ibtpo.training.metrics import read_metrics
 from ibtpo.training.reference import lookup
 from ibtpo.training.trainer import Trainer
+from ibtpo.watch import EarlyWarnings
 
 
-def _progress(console: Console, enabled: bool, unit: str):
-    if not enabled:
-        return nullcontext(None)
-    return Progress(TextColumn(unit + " {task.completed:,}/{task.total:,}"), BarColumn(),
-                    TextColumn("reward {task.fields[reward]:.3f}  acc {task.fields[acc]}"),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
+def _print_setup(console: Console, trainer: Trainer) -> None:
+    """Real-model defaults applied (ibtpo.profiles) and how prompts reach the model."""
+    from ibtpo.data import describe_prompting
+    from ibtpo.profiles import describe_profile
+
+    cfg = trainer.cfg
+    line = describe_profile(cfg._profile)
+    if line:
+        console.print(line, soft_wrap=True)
+    if cfg.dataset or cfg.eval_datasets:
+        console.print(describe_prompting(cfg.chat_template, cfg.prompt_template, trainer.tokenizer), soft_wrap=True)
 
 
 def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None) -> dict:
@@ -31,32 +36,43 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     skipped = getattr(trainer.source, "skipped", [])
     if skipped:
         console.print(f"skip_bad_rows: skipped {len(skipped)} malformed dataset rows (first: {skipped[0]})")
+    _print_setup(console, trainer)
+    warn = EarlyWarnings(cfg.max_completion_length, tree=cfg.sampler in ("ib", "entropy", "random"),
+                         delimiter=cfg.step_delimiter)
     last_eval: dict[str, float] = {}
     t_start = time.perf_counter()
-    if trainer.step == 0:
-        last_eval = trainer.evaluate()
-        trainer.logger.log(0, {**last_eval, **(trainer.probe() if cfg.ib_probe_every else {})})
-    by_tokens = cfg.max_tokens > 0  # the bar follows the token budget when there is one
+    bound = cfg.questions_per_step * trainer.shape.group_size * cfg.max_completion_length  # most tokens a step makes
 
-    def done_so_far() -> int:
-        return trainer.tokens if by_tokens else trainer.step
+    def bar_state() -> tuple[str, int, int]:  # the budget that stops the run: its unit, done and total
+        unit = binding_budget(cfg.max_steps, cfg.max_tokens, trainer.step, trainer.tokens, bound)
+        return (unit, trainer.tokens, cfg.max_tokens) if unit == "tokens" else (unit, trainer.step, cfg.max_steps)
 
-    with _progress(console, cfg.progress, "tokens" if by_tokens else "step") as progress:
-        task = progress.add_task("train", total=cfg.max_tokens if by_tokens else cfg.max_steps,
-                                 completed=done_so_far(), reward=0.0, acc="-") if progress else None
+    with run_progress(console, cfg.progress) as progress:
+        bars = phase(progress)
+        if trainer.step == 0:
+            last_eval = trainer.evaluate(bars)
+            for line in warn.after_eval(last_eval):
+                console.print(f"[yellow]{line}[/yellow]", soft_wrap=True)
+            trainer.logger.log(0, {**last_eval, **(trainer.probe(bars) if cfg.ib_probe_every else {})})
+        unit, done, total = bar_state()
+        task = progress.add_task(unit, total=total, completed=done, info="reward -  acc -") if progress else None
         while not trainer.done():
             metrics = trainer.train_step()
+            for line in warn.after_step(metrics, last=trainer.done()):
+                console.print(f"[yellow]{line}[/yellow]", soft_wrap=True)
             if trainer.done() or (cfg.eval_every and trainer.step % cfg.eval_every == 0):
-                last_eval = trainer.evaluate()
+                last_eval = trainer.evaluate(bars)
                 metrics.update(last_eval)
             if cfg.ib_probe_every and (trainer.done() or trainer.step % cfg.ib_probe_every == 0):
-                metrics.update(trainer.probe())
+                metrics.update(trainer.probe(bars))
             trainer.logger.log(trainer.step, metrics)
             if trainer.done() or (cfg.save_every and trainer.step % cfg.save_every == 0):
                 trainer.save()
             if progress is not None:
                 acc = f"{last_eval[acc_key]:.3f}" if acc_key in last_eval else "-"
-                progress.update(task, completed=done_so_far(), reward=metrics["reward/mean"], acc=acc)
+                unit, done, total = bar_state()
+                progress.update(task, description=unit, completed=done, total=total,
+                                info=f"reward {metrics['reward/mean']:.3f}  acc {acc}")
     trainer.logger.close()
     summary = {"steps": trainer.step, "generated_tokens": trainer.tokens,
                "wall_clock_s": round(time.perf_counter() - t_start, 1), "final": last_eval}

@@ -33,7 +33,7 @@ from ibtpo.algos.iib import group_zscore
 from ibtpo.algos.ib_score import tree_ib_stats
 from ibtpo.algos.losses import REGULARIZERS, TOKEN_SELECTORS, LossConfig, get_policy_loss, masked_mean
 from ibtpo.config import ConfigError, TrainConfig, save_config
-from ibtpo.evaluation import evaluate
+from ibtpo.evaluation import evaluate, write_samples
 from ibtpo.models import add_lora, is_lora, load_policy, resolve_device
 from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, probe_metrics
 from ibtpo.rollout.render import render_tree
@@ -285,26 +285,43 @@ class Trainer:
         with self.policy.disable_adapter():
             return self.batch_logprobs(self.policy, batch, offsets=False)
 
-    def evaluate(self) -> dict[str, float]:
-        """avg@k, pass@k, maj@k, greedy accuracy and length on every evaluation set (``val/<set>/<metric>``)."""
+    def evaluate(self, phase=None) -> dict[str, float]:
+        """avg@k, pass@k, maj@k, greedy accuracy, length and cap-hit rate on every evaluation set
+        (``val/<set>/<metric>``). `phase(label, total)`: a progress bar factory (``ibtpo.progress.phase``).
+        With ``eval_samples`` every completion goes to RUN_DIR/eval_samples/step_NNNNNN.jsonl."""
         cfg = self.cfg
-        out = {}
+        out, records = {}, [] if cfg.eval_samples else None
         for name, problems in self.source.test_sets.items():
-            res = evaluate(self.policy, self.tokenizer, problems[:cfg.eval_questions], self.rewards.check,
+            problems = problems[:cfg.eval_questions]
+            bar = phase(f"evaluation {name}", len(problems)) if phase else None
+            found = [] if records is not None else None
+            res = evaluate(self.policy, self.tokenizer, problems, self.rewards.check,
                            k=cfg.eval_k, temperature=cfg.eval_temperature, max_new_tokens=cfg.max_completion_length,
                            greedy=cfg.eval_greedy, top_p=cfg.eval_top_p, seed=cfg.seed + EVAL_SEED_OFFSET,
-                           extract=self.rewards.extract, max_rows=cfg.rollout_max_rows)
+                           extract=self.rewards.extract, batch_questions=cfg.eval_batch_questions, samples=found,
+                           on_batch=bar.on_batch if bar else None, max_rows=cfg.rollout_max_rows)
+            if bar:
+                bar.close()
             out.update({f"val/{name}/{k}": v for k, v in res.items()})
+            if found is not None:
+                records += [{"dataset": name, **r} for r in found]
+        if records is not None:
+            write_samples(self.run_dir / "eval_samples" / f"step_{self.step:06d}.jsonl", records)
         return out
 
-    def probe(self) -> dict[str, float]:
-        """IB probe of the current policy (``probe/*``); in independent-sampling runs also its ``ib/*`` metrics."""
+    def probe(self, phase=None) -> dict[str, float]:
+        """IB probe of the current policy (``probe/*``); in independent-sampling runs also its ``ib/*`` metrics.
+        `phase(label, total)`: a progress bar factory (``ibtpo.progress.phase``)."""
         cfg = self.cfg
         t0 = time.perf_counter()
         problems = list(self.source.test_sets[self.source.name][:cfg.ib_probe_questions])
+        bar = phase("IB probe", len(problems)) if phase else None
         trees = grow_probe(self.policy, self.tokenizer, problems, self.rewards.check, tree_shape(cfg, "ib"),
-                           self.sampling, self.splitter, seed=cfg.seed + PROBE_SEED_OFFSET, batch_questions=len(problems),
-                           prefix_reuse=cfg.prefix_reuse)
+                           self.sampling, self.splitter, seed=cfg.seed + PROBE_SEED_OFFSET,
+                           batch_questions=min(len(problems), cfg.eval_batch_questions),
+                           prefix_reuse=cfg.prefix_reuse, on_batch=bar.on_batch if bar else None)
+        if bar:
+            bar.close()
         out = probe_metrics(trees, cfg.ib_beta, cfg.ib_conf)
         if cfg.sampler == "independent":
             out.update({k: out[f"probe/{k}"] for k in IB_KEYS if f"probe/{k}" in out})
