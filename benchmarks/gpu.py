@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
     def evaluation() -> dict:
         problems = list(trainer.source.test_sets[trainer.source.name][:args.eval_questions])
         res = evaluate(trainer.policy, tokenizer, problems, trainer.rewards.check, k=args.eval_k, temperature=0.7,
-                       max_new_tokens=args.cap, top_p=0.95, seed=0, max_rows=cfg.rollout_max_rows)
+                       max_new_tokens=args.cap, top_p=0.95, seed=0, max_rows=cfg.rollout_max_rows,
+                       backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
         return {"questions": len(problems), "k": args.eval_k, "response_length": round(res["response_length"], 1)}
 
     for name, fn in (("step", step), ("update", update), ("micro", micro), ("eval", evaluation)):

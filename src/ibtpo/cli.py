@@ -134,7 +134,8 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
                            max_new_tokens=cfg.max_completion_length, greedy=cfg.eval_greedy, top_p=cfg.eval_top_p,
                            seed=cfg.seed + EVAL_SEED_OFFSET, extract=rewards.extract,
                            batch_questions=cfg.eval_batch_questions, samples=found,
-                           on_batch=lambda n, bar=bar: progress.advance(bar, n), max_rows=cfg.rollout_max_rows)
+                           on_batch=lambda n, bar=bar: progress.advance(bar, n), max_rows=cfg.rollout_max_rows,
+                           backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
             results[name] = {"questions": len(problems), **res}
             if found is not None:
                 records += [{"dataset": name, **r} for r in found]

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from ibtpo.rewards import reward_columns, score_completions
-from ibtpo.rollout.engine import sample
+from ibtpo.rollout.backend import sample
 from ibtpo.rollout.sampling import SamplingParams
 
 
@@ -56,14 +56,16 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
              greedy: bool = True, seed: int = 0, batch_questions: int = 128,
              extract: Callable[[str], str | None] | None = None,
              on_batch: Callable[[int], None] | None = None, top_p: float = 1.0,
-             samples: list[dict] | None = None, max_rows: int = 0) -> dict[str, float]:
+             samples: list[dict] | None = None, max_rows: int = 0, backend: str = "auto",
+             slots_gib: float = 0.0) -> dict[str, float]:
     """Sample k completions per problem (and one greedy) and score them; returns avg@k, pass@k, maj@k, greedy acc,
     the mean sampled length and ``cap_hit_rate`` (share of all completions, sampled and greedy, that reached
     `max_new_tokens` without an end-of-sequence token).
 
     A completion counts as correct when its reward is >= 1. Uses its own generator seeded with `seed`, so evaluation
     neither depends on nor disturbs the training RNG. `on_batch(n)` is called after every batch of n questions.
-    `max_rows` caps the rows decoded at once (0 = batch_questions x k together).
+    `max_rows` caps the rows decoded at once (0 = batch_questions x k together); `backend` names the rollout backend
+    (auto: static on CUDA, eager elsewhere; ``rollout.backend``) and `slots_gib` its KV slots.
     `samples`, when given, receives one record per completion (question id, sample index or "greedy", answer,
     completion, extracted answer, score, tokens, hit_cap, prompt). Completions end at the tokenizer's EOS or any
     EOS id of the model's generation config.
@@ -80,7 +82,7 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
         prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in chunk]
         params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                                 max_rows=max_rows)
-        groups = sample(model, prompts, params, eos, pad, generator=gen, n=k)
+        groups = sample(model, prompts, params, eos, pad, generator=gen, n=k, backend=backend, slots_gib=slots_gib)
         gens = [g for grp in groups for g in grp]
         flat, scores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk for _ in range(k)],
                                          [g.token_ids for g in gens], _columns(chunk, k))
@@ -97,8 +99,8 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
             if extract is not None:
                 totals["maj"] += majority_correct([extract(t) for t in grp], ok)
         if greedy:
-            gg = [g[0] for g in sample(model, prompts, SamplingParams(greedy=True, max_new_tokens=max_new_tokens,
-                                                                      max_rows=max_rows), eos, pad)]
+            greedy_params = SamplingParams(greedy=True, max_new_tokens=max_new_tokens, max_rows=max_rows)
+            gg = [g[0] for g in sample(model, prompts, greedy_params, eos, pad, backend=backend, slots_gib=slots_gib)]
             gtexts, gscores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk],
                                                 [g.token_ids for g in gg], _columns(chunk, 1))
             totals["greedy"] += sum(s >= 1.0 for s in gscores)

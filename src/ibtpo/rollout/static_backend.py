@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from ibtpo.rollout.engine import Request, device_generator
+from ibtpo.rollout.engine import Request, device_generator, stop_token_ids
 from ibtpo.rollout.sampling import Generation, SamplingParams, draw, left_pad
 from ibtpo.rollout.static_forward import StaticDecoder
 from ibtpo.rollout.static_store import SegmentStore, SlotPool, batch_buckets, bucket_at_least, ctx_bucket
@@ -86,6 +86,8 @@ class StaticBackend:
         self.keep_kv = prefix_reuse
         self.dec = StaticDecoder(model)
         self.device = self.dec.device
+        self.stop_ids = stop_token_ids(model, eos_id).to(self.device)
+        self._stop_set = set(self.stop_ids.tolist())
         self.generator = device_generator(generator, self.device)
         self.slots_gib, self.max_rows = slots_gib, max_rows
         self.check_every, self.ctx_step, self.prefill_rows = max(1, check_every), ctx_step, prefill_rows
@@ -351,7 +353,7 @@ class StaticBackend:
         self.out_lp[rows, col] = lp
         self.out_ent[rows, col] = ent
         count = count + alive.long()
-        go = alive & (tok != self.eos_id) & (count < self.limit[:bs])
+        go = alive & ~torch.isin(tok, self.stop_ids) & (count < self.limit[:bs])
         self.count[:bs] = count
         self.tok_in[:bs] = torch.where(go, tok, self.tok_in[:bs])
         self.pos_in[:bs] += go.long()
@@ -375,7 +377,7 @@ class StaticBackend:
                 want = len(r.tree.prompt_ids) if r.node is r.tree.root else len(r.node.token_ids)
                 self.store.complete(r.node, want, kv[..., :1, :])
             cont = StaticContinuation(ids, lps[k, :c].tolist(), ents[k, :c].tolist(),
-                                      bool(ids and ids[-1] == self.eos_id), kv)
+                                      bool(ids and ids[-1] in self._stop_set), kv)
             out[row.req][row.j] = cont
             pool.give(s)
 

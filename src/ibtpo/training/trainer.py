@@ -299,7 +299,8 @@ class Trainer:
                            k=cfg.eval_k, temperature=cfg.eval_temperature, max_new_tokens=cfg.max_completion_length,
                            greedy=cfg.eval_greedy, top_p=cfg.eval_top_p, seed=cfg.seed + EVAL_SEED_OFFSET,
                            extract=self.rewards.extract, batch_questions=cfg.eval_batch_questions, samples=found,
-                           on_batch=bar.on_batch if bar else None, max_rows=cfg.rollout_max_rows)
+                           on_batch=bar.on_batch if bar else None, max_rows=cfg.rollout_max_rows,
+                           backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
             if bar:
                 bar.close()
             out.update({f"val/{name}/{k}": v for k, v in res.items()})
