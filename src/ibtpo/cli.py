@@ -227,7 +227,8 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
         trees = grow_probe(model, tok, questions, reward, shape, sampling,
                            StepSplitter(tok, cfg.step_delimiter, cfg.min_step_tokens), seed=cfg.seed + PROBE_SEED_OFFSET,
                            batch_questions=batch, prefix_reuse=cfg.prefix_reuse,
-                           on_batch=lambda n: progress.advance(bar, n))
+                           on_batch=lambda n: progress.advance(bar, n), backend=cfg.rollout_backend,
+                           slots_gib=cfg.rollout_slots_gib)
     summary = summarize(trees, cfg.ib_beta, cfg.ib_conf)
     settings = {"model": cfg.model, "dataset": dataset, "questions": len(questions), "seed": cfg.seed,
                 "tree": {"b0": shape.b0, "l": shape.rounds, "k": shape.k, "b": shape.b, "G": shape.group_size},

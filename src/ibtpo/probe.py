@@ -42,15 +42,17 @@ P_HAT_BINS = 10
 
 def grow_probe(model, tokenizer, problems: list, reward_fn: RewardFn, shape: TreeShape, sampling: SamplingParams,
                splitter: StepSplitter, seed: int, batch_questions: int = 16, prefix_reuse: bool = True,
-               on_batch: Callable[[int], None] | None = None) -> list[Tree]:
-    """IBTrees for `problems`, `batch_questions` at a time; `on_batch(n)` is called after each batch of n."""
+               on_batch: Callable[[int], None] | None = None, backend: str = "auto",
+               slots_gib: float = 0.0) -> list[Tree]:
+    """IBTrees for `problems`, `batch_questions` at a time; `on_batch(n)` is called after each batch of n.
+    `backend` / `slots_gib`: the rollout backend (``rollout.backend``)."""
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     trees: list[Tree] = []
     for start in range(0, len(problems), batch_questions):
         chunk = problems[start:start + batch_questions]
         trees += grow_problem_trees("ib", model, tokenizer, chunk, reward_fn, shape, sampling, splitter, generator,
-                                    rng, prefix_reuse)
+                                    rng, prefix_reuse, backend=backend, slots_gib=slots_gib)
         if on_batch is not None:
             on_batch(len(chunk))
     return trees

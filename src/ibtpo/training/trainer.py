@@ -320,7 +320,8 @@ class Trainer:
         trees = grow_probe(self.policy, self.tokenizer, problems, self.rewards.check, tree_shape(cfg, "ib"),
                            self.sampling, self.splitter, seed=cfg.seed + PROBE_SEED_OFFSET,
                            batch_questions=min(len(problems), cfg.eval_batch_questions),
-                           prefix_reuse=cfg.prefix_reuse, on_batch=bar.on_batch if bar else None)
+                           prefix_reuse=cfg.prefix_reuse, on_batch=bar.on_batch if bar else None,
+                           backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
         if bar:
             bar.close()
         out = probe_metrics(trees, cfg.ib_beta, cfg.ib_conf)
