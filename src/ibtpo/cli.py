@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from ibtpo.config import ConfigError, build_config, config_help, parse_overrides  # noqa: E402
+from ibtpo.config import ConfigError, build_config, config_help, load_yaml_mapping, parse_overrides  # noqa: E402
 
 
 class UsageError(Exception):
@@ -209,17 +209,10 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _load_variants(path: str) -> dict[str, dict]:
     """``name: {algorithm: PRESET, key: value, ...}`` entries of a variants YAML file (ablations for compare)."""
-    import yaml
-
     from ibtpo.algos.presets import PRESETS
 
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise UsageError(f"--variants {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"--variants {path}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+    data, _ = load_yaml_mapping(path, "--variants file")
+    if not all(isinstance(v, dict) for v in data.values()):
         raise UsageError(f"--variants {path}: expected 'name: {{algorithm: PRESET, key: value, ...}}' entries")
     for name, fields in data.items():
         if fields.get("algorithm") not in PRESETS:
@@ -347,14 +340,23 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return _fail("interrupted; the last checkpoint is kept", 130)
+    except SystemExit as exc:  # argparse exits before this point: this one came from user code (a reward function)
+        return _fail(f"the run called exit({exc.code!r}) (a reward function or other user code must return, not exit);"
+                     f" the last checkpoint is kept")
     except Exception as exc:  # known one-line failures
         from ibtpo.data import DataError
         from ibtpo.models import ModelLoadError
-
         from ibtpo.reward_fns import RewardError
+        from ibtpo.training.checkpoint import CheckpointError
+        from ibtpo.training.lock import RunLockedError
+        from ibtpo.training.metrics import MetricsError
+        from ibtpo.training.run import RunIOError
 
-        if isinstance(exc, (ModelLoadError, DataError, RewardError, FileNotFoundError, FileExistsError)):
-            return _fail(str(exc))
+        if isinstance(exc, (ModelLoadError, DataError, RewardError, CheckpointError, RunLockedError, MetricsError,
+                            RunIOError, FileNotFoundError, FileExistsError)):
+            return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if isinstance(exc, OSError):  # an I/O failure outside a run (an output file that cannot be written, ...)
+            return _fail(f"{exc.filename or 'I/O'}: {exc.strerror or exc}")
         raise
 
 

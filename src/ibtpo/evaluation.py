@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch
 
+from ibtpo.correct import is_correct
 from ibtpo.rewards import reward_columns, score_completions
 from ibtpo.rollout.engine import sample
 from ibtpo.rollout.sampling import SamplingParams
@@ -67,7 +68,7 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
         lengths += [len(g.token_ids) for grp in groups for g in grp]
         for i in range(len(chunk)):
             grp = flat[i * k:(i + 1) * k]
-            ok = [s >= 1.0 for s in scores[i * k:(i + 1) * k]]
+            ok = [is_correct(s) for s in scores[i * k:(i + 1) * k]]
             c = sum(ok)
             totals["avg"] += c / k
             totals["passk"] += pass_at_k(k, c, k)
@@ -77,7 +78,7 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
             gg = sample(model, prompts, SamplingParams(greedy=True, max_new_tokens=max_new_tokens, max_rows=max_rows), eos, pad)
             _, gscores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk],
                                            [g[0].token_ids for g in gg], _columns(chunk, 1))
-            totals["greedy"] += sum(s >= 1.0 for s in gscores)
+            totals["greedy"] += sum(is_correct(s) for s in gscores)
         if on_batch is not None:
             on_batch(len(chunk))
     n = len(problems)

@@ -45,7 +45,7 @@ from ibtpo.rollout.steps import StepSplitter
 from ibtpo.rollout.tree import Tree
 from ibtpo.tasks import build_rewards, build_source
 from ibtpo.training.batch import TrainBatch, flatten_paths, logprobs_in_chunks, token_logprobs
-from ibtpo.training.checkpoint import (latest_checkpoint, load_trainer_state, rng_state, save_checkpoint,
+from ibtpo.training.checkpoint import (load_trainer_state, resume_point, rng_state, save_checkpoint,
                                        set_rng_state)
 from ibtpo.training.ib_filter import apply_ib_filter
 from ibtpo.training.metrics import MetricsLogger, diversity_metrics, rollout_metrics
@@ -96,14 +96,7 @@ class Trainer:
                               "test split)")
         self.rewards = build_rewards(cfg)
         self.reward_fn = self.rewards.train
-        ckpt = latest_checkpoint(self.run_dir) if resume else None
-        if resume and ckpt is None:
-            raise FileNotFoundError(f"no checkpoint to resume from in {self.run_dir / 'checkpoints'}")
-        if not resume and (self.run_dir / "checkpoints").exists():
-            if not cfg.overwrite:
-                raise FileExistsError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir}, "
-                                      f"or pass overwrite=true or another out_dir")
-            shutil.rmtree(self.run_dir / "checkpoints")
+        ckpt, self.resume_note = resume_point(self.run_dir, resume, cfg.overwrite)  # nothing deleted yet
         self.policy, self.tokenizer = load_policy(str(ckpt) if ckpt else cfg.model, cfg.dtype,
                                                   cfg.gradient_checkpointing)
         self.device = resolve_device(cfg.device)
@@ -150,8 +143,10 @@ class Trainer:
             self.step, self.tokens, self.data_pos = state["step"], state["tokens"], state["data_pos"]
             if self.latent is not None:
                 self.latent.load_state_dict(state["latent"])
-        save_config(cfg, self.run_dir / "config.yaml")
+        if ckpt is None:  # a fresh run: everything loaded, so an overwritten run's checkpoints can go now
+            shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         self.logger = MetricsLogger(self.run_dir, cfg.tensorboard, resume_step=self.step if ckpt else None)
+        save_config(cfg, self.run_dir / "config.yaml")
 
     # ----------------------------------------------------------------------------------------------------------------
     def _lr_factor(self, opt_step: int) -> float:
