@@ -80,6 +80,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
 
     from ibtpo.evaluation import evaluate
     from ibtpo.models import load_policy, resolve_device
+    from ibtpo.prompt_fit import check_prompts_fit
     from ibtpo.tasks import build_rewards, build_source
     from ibtpo.training.trainer import EVAL_SEED_OFFSET
 
@@ -90,6 +91,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     model, tok = load_policy(_resolve_eval_model(cfg.model), cfg.dtype)
     model.to(resolve_device(cfg.device))
     sets = {name: qs[:cfg.eval_questions] for name, qs in build_source(cfg, tok).test_sets.items()}
+    check_prompts_fit(sets, tok, model, cfg.max_completion_length)
     console = Console(stderr=True)
     results = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("questions"),
@@ -150,6 +152,7 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
 
     from ibtpo.models import load_policy, resolve_device
     from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, plot_summary, summarize
+    from ibtpo.prompt_fit import check_prompts_fit
     from ibtpo.rollout.steps import StepSplitter
     from ibtpo.tasks import build_rewards
     from ibtpo.training.trainer import rollout_sampling, tree_shape
@@ -168,6 +171,7 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     if args.dataset != "sum":  # the file is scored as an evaluation set (its layout, reward_fn auto = math)
         cfg = cfg.model_copy(update={"eval_datasets": [args.dataset], "dataset": None})
     questions, dataset = _score_questions(args, cfg, tok)
+    check_prompts_fit({dataset: questions}, tok, model, cfg.max_completion_length)
     reward = build_rewards(cfg).check
     shape = tree_shape(cfg, "ib")
     sampling = rollout_sampling(cfg)

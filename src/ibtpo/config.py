@@ -356,8 +356,13 @@ def build_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] 
     where: dict[str, str] = {}
     if yaml_path is not None:
         data, lines = load_yaml_mapping(yaml_path)
+        given: dict[str, str] = {}
         for key, value in data.items():
             name = ALIASES.get(str(key), str(key))
+            if name in given:  # e.g. lr and learning_rate in one file
+                raise ConfigError(f"{lines.get(str(key), yaml_path)}: '{key}' sets {name}, which '{given[name]}' "
+                                  f"already set; keep one")
+            given[name] = str(key)
             values[name] = value
             where[name] = lines.get(str(key), str(yaml_path))
     for key, value in (overrides or {}).items():

@@ -32,11 +32,15 @@ class RunLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
+        self._created_dir = False
 
     def acquire(self) -> "RunLock":
+        self._created_dir = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if fcntl is None:
+                break
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -44,6 +48,12 @@ class RunLock:
                 os.close(fd)
                 raise RunLockedError(f"{self.path.parent} is in use by another ibtpo process ({holder}); wait for it "
                                      f"to finish or stop it, or use another out_dir") from None
+            try:  # the holder may have removed the file between our open and flock: lock the file on disk
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
@@ -51,11 +61,14 @@ class RunLock:
         return self
 
     def release(self) -> None:
+        """Remove the lock file (and the run directory when this process created it and left nothing else)."""
         if self._fd is None:
             return
         try:
-            os.ftruncate(self._fd, 0)
-        except OSError:  # a read-only or full file system: the kernel lock still goes with the descriptor
+            self.path.unlink()
+            if self._created_dir and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()
+        except OSError:  # a read-only file system: the kernel lock still goes with the descriptor
             pass
         os.close(self._fd)  # closing the descriptor releases the flock
         self._fd = None

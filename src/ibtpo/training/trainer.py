@@ -36,6 +36,7 @@ from ibtpo.config import ConfigError, TrainConfig, save_config
 from ibtpo.evaluation import evaluate
 from ibtpo.models import add_lora, is_lora, load_policy, resolve_device
 from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, probe_metrics
+from ibtpo.prompt_fit import check_prompts_fit, run_question_sets
 from ibtpo.rollout.render import render_tree
 from ibtpo.rollout.grow import grow_problem_trees
 from ibtpo.rollout.latent_fork import LatentBranching
@@ -106,6 +107,8 @@ class Trainer:
                                    cfg.lora_target_modules)
         self.policy.train()
         self.source = build_source(cfg, self.tokenizer)
+        check_prompts_fit(run_question_sets(self.source, cfg.questions_per_step), self.tokenizer, self.policy,
+                          cfg.max_completion_length)
         self.ref = None
         if cfg.beta > 0 and not is_lora(self.policy):  # frozen reference for the KL term (LoRA: adapters disabled)
             self.ref, _ = load_policy(cfg.model, cfg.dtype)
