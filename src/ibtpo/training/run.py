@@ -44,7 +44,7 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
         raise RunIOError(f"out_dir {run_dir}: cannot create or write the run directory ({_strerror(exc)})") from None
     try:
         for path in clean_temporary(run_dir):
-            console.print(f"removed {path}, left by an interrupted checkpoint write")
+            console.print(f"removed {path}, left by an interrupted checkpoint write", soft_wrap=True, markup=False)
         return _train(cfg, resume, console)
     except OSError as exc:
         kept = latest_checkpoint(run_dir)
@@ -63,7 +63,7 @@ def _strerror(exc: OSError) -> str:
 def _train(cfg: TrainConfig, resume: bool, console: Console) -> dict:
     trainer = Trainer(cfg, resume=resume)
     if trainer.resume_note:
-        console.print(f"resume: {trainer.resume_note}")
+        console.print(f"resume: {trainer.resume_note}", soft_wrap=True, markup=False)
     acc_key = f"val/{trainer.source.name}/avg@{cfg.eval_k}"  # the primary evaluation set
     skipped = getattr(trainer.source, "skipped", [])
     if skipped:
