@@ -45,7 +45,7 @@ def env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def ibtpo(args: list[str], prelude: str = "", timeout: int = 300, cwd: Path | None = None,
+def ibtpo(args: list[str], prelude: str = "", timeout: int = 900, cwd: Path | None = None,
           preexec: Callable | None = None) -> subprocess.CompletedProcess:
     """Run the CLI; `prelude` is Python run first in the same process (fault injection by patching)."""
     return subprocess.run([PY, "-c", prelude + "\n" + CLI, *args], capture_output=True, text=True, timeout=timeout,

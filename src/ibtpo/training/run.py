@@ -27,7 +27,7 @@ def _progress(console: Console, enabled: bool, unit: str):
 
 
 class RunIOError(RuntimeError):
-    """The run directory could not be written (unwritable, read-only, full); one line naming the path."""
+    """An I/O failure during a run (unwritable or read-only directory, full disk); one line naming the path."""
 
 
 def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None) -> dict:
@@ -48,10 +48,10 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
         return _train(cfg, resume, console)
     except OSError as exc:
         kept = latest_checkpoint(run_dir)
-        where = f" {exc.filename}" if getattr(exc, "filename", None) else f" in {run_dir}"
+        where = exc.filename if getattr(exc, "filename", None) else run_dir
         note = (f"the last checkpoint, {kept.name}, is kept: continue with --resume {run_dir}" if kept
                 else "no checkpoint was written yet")
-        raise RunIOError(f"cannot write{where} ({_strerror(exc)}); {note}") from None
+        raise RunIOError(f"{where}: {_strerror(exc)}; {note}") from None
     finally:
         lock.release()
 
