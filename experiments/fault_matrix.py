@@ -259,11 +259,12 @@ simple("config", "eval --json to a directory", lambda ws: ["eval", "eval_questio
 GOOD_ROWS = "".join(json.dumps({"prompt": f"What is {i}+1?", "answer": str(i + 1)}) + "\n" for i in range(12))
 
 
-def data_case(name: str, content: str | bytes | None, fragment: str, extra: list[str] = (), filename: str = "d.jsonl"):
+def data_case(name: str, content: str | bytes | None, fragment: str, extra: list[str] = (), filename: str = "d.jsonl",
+              expect: str = "error"):
     def args(ws: Workspace):
         path = ws.file(filename, content) if content is not None else ws.path / filename
         return [*T, out(ws), f"dataset={path}", "test_size=2", *extra]
-    simple("data", name, args, fragment)
+    simple("data", name, args, fragment, expect=expect)
 
 
 data_case("missing file", None, "d.jsonl")
@@ -282,8 +283,8 @@ data_case("chat messages with chat_template=never", "".join(json.dumps(
     ["chat_template=never"])
 data_case("bad layout name", GOOD_ROWS, "dataset_layout", ["dataset_layout=nope"])
 data_case("truncated last row", GOOD_ROWS + '{"prompt": "What is', "d.jsonl")
-data_case("duplicate ids", "".join(json.dumps({"id": "a", "prompt": f"q{i}", "answer": "1"}) + "\n" for i in range(6)),
-          "")
+data_case("duplicate ids (renamed a#2, a#3, ... by design)",
+          "".join(json.dumps({"id": "a", "prompt": f"q{i}", "answer": "1"}) + "\n" for i in range(6)), "", expect="ok")
 simple("data", "eval_datasets file missing", lambda ws: [*T, out(ws), f"dataset={ws.file('d.jsonl', GOOD_ROWS)}",
                                                          f"eval_datasets=[{ws.path / 'nope.jsonl'}]"], "nope.jsonl")
 simple("data", "two eval sets with one name", lambda ws: [*T, out(ws), f"dataset={ws.file('d.jsonl', GOOD_ROWS)}",

@@ -108,3 +108,12 @@ def test_unreadable_trainer_state_is_one_line(tmp_path):
     torch.save({"hello": 1}, tmp_path / "trainer_state.pt")
     with pytest.raises(CheckpointError, match="not a trainer state of this version"):
         load_trainer_state(tmp_path)
+
+
+def test_a_directory_named_latest_is_replaced_by_the_pointer(saved, tiny_model, tokenizer):
+    latest = saved / "checkpoints" / "latest"
+    latest.unlink()
+    latest.mkdir()
+    assert find_checkpoint(saved)[0] == _ck(saved, 2)
+    save_checkpoint(saved, 3, tiny_model, tokenizer, {**STATE, "step": 3})
+    assert latest.read_text() == "step-000003" and find_checkpoint(saved) == (_ck(saved, 3), "")

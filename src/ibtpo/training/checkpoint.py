@@ -158,6 +158,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
         os.replace(tmp, final)
         pointer_tmp = root / f".{LATEST}.tmp"
         pointer_tmp.write_text(final.name)
+        if (root / LATEST).is_dir() and not (root / LATEST).is_symlink():  # not a pointer: cannot be replaced
+            shutil.rmtree(root / LATEST)
         os.replace(pointer_tmp, root / LATEST)
         _fsync_dir(root)
     except (OSError, RuntimeError) as exc:  # torch's writer reports a full disk as a RuntimeError
