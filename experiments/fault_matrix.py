@@ -202,7 +202,7 @@ for keys, fragment in [
     (["task_min_terms=5", "task_max_terms=3"], "task_min_terms (5) must be <= task_max_terms (3)"),
     (["iib_keep=1"], "iib_keep: got 1"),
     (["iib_keep=5"], "iib_keep (5) must be <= the group size G=2"),
-    (["sampler=ib", "tree_b0=2", "tree_l=3", "tree_min_room=16"], "tree_min_room (16) must be < max_completion_length"),
+    (["sampler=ib", "tree_b0=2", "tree_l=3", "tree_min_room=17"], "tree_min_room (17) must be <= max_completion_length"),
     (["mini_batch_size=5"], "mini_batch_size (5) must be <= the rollout batch"),
     (["clip_cov_lb=5", "clip_cov_ub=1"], "clip_cov_lb (5.0) must be < clip_cov_ub (1.0)"),
     (["epsilon=0", "epsilon_high=0"], "epsilon and epsilon_high are both 0"),
@@ -522,11 +522,11 @@ def disk_then_resume(name: str, prelude: str, fragment: str, steps_first: int = 
     must finish the run."""
     def run(ws: Workspace):
         r = ws.path / "run"
-        proc = ibtpo([*T, f"out_dir={r}", "max_steps=2", "save_every=1"], prelude=prelude)
+        args = [*T, f"out_dir={r}", "max_steps=2", "save_every=1"]
+        proc = ibtpo(args, prelude=prelude)
         if proc.returncode != 2:
             return proc, None
-        again = ibtpo(["train", "--resume", str(r)]) if (r / "checkpoints" / "latest").exists() else \
-            ibtpo(["train", str(r / "config.yaml")])
+        again = ibtpo(["train", "--resume", str(r)]) if (r / "checkpoints" / "latest").exists() else ibtpo(args)
         if again.returncode != 0:
             return proc, f"could not continue after the fault: {again.stderr.strip().splitlines()[-1:]}"
         return proc, finished(r, 2)
@@ -774,11 +774,13 @@ def classify(c: Case, proc: subprocess.CompletedProcess, problem: str | None) ->
 def main() -> None:
     global BASE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="", help="run only cases whose category/name contains this")
+    ap.add_argument("--only", default="", help="run only cases whose category/name contains one of these "
+                    "comma-separated strings")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "fault_matrix.json"))
     args = ap.parse_args()
-    cases = [c for c in CASES if args.only in f"{c.category}/{c.name}"]
+    wanted = [w for w in args.only.split(",")]
+    cases = [c for c in CASES if any(w in f"{c.category}/{c.name}" for w in wanted)]
     with tempfile.TemporaryDirectory() as tmp:
         BASE = make_base(Path(tmp))
 

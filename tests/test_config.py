@@ -90,7 +90,8 @@ def test_yaml_file_problems_name_file_and_line(tmp_path, content, fragment):
     ({"sampler": "iib", "tree_b0": 2, "iib_forks": 1, "iib_keep": 5}, "G=4 of sampler=iib (tree_b0, iib_forks)"),
     ({"sampler": "ib", "tree_b0": 1, "tree_l": 1}, "group size G=1 (tree_b0, tree_l, tree_k, tree_b)"),
     ({"num_generations": 1}, "group size G=1 (num_generations)"),
-    ({"sampler": "ib", "max_completion_length": 8, "tree_min_room": 8}, "tree_min_room (8) must be < max_completion_length (8)"),
+    ({"sampler": "ib", "max_completion_length": 8, "tree_min_room": 9}, "tree_min_room (9) must be <= max_completion_length (8)"),
+    ({"sampler": "ib", "max_completion_length": 8, "tree_min_room": 8, "tree_root_candidate": False}, "(< with tree_root_candidate=false)"),
     ({"sampler": "iib", "max_completion_length": 4}, "tree_min_room (8) must be < max_completion_length (4)"),
     ({"sampler": "fixed_width", "treepo_segment_length": 60}, "treepo_segment_length (60) must be <= max_completion_length"),
     ({"questions_per_step": 2, "num_generations": 4, "mini_batch_size": 9}, "mini_batch_size (9) must be <= the rollout batch questions_per_step x G = 2 x 4 = 8"),
@@ -100,16 +101,26 @@ def test_yaml_file_problems_name_file_and_line(tmp_path, content, fragment):
     ({"device": "gpu0"}, "device: got 'gpu0'; allowed: auto, cpu, cuda, cuda:N, mps"),
 ])
 def test_contradictory_settings_are_refused_naming_the_fields(overrides, fragment):
+    from ibtpo.config import check_training
+
     with pytest.raises(ConfigError) as exc:
-        build_config(None, {"algorithm": "grpo", **overrides})
+        check_training(build_config(None, {"algorithm": "grpo", **overrides}))
     assert fragment in str(exc.value) and "\n" not in str(exc.value)
 
 
 @pytest.mark.parametrize("overrides", [{"sampler": "ib", "tree_l": 1, "max_completion_length": 4},
+                                       {"sampler": "ib", "max_completion_length": 8, "tree_min_room": 8},
                                        {"iib_keep": 8}, {"mini_batch_size": 128}, {"device": "cuda:1"},
                                        {"epsilon": 0.2, "epsilon_high": 0.1}])
 def test_consistent_edge_settings_are_accepted(overrides):
-    build_config(None, {"algorithm": "grpo", **overrides})
+    from ibtpo.config import check_training
+
+    check_training(build_config(None, {"algorithm": "grpo", **overrides}))
+
+
+def test_eval_settings_are_not_held_to_the_tree_sampler():
+    """`ibtpo eval max_completion_length=4` with the default (tree) algorithm: eval grows no trees."""
+    build_config(None, {"max_completion_length": 4})
 
 
 def test_device_that_does_not_exist_is_one_line():

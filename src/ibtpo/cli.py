@@ -21,7 +21,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from ibtpo.config import ConfigError, build_config, config_help, load_yaml_mapping, parse_overrides  # noqa: E402
+from ibtpo.config import (ConfigError, build_config, check_training, config_help, load_yaml_mapping,  # noqa: E402
+                          parse_overrides)
 
 
 class UsageError(Exception):
@@ -252,7 +253,7 @@ def cmd_compare(args: argparse.Namespace, rest: list[str]) -> int:
             over = {"max_steps": 1_000_000, **shared, **fields, "seed": seed,
                     "out_dir": str(run_dir(out, preset, seed)), "max_tokens": args.tokens, "overwrite": True}
             sources = {k: f"{args.variants}: {preset}" for k in fields} if preset in variants else None
-            plan.append((preset, seed, build_config(path, over, sources=sources)))
+            plan.append((preset, seed, check_training(build_config(path, over, sources=sources))))
     if args.jobs < 1:
         raise UsageError(f"--jobs: must be >= 1, got {args.jobs}")
     console = Console(stderr=True)

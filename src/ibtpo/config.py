@@ -186,25 +186,8 @@ def group_size(cfg: TrainConfig) -> int:
 
 
 def _relation_problems(cfg: TrainConfig) -> list[str]:
-    """Settings that contradict each other, each as one line naming the fields (empty: none)."""
+    """Settings that contradict each other whatever the command, each as one line naming the fields."""
     out = []
-    g = group_size(cfg)
-    shape = ("num_generations" if cfg.sampler == "independent" else
-             "tree_b0, iib_forks" if cfg.sampler == "iib" else "tree_b0, tree_l, tree_k, tree_b")
-    if cfg.iib_keep > g:
-        out.append(f"iib_keep ({cfg.iib_keep}) must be <= the group size G={g} of sampler={cfg.sampler} ({shape})")
-    if g < 2 and cfg.adv_estimator != "treepo":
-        out.append(f"group size G={g} ({shape}): advantages compare trajectories of a question, so G must be >= 2")
-    forks = cfg.sampler in ("ib", "entropy", "random", "iib") and (cfg.sampler == "iib" or cfg.tree_l > 1)
-    if forks and cfg.tree_min_room >= cfg.max_completion_length:
-        out.append(f"tree_min_room ({cfg.tree_min_room}) must be < max_completion_length ({cfg.max_completion_length}):"
-                   f" no fork point of sampler={cfg.sampler} could leave that many tokens")
-    if cfg.sampler == "fixed_width" and cfg.treepo_segment_length > cfg.max_completion_length:
-        out.append(f"treepo_segment_length ({cfg.treepo_segment_length}) must be <= max_completion_length "
-                   f"({cfg.max_completion_length})")
-    if cfg.mini_batch_size > cfg.questions_per_step * g:
-        out.append(f"mini_batch_size ({cfg.mini_batch_size}) must be <= the rollout batch questions_per_step x G = "
-                   f"{cfg.questions_per_step} x {g} = {cfg.questions_per_step * g} (0 = the whole batch)")
     if cfg.clip_cov_lb >= cfg.clip_cov_ub:
         out.append(f"clip_cov_lb ({cfg.clip_cov_lb}) must be < clip_cov_ub ({cfg.clip_cov_ub})")
     if cfg.epsilon_high is not None and cfg.epsilon == 0 and cfg.epsilon_high == 0:
@@ -215,6 +198,42 @@ def _relation_problems(cfg: TrainConfig) -> list[str]:
     if not DEVICE_PATTERN.fullmatch(cfg.device):
         out.append(f"device: got {cfg.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
     return out
+
+
+def training_problems(cfg: TrainConfig) -> list[str]:
+    """Rollout and update settings of a training run that contradict each other (one line each, naming the fields).
+
+    Checked when a run is built (``Trainer``, ``ibtpo compare``), not by every command: ``ibtpo eval`` never samples
+    trees, so its config may hold tree settings that would not fit its completion length."""
+    out = []
+    g = group_size(cfg)
+    shape = ("num_generations" if cfg.sampler == "independent" else
+             "tree_b0, iib_forks" if cfg.sampler == "iib" else "tree_b0, tree_l, tree_k, tree_b")
+    if cfg.iib_keep > g:
+        out.append(f"iib_keep ({cfg.iib_keep}) must be <= the group size G={g} of sampler={cfg.sampler} ({shape})")
+    if g < 2:
+        out.append(f"group size G={g} ({shape}): advantages compare trajectories of a question, so G must be >= 2")
+    cap, room = cfg.max_completion_length, cfg.tree_min_room
+    if cfg.sampler in ("ib", "entropy", "random") and cfg.tree_l > 1 and (
+            room > cap or (room >= cap and not cfg.tree_root_candidate)):
+        out.append(f"tree_min_room ({room}) must be <= max_completion_length ({cap}) (< with tree_root_candidate="
+                   f"false): no fork point of sampler={cfg.sampler} could leave that many tokens")
+    if cfg.sampler == "iib" and room >= cap:
+        out.append(f"tree_min_room ({room}) must be < max_completion_length ({cap}): no fork point of sampler=iib "
+                   f"could leave that many tokens")
+    if cfg.sampler == "fixed_width" and cfg.treepo_segment_length > cap:
+        out.append(f"treepo_segment_length ({cfg.treepo_segment_length}) must be <= max_completion_length ({cap})")
+    if cfg.mini_batch_size > cfg.questions_per_step * g:
+        out.append(f"mini_batch_size ({cfg.mini_batch_size}) must be <= the rollout batch questions_per_step x G = "
+                   f"{cfg.questions_per_step} x {g} = {cfg.questions_per_step * g} (0 = the whole batch)")
+    return out
+
+
+def check_training(cfg: TrainConfig) -> TrainConfig:
+    """Raise ConfigError (one line) when the run's rollout and update settings contradict each other."""
+    for problem in training_problems(cfg):
+        raise ConfigError(problem)
+    return cfg
 
 
 # verl / TRL names accepted as aliases of ours.

@@ -70,7 +70,7 @@ BAD = [  # (args built from tmp_path, fragment of the one error line)
     (lambda t: ["train", _write(t, "c.yaml", b"seed: \xff\n")], "c.yaml:1: not UTF-8 text"),
     (lambda t: ["train", _write(t, "c.yaml", "seed: 1\nseed: 2\n")], "c.yaml:2: key 'seed' given twice"),
     (lambda t: ["train", *TINY, "iib_keep=3"], "iib_keep (3) must be <= the group size G=2"),
-    (lambda t: ["train", *TINY, "sampler=ib", "tree_b0=2", "tree_l=2", "tree_min_room=16"], "tree_min_room (16)"),
+    (lambda t: ["train", *TINY, "sampler=ib", "tree_b0=2", "tree_l=2", "tree_min_room=17"], "tree_min_room (17) must be <= max_completion_length (16)"),
     (lambda t: ["train", *TINY, "mini_batch_size=5"], "mini_batch_size (5) must be <= the rollout batch"),
     (lambda t: ["train", *TINY, "device=cuda:9"], "device='cuda:9'"),
     (lambda t: ["train", *TINY, f"out_dir={_write(t, 'f', 'x')}/run"], "out_dir"),

@@ -162,11 +162,17 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
             shutil.rmtree(root / LATEST)
         os.replace(pointer_tmp, root / LATEST)
         _fsync_dir(root)
-    except (OSError, RuntimeError) as exc:  # torch's writer reports a full disk as a RuntimeError
+    except Exception as exc:  # OSError, or a writer's own error: torch (RuntimeError), safetensors (SafetensorError)
+        why = _why(exc)
+        try:
+            if shutil.disk_usage(root).free < 1 << 20 and "No space left" not in why:
+                why = f"No space left on device ({why})"
+        except OSError:
+            pass
         shutil.rmtree(tmp, ignore_errors=True)
         kept = latest_checkpoint(run_dir)
         note = f"the previous checkpoint {kept.name} is kept" if kept else "no earlier checkpoint exists"
-        raise CheckpointError(f"could not write checkpoint {final}: {_why(exc)}; {note}") from None
+        raise CheckpointError(f"could not write checkpoint {final}: {why}; {note}") from None
     done = sorted(p for p in root.glob("step-*") if p.is_dir() and verify_checkpoint(p) is None)
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

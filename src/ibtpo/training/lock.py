@@ -38,7 +38,7 @@ class RunLock:
         self._created_dir = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o644)  # held read-only: no open writer for the run
             if fcntl is None:
                 break
             try:
@@ -55,9 +55,12 @@ class RunLock:
                 pass
             os.close(fd)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
+        try:
+            self.path.write_text(json.dumps(info))
+        except OSError:
+            self.release()
+            raise
         return self
 
     def release(self) -> None:

@@ -32,7 +32,7 @@ from ibtpo.algos.advantages import get_adv_estimator
 from ibtpo.algos.iib import group_zscore
 from ibtpo.algos.ib_score import tree_ib_stats
 from ibtpo.algos.losses import REGULARIZERS, TOKEN_SELECTORS, LossConfig, get_policy_loss, masked_mean
-from ibtpo.config import ConfigError, TrainConfig, save_config
+from ibtpo.config import ConfigError, TrainConfig, check_training, save_config
 from ibtpo.evaluation import evaluate
 from ibtpo.models import add_lora, is_lora, load_policy, resolve_device
 from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, probe_metrics
@@ -81,7 +81,7 @@ class Trainer:
     """Owns the policy, optimizer and run state of one training run."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False):
-        self.cfg = cfg
+        self.cfg = check_training(cfg)
         self.run_dir = Path(cfg.out_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(cfg.threads)
