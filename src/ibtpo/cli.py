@@ -73,6 +73,22 @@ def _resolve_eval_model(name: str) -> str:
     return name
 
 
+def _load_eval_policy(name: str, dtype: str):
+    """The policy `name` names (a run directory: its newest complete checkpoint). A run that is training may prune
+    that checkpoint between finding and loading it: then the newer one is taken (a few tries)."""
+    from ibtpo.models import ModelLoadError, load_policy
+
+    tries = 3
+    while True:
+        path = _resolve_eval_model(name)
+        try:
+            return load_policy(path, dtype)
+        except ModelLoadError:
+            tries -= 1
+            if path == name or Path(path).exists() or tries == 0:
+                raise
+
+
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     import torch
     from rich.console import Console
@@ -80,7 +96,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from rich.table import Table
 
     from ibtpo.evaluation import evaluate
-    from ibtpo.models import load_policy, resolve_device
+    from ibtpo.models import resolve_device
     from ibtpo.prompt_fit import check_prompts_fit
     from ibtpo.tasks import build_rewards, build_source
     from ibtpo.training.trainer import EVAL_SEED_OFFSET
@@ -89,7 +105,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     cfg = build_config(path, parse_overrides(rest))
     torch.set_num_threads(cfg.threads)
     rewards = build_rewards(cfg)
-    model, tok = load_policy(_resolve_eval_model(cfg.model), cfg.dtype)
+    model, tok = _load_eval_policy(cfg.model, cfg.dtype)
     model.to(resolve_device(cfg.device))
     sets = {name: qs[:cfg.eval_questions] for name, qs in build_source(cfg, tok).test_sets.items()}
     check_prompts_fit(sets, tok, model, cfg.max_completion_length)
@@ -151,7 +167,7 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from ibtpo.models import load_policy, resolve_device
+    from ibtpo.models import resolve_device
     from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, plot_summary, summarize
     from ibtpo.prompt_fit import check_prompts_fit
     from ibtpo.rollout.steps import StepSplitter
@@ -167,7 +183,7 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
         if value is not None and value < 1:
             raise UsageError(f"{flag}: must be >= 1, got {value}")
     torch.set_num_threads(cfg.threads)
-    model, tok = load_policy(_resolve_eval_model(cfg.model), cfg.dtype)
+    model, tok = _load_eval_policy(cfg.model, cfg.dtype)
     model.to(resolve_device(cfg.device))
     if args.dataset != "sum":  # the file is scored as an evaluation set (its layout, reward_fn auto = math)
         cfg = cfg.model_copy(update={"eval_datasets": [args.dataset], "dataset": None})
