@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ibtpo.config import build_config, parse_overrides  # noqa: E402
+from ibtpo.config import build_config, group_size, parse_overrides  # noqa: E402
 from ibtpo.evaluation import evaluate  # noqa: E402
 from ibtpo.training.batch import TrainBatch, token_logprobs  # noqa: E402
 from ibtpo.training.trainer import Trainer  # noqa: E402
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.phases == ["micro"]:  # memory per micro-batch only: the bare model, no trainer, no optimizer state
         model.gradient_checkpointing_enable()
         model.train()
-        phase("micro", results, lambda: micro_peaks(model, tokenizer, args, device, 0), device)
+        phase("micro", results, lambda bare=model: micro_peaks(bare, tokenizer, args, device, 0), device)
         results["micro"]["note"] = ("weights + gradients + activations of one forward/backward with gradient "
                                     "checkpointing; AdamW adds 2 x parameters x dtype size")
         return _finish(results, args, tmp)
@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
                  "plots": False, "progress": False, "threads": 4}
     overrides.update(parse_overrides(args.set))
     cfg = build_config(args.config, overrides)
+    # a mini-batch no larger than the rollout batch (the recipe's 384 rows with a few questions: one mini-batch)
+    cfg.mini_batch_size = min(cfg.mini_batch_size, cfg.questions_per_step * group_size(cfg))
     results["config"] = {k: getattr(cfg, k) for k in ("algorithm", "micro_batch_size", "mini_batch_size",
                                                        "gradient_checkpointing", "rollout_max_rows", "kv_budget_gib",
                                                        "old_logp", "beta", "logits_chunk_tokens")}

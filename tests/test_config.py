@@ -68,3 +68,67 @@ def test_cli_bad_input_exit_2_one_line_no_traceback(args, fragment):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and fragment in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (b"seed: 1\nmax_steps: \xff\n", r"c\.yaml:2: not UTF-8 text \(byte 0xff at offset 19\)"),
+    (b"seed: 1\nmax_steps: 2\nseed: 3\n", r"c\.yaml:3: key 'seed' given twice \(first at line 1\)"),
+    (b"lora_target_modules:\n  - q_proj\nx:\n  a: 1\n  a: 2\n", r"c\.yaml:5: key 'a' given twice"),
+    (b"lr: 0.1\nlearning_rate: 0.2\n", r"c\.yaml:2: 'learning_rate' sets learning_rate, which 'lr' already set"),
+    (b"- 1\n", r"must be a mapping"),
+])
+def test_yaml_file_problems_name_file_and_line(tmp_path, content, fragment):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=fragment) as exc:
+        build_config(path)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"iib_keep": 9}, "iib_keep (9) must be <= the group size G=8 of sampler=independent (num_generations)"),
+    ({"sampler": "iib", "tree_b0": 2, "iib_forks": 1, "iib_keep": 5}, "G=4 of sampler=iib (tree_b0, iib_forks)"),
+    ({"sampler": "ib", "tree_b0": 1, "tree_l": 1}, "group size G=1 (tree_b0, tree_l, tree_k, tree_b)"),
+    ({"num_generations": 1}, "group size G=1 (num_generations)"),
+    ({"sampler": "ib", "max_completion_length": 8, "tree_min_room": 9}, "tree_min_room (9) must be <= max_completion_length (8)"),
+    ({"sampler": "ib", "max_completion_length": 8, "tree_min_room": 8, "tree_root_candidate": False}, "(< with tree_root_candidate=false)"),
+    ({"sampler": "iib", "max_completion_length": 4}, "tree_min_room (8) must be < max_completion_length (4)"),
+    ({"sampler": "fixed_width", "treepo_segment_length": 60}, "treepo_segment_length (60) must be <= max_completion_length"),
+    ({"questions_per_step": 2, "num_generations": 4, "mini_batch_size": 9}, "mini_batch_size (9) must be <= the rollout batch questions_per_step x G = 2 x 4 = 8"),
+    ({"clip_cov_lb": 5, "clip_cov_ub": 5}, "clip_cov_lb (5.0) must be < clip_cov_ub (5.0)"),
+    ({"epsilon": 0, "epsilon_high": 0}, "epsilon and epsilon_high are both 0"),
+    ({"epsilon": 1, "dual_clip_c": 3}, "dual_clip_c (3.0) needs epsilon < 1"),
+    ({"device": "gpu0"}, "device: got 'gpu0'; allowed: auto, cpu, cuda, cuda:N, mps"),
+])
+def test_contradictory_settings_are_refused_naming_the_fields(overrides, fragment):
+    from ibtpo.config import check_training
+
+    with pytest.raises(ConfigError) as exc:
+        check_training(build_config(None, {"algorithm": "grpo", **overrides}))
+    assert fragment in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("overrides", [{"sampler": "ib", "tree_l": 1, "max_completion_length": 4},
+                                       {"sampler": "ib", "max_completion_length": 8, "tree_min_room": 8},
+                                       {"iib_keep": 8}, {"mini_batch_size": 128}, {"device": "cuda:1"},
+                                       {"epsilon": 0.2, "epsilon_high": 0.1}])
+def test_consistent_edge_settings_are_accepted(overrides):
+    from ibtpo.config import check_training
+
+    check_training(build_config(None, {"algorithm": "grpo", **overrides}))
+
+
+def test_eval_settings_are_not_held_to_the_tree_sampler():
+    """`ibtpo eval max_completion_length=4` with the default (tree) algorithm: eval grows no trees."""
+    build_config(None, {"max_completion_length": 4})
+
+
+def test_device_that_does_not_exist_is_one_line():
+    import torch
+
+    from ibtpo.models import ModelLoadError, resolve_device
+
+    missing = f"cuda:{torch.cuda.device_count() + 3}"
+    with pytest.raises(ModelLoadError, match=rf"device='{missing}'") as exc:
+        resolve_device(missing)
+    assert "\n" not in str(exc.value)

@@ -39,3 +39,21 @@ def test_a_run_trained_from_the_testbed_is_still_the_testbed(tmp_path):
     assert profile_values({"model": str(run / "checkpoints" / "step-000002")}) == {}
     (run / "config.yaml").write_text(yaml.safe_dump({"model": "/models/real"}))
     assert profile_values({"model": str(run)})["max_completion_length"] == 512
+
+
+def test_a_profile_cap_too_long_for_the_context_window_is_lowered_but_a_users_is_refused(tmp_path, tiny_model_dir):
+    """The tiny model has 256 positions: the profile's 512-token cap is lowered to fit; the user's own is an error."""
+    import pytest
+
+    from ibtpo.data import DataError
+    from ibtpo.training.trainer import Trainer
+
+    cfg = build_config(None, {"model": str(tiny_model_dir), "out_dir": str(tmp_path / "a"), "tensorboard": False})
+    assert cfg.max_completion_length == 512 and "max_completion_length" in cfg._profile
+    trainer = Trainer(cfg)
+    assert 0 < trainer.cfg.max_completion_length < 256
+    assert trainer.cfg._profile["max_completion_length"] == trainer.cfg.max_completion_length
+    assert trainer.sampling.max_new_tokens == trainer.cfg.max_completion_length
+    with pytest.raises(DataError, match="context window"):
+        Trainer(build_config(None, {"model": str(tiny_model_dir), "out_dir": str(tmp_path / "b"),
+                                    "max_completion_length": 400, "tensorboard": False}))

@@ -21,7 +21,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from ibtpo.config import ConfigError, build_config, config_help, parse_overrides  # noqa: E402
+from ibtpo.config import (ConfigError, build_config, check_training, config_help, load_yaml_mapping,  # noqa: E402
+                          parse_overrides)
 
 
 class UsageError(Exception):
@@ -104,6 +105,22 @@ def _resolve_eval_model(name: str) -> str:
     return name
 
 
+def _load_eval_policy(name: str, dtype: str):
+    """The policy `name` names (a run directory: its newest complete checkpoint). A run that is training may prune
+    that checkpoint between finding and loading it: then the newer one is taken (a few tries)."""
+    from ibtpo.models import ModelLoadError, load_policy
+
+    tries = 3
+    while True:
+        path = _resolve_eval_model(name)
+        try:
+            return load_policy(path, dtype)
+        except ModelLoadError:
+            tries -= 1
+            if path == name or Path(path).exists() or tries == 0:
+                raise
+
+
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     import torch
     from rich.console import Console
@@ -111,7 +128,8 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from rich.table import Table
 
     from ibtpo.evaluation import evaluate, write_samples
-    from ibtpo.models import load_policy, resolve_device
+    from ibtpo.models import resolve_device
+    from ibtpo.prompt_fit import check_prompts_fit, fit_profile_cap
     from ibtpo.tasks import build_rewards, build_source
     from ibtpo.training.trainer import EVAL_SEED_OFFSET
 
@@ -119,9 +137,11 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     cfg = build_config(path, parse_overrides(rest))
     torch.set_num_threads(cfg.threads)
     rewards = build_rewards(cfg)
-    model, tok = load_policy(_resolve_eval_model(cfg.model), cfg.dtype)
+    model, tok = _load_eval_policy(cfg.model, cfg.dtype)
     model.to(resolve_device(cfg.device))
     sets = {name: qs[:cfg.eval_questions] for name, qs in build_source(cfg, tok).test_sets.items()}
+    fit_profile_cap(cfg, sets, tok, model)
+    check_prompts_fit(sets, tok, model, cfg.max_completion_length)
     console = Console(stderr=True)
     _print_setup(console, cfg, tok)
     results, records = {}, [] if args.samples else None
@@ -193,9 +213,10 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from ibtpo.models import load_policy, resolve_device
     from ibtpo.evaluation import write_samples
+    from ibtpo.models import resolve_device
     from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, plot_summary, summarize, tree_samples
+    from ibtpo.prompt_fit import check_prompts_fit, fit_profile_cap
     from ibtpo.rollout.steps import StepSplitter
     from ibtpo.tasks import build_rewards
     from ibtpo.training.trainer import rollout_sampling, tree_shape
@@ -209,11 +230,13 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
         if value is not None and value < 1:
             raise UsageError(f"{flag}: must be >= 1, got {value}")
     torch.set_num_threads(cfg.threads)
-    model, tok = load_policy(_resolve_eval_model(cfg.model), cfg.dtype)
+    model, tok = _load_eval_policy(cfg.model, cfg.dtype)
     model.to(resolve_device(cfg.device))
     if args.dataset != "sum":  # the file is scored as an evaluation set (its layout, reward_fn auto = math)
         cfg = cfg.model_copy(update={"eval_datasets": [args.dataset], "dataset": None})
     questions, dataset = _score_questions(args, cfg, tok)
+    fit_profile_cap(cfg, {dataset: questions}, tok, model)
+    check_prompts_fit({dataset: questions}, tok, model, cfg.max_completion_length)
     rewards = build_rewards(cfg)
     reward = rewards.check
     shape = tree_shape(cfg, "ib")
@@ -261,17 +284,10 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _load_variants(path: str) -> dict[str, dict]:
     """``name: {algorithm: PRESET, key: value, ...}`` entries of a variants YAML file (ablations for compare)."""
-    import yaml
-
     from ibtpo.algos.presets import PRESETS
 
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise UsageError(f"--variants {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"--variants {path}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+    data, _ = load_yaml_mapping(path, "--variants file")
+    if not all(isinstance(v, dict) for v in data.values()):
         raise UsageError(f"--variants {path}: expected 'name: {{algorithm: PRESET, key: value, ...}}' entries")
     for name, fields in data.items():
         if fields.get("algorithm") not in PRESETS:
@@ -307,7 +323,7 @@ def cmd_compare(args: argparse.Namespace, rest: list[str]) -> int:
             over = {"max_steps": 1_000_000, **shared, **fields, "seed": seed,
                     "out_dir": str(run_dir(out, preset, seed)), "max_tokens": args.tokens, "overwrite": True}
             sources = {k: f"{args.variants}: {preset}" for k in fields} if preset in variants else None
-            plan.append((preset, seed, build_config(path, over, sources=sources)))
+            plan.append((preset, seed, check_training(build_config(path, over, sources=sources))))
     if args.jobs < 1:
         raise UsageError(f"--jobs: must be >= 1, got {args.jobs}")
     console = Console(stderr=True)
@@ -404,14 +420,23 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return _fail("interrupted; the last checkpoint is kept", 130)
+    except SystemExit as exc:  # argparse exits before this point: this one came from user code (a reward function)
+        return _fail(f"the run called exit({exc.code!r}) (a reward function or other user code must return, not exit);"
+                     f" the last checkpoint is kept")
     except Exception as exc:  # known one-line failures
         from ibtpo.data import DataError
         from ibtpo.models import ModelLoadError
-
         from ibtpo.reward_fns import RewardError
+        from ibtpo.training.checkpoint import CheckpointError
+        from ibtpo.training.lock import RunLockedError
+        from ibtpo.training.metrics import MetricsError
+        from ibtpo.training.run import RunIOError
 
-        if isinstance(exc, (ModelLoadError, DataError, RewardError, FileNotFoundError, FileExistsError)):
-            return _fail(str(exc))
+        if isinstance(exc, (ModelLoadError, DataError, RewardError, CheckpointError, RunLockedError, MetricsError,
+                            RunIOError, FileNotFoundError, FileExistsError)):
+            return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if isinstance(exc, OSError):  # an I/O failure outside a run (an output file that cannot be written, ...)
+            return _fail(f"{exc.filename or 'I/O'}: {exc.strerror or exc}")
         raise
 
 

@@ -8,6 +8,7 @@ are accepted as aliases (``ALIASES``). Every field has a one-line doc (its ``des
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from ibtpo.profiles import profile_values
 TESTBED_MODEL = "testbed"
 SAMPLER_NAMES = ("independent", "ib", "entropy", "random", "fixed_width", "iib")
 DEFAULT_ALGORITHM = "ib_tpo"
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 class ConfigError(ValueError):
@@ -74,7 +76,7 @@ class TrainConfig(BaseModel):
     skip_bad_rows: bool = Field(False, description="Skip (and count) malformed dataset rows instead of failing on the first one.")
     eval_datasets: list[str] = Field(default_factory=list, description="Evaluation sets, each PATH or NAME=PATH (metrics val/NAME/...); empty = the task's test split.")
     reward_fn: str = Field("auto", description="Reward: auto (sum for the built-in task, math when questions come from dataset or eval_datasets files), sum, math (math-verify), or module:function / file.py:function (TRL signature).")
-    format_reward_weight: float = Field(0.0, ge=0.0, description="Add this weight x the format reward (a final boxed or 'Answer:' line) to the reward.")
+    format_reward_weight: float = Field(0.0, ge=0.0, lt=1.0, description="Add this weight x the format reward (a final boxed or 'Answer:' line) to the reward (< 1, so a wrong answer never reaches the correct threshold 1).")
     reward_errors: Literal["fail", "zero"] = Field("fail", description="A reward function that raises: stop the run naming the question (fail), or score 0, count it and go on (zero).")
 
     # --- rollout -----------------------------------------------------------------------------------------------------
@@ -175,7 +177,69 @@ class TrainConfig(BaseModel):
             raise ValueError(f"task_min_terms ({self.task_min_terms}) must be <= task_max_terms ({self.task_max_terms})")
         if self.iib_keep == 1:
             raise ValueError("iib_keep: got 1; allowed: 0 (no filter) or >= 2 (a group of one trajectory has no advantage)")
+        for problem in _relation_problems(self):
+            raise ValueError(problem)
         return self
+
+
+def group_size(cfg: TrainConfig) -> int:
+    """Trajectories per question the run's sampler draws (G)."""
+    if cfg.sampler == "independent":
+        return cfg.num_generations
+    if cfg.sampler == "iib":
+        return cfg.tree_b0 * (1 + cfg.iib_forks)
+    return cfg.tree_b0 + (cfg.tree_l - 1) * cfg.tree_k * cfg.tree_b
+
+
+def _relation_problems(cfg: TrainConfig) -> list[str]:
+    """Settings that contradict each other whatever the command, each as one line naming the fields."""
+    out = []
+    if cfg.clip_cov_lb >= cfg.clip_cov_ub:
+        out.append(f"clip_cov_lb ({cfg.clip_cov_lb}) must be < clip_cov_ub ({cfg.clip_cov_ub})")
+    if cfg.epsilon_high is not None and cfg.epsilon == 0 and cfg.epsilon_high == 0:
+        out.append("epsilon and epsilon_high are both 0: the ratio is clipped to 1 and no update can move the policy")
+    if cfg.dual_clip_c is not None and cfg.epsilon >= 1.0:
+        out.append(f"dual_clip_c ({cfg.dual_clip_c}) needs epsilon < 1 (got {cfg.epsilon}): the lower clip 1 - epsilon "
+                   f"must be > 0")
+    if not DEVICE_PATTERN.fullmatch(cfg.device):
+        out.append(f"device: got {cfg.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
+    return out
+
+
+def training_problems(cfg: TrainConfig) -> list[str]:
+    """Rollout and update settings of a training run that contradict each other (one line each, naming the fields).
+
+    Checked when a run is built (``Trainer``, ``ibtpo compare``), not by every command: ``ibtpo eval`` never samples
+    trees, so its config may hold tree settings that would not fit its completion length."""
+    out = []
+    g = group_size(cfg)
+    shape = ("num_generations" if cfg.sampler == "independent" else
+             "tree_b0, iib_forks" if cfg.sampler == "iib" else "tree_b0, tree_l, tree_k, tree_b")
+    if cfg.iib_keep > g:
+        out.append(f"iib_keep ({cfg.iib_keep}) must be <= the group size G={g} of sampler={cfg.sampler} ({shape})")
+    if g < 2:
+        out.append(f"group size G={g} ({shape}): advantages compare trajectories of a question, so G must be >= 2")
+    cap, room = cfg.max_completion_length, cfg.tree_min_room
+    if cfg.sampler in ("ib", "entropy", "random") and cfg.tree_l > 1 and (
+            room > cap or (room >= cap and not cfg.tree_root_candidate)):
+        out.append(f"tree_min_room ({room}) must be <= max_completion_length ({cap}) (< with tree_root_candidate="
+                   f"false): no fork point of sampler={cfg.sampler} could leave that many tokens")
+    if cfg.sampler == "iib" and room >= cap:
+        out.append(f"tree_min_room ({room}) must be < max_completion_length ({cap}): no fork point of sampler=iib "
+                   f"could leave that many tokens")
+    if cfg.sampler == "fixed_width" and cfg.treepo_segment_length > cap:
+        out.append(f"treepo_segment_length ({cfg.treepo_segment_length}) must be <= max_completion_length ({cap})")
+    if cfg.mini_batch_size > cfg.questions_per_step * g:
+        out.append(f"mini_batch_size ({cfg.mini_batch_size}) must be <= the rollout batch questions_per_step x G = "
+                   f"{cfg.questions_per_step} x {g} = {cfg.questions_per_step * g} (0 = the whole batch)")
+    return out
+
+
+def check_training(cfg: TrainConfig) -> TrainConfig:
+    """Raise ConfigError (one line) when the run's rollout and update settings contradict each other."""
+    for problem in training_problems(cfg):
+        raise ConfigError(problem)
+    return cfg
 
 
 # verl / TRL names accepted as aliases of ours.
@@ -228,21 +292,52 @@ def _format_error(err: ValidationError, where: dict[str, str]) -> str:
     return f"{prefix}{field}: got {e['input']!r}; allowed: {_allowed(field)}"
 
 
-def _yaml_with_lines(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """Load a YAML mapping and remember 'file:line' of each top-level key."""
+def _read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of `path`, or a one-line ConfigError naming it."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text) or {}
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          f"save the file as UTF-8") from None
+
+
+def _refuse_duplicate_keys(node: Any, path: Path) -> None:
+    """Raise ConfigError at the second occurrence of a key in any mapping of a composed YAML document."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode) and key in seen:
+                raise ConfigError(f"{path}:{line}: key '{key}' given twice (first at line {seen[key]}); keep one")
+            seen.setdefault(key, line)
+            _refuse_duplicate_keys(value_node, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(item, path)
+
+
+def load_yaml_mapping(path: str | Path, what: str = "config file") -> tuple[dict[str, Any], dict[str, str]]:
+    """Load a YAML mapping and remember 'file:line' of each top-level key; one-line ConfigError on a file that
+    cannot be read, is not UTF-8, is not valid YAML, repeats a key, or is not a mapping."""
+    path = Path(path)
+    text = _read_text(path, what)
+    try:
         node = yaml.compose(text)
+        _refuse_duplicate_keys(node, path)
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise ConfigError(f"{path}{line}: invalid YAML ({problem})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the config file must be a mapping of key: value")
+        raise ConfigError(f"{path}: the {what} must be a mapping of key: value")
     lines = {}
     if node is not None and hasattr(node, "value"):
         for key_node, _ in node.value:
@@ -287,9 +382,14 @@ def build_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] 
     values: dict[str, Any] = dict(base or {})
     where: dict[str, str] = {}
     if yaml_path is not None:
-        data, lines = _yaml_with_lines(Path(yaml_path))
+        data, lines = load_yaml_mapping(yaml_path)
+        given: dict[str, str] = {}
         for key, value in data.items():
             name = ALIASES.get(str(key), str(key))
+            if name in given:  # e.g. lr and learning_rate in one file
+                raise ConfigError(f"{lines.get(str(key), yaml_path)}: '{key}' sets {name}, which '{given[name]}' "
+                                  f"already set; keep one")
+            given[name] = str(key)
             values[name] = value
             where[name] = lines.get(str(key), str(yaml_path))
     for key, value in (overrides or {}).items():

@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from ibtpo.correct import is_correct
 from ibtpo.rewards import reward_columns, score_completions
 from ibtpo.rollout.backend import sample
 from ibtpo.rollout.sampling import SamplingParams
@@ -92,7 +93,7 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
             samples += _records(chunk, flat, gens, scores, k, extract, lambda j: j)
         for i in range(len(chunk)):
             grp = flat[i * k:(i + 1) * k]
-            ok = [s >= 1.0 for s in scores[i * k:(i + 1) * k]]
+            ok = [is_correct(s) for s in scores[i * k:(i + 1) * k]]
             c = sum(ok)
             totals["avg"] += c / k
             totals["passk"] += pass_at_k(k, c, k)
@@ -103,7 +104,7 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
             gg = [g[0] for g in sample(model, prompts, greedy_params, eos, pad, backend=backend, slots_gib=slots_gib)]
             gtexts, gscores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk],
                                                 [g.token_ids for g in gg], _columns(chunk, 1))
-            totals["greedy"] += sum(s >= 1.0 for s in gscores)
+            totals["greedy"] += sum(is_correct(s) for s in gscores)
             capped += sum(not g.finished for g in gg)
             if samples is not None:
                 samples += _records(chunk, gtexts, gg, gscores, 1, extract, lambda j: "greedy")

@@ -174,6 +174,11 @@ def resolve_device(name: str) -> torch.device:
         raise ModelLoadError(f"device={name!r}: not a torch device name (cpu, cuda, cuda:1, ...)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device={name!r}: this machine has no CUDA device (use device=cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device={name!r}: MPS is not available here (use device=cpu or auto)")
     return device
 
 

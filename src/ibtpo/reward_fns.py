@@ -294,6 +294,9 @@ class GuardedReward:
             scores = self._call(prompts, completions, completion_ids, columns)
         except RewardError:
             raise
+        except SystemExit as exc:  # exit() inside a reward function would end the run without a word
+            raise RewardError(f"reward function {self.name} called exit({exc.code!r}) on questions {qids[:3]}; a reward "
+                              f"function must return scores") from None
         except Exception as exc:
             scores = self._row_by_row(prompts, completions, completion_ids, columns, qids, exc)
         scores = self._check(scores, len(completions), qids)

@@ -139,3 +139,29 @@ def test_treepo_hand_computed():
     r1 = ((0 - 2 / 3) + (0 - 0.5)) / 2 / s
     r2 = (1 - 2 / 3) / s  # B has one leaf: only the tree group counts
     _close(adv, [[0, r0, r0, r0], [0, r1, r1, r1], [0, r2, r2, 0]])
+
+
+def test_ib_tpo_equals_grpo_at_lambda_zero_with_non_binary_rewards():
+    """A format bonus (0.1 on a wrong answer, 1.1 on a right one) or partial credit: the global term follows the
+    reward as GRPO does, while p_hat (the IB term's input) counts only correct answers (reward >= 1)."""
+    from types import SimpleNamespace
+
+    from ibtpo.rollout.tree import Tree, compute_p_hat
+    from ibtpo.training.batch import flatten_paths
+
+    trees = []
+    for rewards in ([1.1, 0.1, 0.0, 1.0], [0.1, 0.1, 0.0, 0.5], [0.1, 0.1, 0.1, 0.1]):
+        t = Tree(question_id="q", prompt_ids=[1])
+        for i, r in enumerate(rewards):
+            t.root.add_child([5 + i, 6], [-0.5, -0.7], [0.0, 0.0]).reward = r
+        compute_p_hat(t.root)
+        trees.append(t)
+    assert [t.root.p_hat for t in trees] == [0.5, 0.0, 0.0]  # 0.1 and 0.5 are not correct answers
+    batch = flatten_paths(trees, pad_id=0)
+    kw = dict(rewards=batch.rewards, response_mask=batch.response_mask, group_ids=batch.group_ids,
+              scale_rewards="group", node_index=batch.node_index, nodes=batch.nodes,
+              ancestor_index=batch.ancestor_index)
+    cfg = SimpleNamespace(ib_tpo_lambda=0.0, ib_beta=5.0, ib_conf="mean", adv_leaf_weight=False)
+    grpo = get_adv_estimator("grpo")(**kw)
+    assert grpo[4:8].abs().sum() > 0  # the all-wrong group with partial credit still has a GRPO signal
+    torch.testing.assert_close(get_adv_estimator("ib_tpo")(cfg=cfg, **kw), grpo)

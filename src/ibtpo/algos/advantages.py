@@ -53,6 +53,8 @@ class NodeStats:
     """Leaves (trajectories) under the node."""
     tree: torch.Tensor
     """(M,) long, index of the node's tree."""
+    root_value: torch.Tensor | None = None
+    """Mean leaf reward of the node's tree (= root_p_hat for 0/1 rewards); None: taken as root_p_hat."""
 
     def confidence(self, mode: str = "mean") -> torch.Tensor:
         """Behaviour-policy step confidence: exp(mean token log-prob) ("mean") or exp(sum) ("product")."""
@@ -166,20 +168,24 @@ def ib_tpo_advantage(*, response_mask: torch.Tensor, node_index: torch.Tensor, n
                      eps: float = 1e-4, **_) -> torch.Tensor:
     """IB-TPO step-level advantage (IB-TPO, arXiv 2605.28109; METHOD.md section 5).
 
-        A_GL(s) = (p_hat(s) - p_hat(root)) / (sigma + eps)             global: improvement over the question
+        A_GL(s) = (V(s) - V(root)) / (sigma + eps)                     global: improvement over the question
         A_IB(s) = (p_hat(s) / p_hat(p) - (1 + 1/beta)) * conf_ref(s)   local: does this step raise p(a*)?
         A(s)    = A_GL(s) + lambda * A_IB(s)
 
+    V = mean leaf reward under a node, which is p_hat (share of correct leaves, ``ibtpo.correct``) for 0/1 rewards;
+    with other rewards (a format bonus, partial credit) the global term follows the reward as GRPO does [choice], and
+    the local IB term keeps p_hat, the chance of a correct answer.
     sigma = unbiased std of the tree's leaf rewards (GRPO's group std); a tree with sigma = 0 gets A = 0 [choice];
     p_hat(p) = 0 gives ratio 1 [choice, as the IB rule]; conf_ref = behaviour-policy step confidence (``cfg.ib_conf``:
     length-normalised by default), detached [choice]; optional 1/sqrt(n_leaves(s)) (``cfg.adv_leaf_weight``).
     Options from cfg: ``ib_tpo_lambda`` (0.1), ``ib_beta`` (5), ``ib_conf``, ``adv_leaf_weight``.
-    With lambda = 0 on independent samples this is exactly GRPO's advantage (tested).
+    With lambda = 0 on independent samples this is exactly GRPO's advantage, for any rewards (tested).
     node_index (bs, T), nodes (M,) -> advantages (bs, T).
     """
     lam, beta = _opt(cfg, "ib_tpo_lambda", 0.1), _opt(cfg, "ib_beta", 5.0)
     sigma = nodes.tree_reward_std
-    a_gl = (nodes.p_hat - nodes.root_p_hat) / (sigma + eps)
+    root_value = nodes.root_p_hat if nodes.root_value is None else nodes.root_value
+    a_gl = (nodes.value - root_value) / (sigma + eps)
     ratio = torch.where(nodes.parent_p_hat > 0, nodes.p_hat / nodes.parent_p_hat.clamp(min=1e-12),
                         torch.ones_like(nodes.p_hat))
     a_ib = (ratio - (1.0 + 1.0 / beta)) * nodes.confidence(_opt(cfg, "ib_conf", "mean"))

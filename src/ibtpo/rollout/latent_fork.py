@@ -17,6 +17,7 @@ import torch
 
 from ibtpo.algos.iib import draw_fork_positions, fork_candidates
 from ibtpo.algos.latent import ConditionalVAE, LatentInjector
+from ibtpo.correct import is_correct
 from ibtpo.lm import last_hidden_states
 from ibtpo.rollout.engine import Request
 from ibtpo.rollout.sampling import right_pad
@@ -151,7 +152,7 @@ def grow_iib(ctx: GrowContext, trees: list[Tree]) -> None:
                 cond = cums[i][cut - 1] / cut
                 conds.append(cond)
                 owners.append((i, j))
-                if (leaf.reward or 0.0) > 0 and end > cut:  # a correct continuation of this prefix: CVAE data
+                if is_correct(leaf.reward) and end > cut:  # a correct continuation of this prefix: CVAE data
                     latent.remember(cond, (cums[i][end - 1] - cums[i][cut - 1]) / (end - cut))
         for (i, j), z in zip(owners, latent.sample(torch.stack(conds))):
             zs[i][j] = z

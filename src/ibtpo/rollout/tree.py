@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from ibtpo.correct import is_correct
+
 
 @dataclass(eq=False)
 class Node:
@@ -110,13 +112,13 @@ def _renumber(node: Node) -> None:
 
 
 def compute_p_hat(root: Node) -> None:
-    """Bottom-up: n_leaves and p_hat (share of leaves with reward > 0) of every node under `root`.
+    """Bottom-up: n_leaves and p_hat (share of correct leaves, ``ibtpo.correct.is_correct``) of every node under `root`.
 
-    Rewards above 0 count as correct (outcome rewards are 0/1); an unrewarded leaf counts as incorrect.
+    A reward >= 1 counts as correct (the one definition, ``ibtpo.correct``); an unrewarded leaf counts as incorrect.
     """
     def visit(node: Node) -> tuple[int, float]:
         if not node.children:
-            correct = 1.0 if (node.reward or 0.0) > 0 else 0.0
+            correct = 1.0 if is_correct(node.reward) else 0.0
             node.n_leaves, node.p_hat = 1, correct
             return 1, correct
         n, c = 0, 0.0

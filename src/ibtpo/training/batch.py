@@ -80,11 +80,12 @@ def node_stats(trees: list[Tree]) -> tuple[list[Node], NodeStats]:
         for node in tree.nodes():
             nodes.append(node)
             rows.append((node.p_hat, node.parent.p_hat, tree.root.p_hat, value[id(node)], std, sum(node.logprobs),
-                         len(node.logprobs), node.n_leaves, g))
-    cols = list(zip(*rows)) if rows else [()] * 9
+                         len(node.logprobs), node.n_leaves, g, value[id(tree.root)]))
+    cols = list(zip(*rows)) if rows else [()] * 10
     f = lambda i: torch.tensor(cols[i], dtype=torch.float)  # noqa: E731
     return nodes, NodeStats(p_hat=f(0), parent_p_hat=f(1), root_p_hat=f(2), value=f(3), tree_reward_std=f(4),
-                            logp_sum=f(5), length=f(6), n_leaves=f(7), tree=torch.tensor(cols[8], dtype=torch.long))
+                            logp_sum=f(5), length=f(6), n_leaves=f(7), tree=torch.tensor(cols[8], dtype=torch.long),
+                            root_value=f(9))
 
 
 def _mean_rewards(root: Node) -> dict[int, float]:

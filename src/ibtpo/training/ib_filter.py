@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from ibtpo.algos.iib import ib_trajectory_score, keep_top_n
+from ibtpo.correct import is_correct
 from ibtpo.rollout.sampling import right_pad
 from ibtpo.rollout.tree import Node, Tree
 from ibtpo.training.batch import token_logprobs
@@ -106,7 +107,7 @@ def apply_ib_filter(model, tokenizer, trees: list[Tree], extract, beta: float, t
     kept = keep_top_n(scores, groups, keep)
     for leaf, k in zip(leaves, kept.tolist()):
         leaf.info["dropped"] = not k
-    correct = torch.tensor([float((leaf.reward or 0.0) > 0) for leaf in leaves])
+    correct = torch.tensor([float(is_correct(leaf.reward)) for leaf in leaves])
     mean = lambda key: float(torch.tensor([leaf.info[key] for leaf in leaves]).mean())  # noqa: E731
     out = {"iib/answer_gain": mean("ib_answer_gain"), "iib/question_info": mean("ib_question_info"),
            "iib/score": mean("ib_score"), "iib/kept": float(kept.float().sum()) / len(trees),

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from rich.console import Console
 
 from ibtpo.config import TrainConfig
 from ibtpo.progress import binding_budget, phase, run_progress
+from ibtpo.training.checkpoint import clean_temporary, latest_checkpoint
+from ibtpo.training.lock import RunLock
 from ibtpo.training.metrics import read_metrics
 from ibtpo.training.reference import lookup
 from ibtpo.training.trainer import Trainer
@@ -28,10 +31,44 @@ def _print_setup(console: Console, trainer: Trainer) -> None:
         console.print(describe_prompting(cfg.chat_template, cfg.prompt_template, trainer.tokenizer), soft_wrap=True)
 
 
+class RunIOError(RuntimeError):
+    """An I/O failure during a run (unwritable or read-only directory, full disk); one line naming the path."""
+
+
 def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None) -> dict:
-    """Run (or resume) training to its step/token budget; returns the end-of-run summary."""
+    """Run (or resume) training to its step/token budget; returns the end-of-run summary.
+
+    The run directory is locked for the run (a second process on it is refused), leftovers of an interrupted
+    checkpoint write are removed first, and a failed write (full disk, read-only file system) ends the run with a
+    one-line RunIOError that names the path and the checkpoint kept."""
     console = console or Console(stderr=True)
+    run_dir = Path(cfg.out_dir)
+    try:
+        lock = RunLock(run_dir).acquire()
+    except OSError as exc:
+        raise RunIOError(f"out_dir {run_dir}: cannot create or write the run directory ({_strerror(exc)})") from None
+    try:
+        for path in clean_temporary(run_dir):
+            console.print(f"removed {path}, left by an interrupted checkpoint write", soft_wrap=True, markup=False)
+        return _train(cfg, resume, console)
+    except OSError as exc:
+        kept = latest_checkpoint(run_dir)
+        where = exc.filename if getattr(exc, "filename", None) else run_dir
+        note = (f"the last checkpoint, {kept.name}, is kept: continue with --resume {run_dir}" if kept
+                else "no checkpoint was written yet")
+        raise RunIOError(f"{where}: {_strerror(exc)}; {note}") from None
+    finally:
+        lock.release()
+
+
+def _strerror(exc: OSError) -> str:
+    return exc.strerror or str(exc).splitlines()[0]
+
+
+def _train(cfg: TrainConfig, resume: bool, console: Console) -> dict:
     trainer = Trainer(cfg, resume=resume)
+    if trainer.resume_note:
+        console.print(f"resume: {trainer.resume_note}", soft_wrap=True, markup=False)
     acc_key = f"val/{trainer.source.name}/avg@{cfg.eval_k}"  # the primary evaluation set
     skipped = getattr(trainer.source, "skipped", [])
     if skipped:

@@ -32,10 +32,11 @@ from ibtpo.algos.advantages import get_adv_estimator
 from ibtpo.algos.iib import group_zscore
 from ibtpo.algos.ib_score import tree_ib_stats
 from ibtpo.algos.losses import REGULARIZERS, TOKEN_SELECTORS, LossConfig, get_policy_loss, masked_mean
-from ibtpo.config import ConfigError, TrainConfig, save_config
+from ibtpo.config import ConfigError, TrainConfig, check_training, save_config
 from ibtpo.evaluation import evaluate, write_samples
 from ibtpo.models import add_lora, is_lora, load_policy, resolve_device
 from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, probe_metrics
+from ibtpo.prompt_fit import check_prompts_fit, fit_profile_cap, run_question_sets
 from ibtpo.rollout.render import render_tree
 from ibtpo.rollout.grow import grow_problem_trees
 from ibtpo.rollout.latent_fork import LatentBranching
@@ -45,7 +46,7 @@ from ibtpo.rollout.steps import StepSplitter
 from ibtpo.rollout.tree import Tree
 from ibtpo.tasks import build_rewards, build_source
 from ibtpo.training.batch import TrainBatch, flatten_paths, logprobs_in_chunks, token_logprobs
-from ibtpo.training.checkpoint import (latest_checkpoint, load_trainer_state, rng_state, save_checkpoint,
+from ibtpo.training.checkpoint import (load_trainer_state, resume_point, rng_state, save_checkpoint,
                                        set_rng_state)
 from ibtpo.training.ib_filter import apply_ib_filter
 from ibtpo.training.metrics import MetricsLogger, diversity_metrics, rollout_metrics
@@ -80,7 +81,7 @@ class Trainer:
     """Owns the policy, optimizer and run state of one training run."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False):
-        self.cfg = cfg
+        self.cfg = check_training(cfg)
         self.run_dir = Path(cfg.out_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(cfg.threads)
@@ -96,14 +97,7 @@ class Trainer:
                               "test split)")
         self.rewards = build_rewards(cfg)
         self.reward_fn = self.rewards.train
-        ckpt = latest_checkpoint(self.run_dir) if resume else None
-        if resume and ckpt is None:
-            raise FileNotFoundError(f"no checkpoint to resume from in {self.run_dir / 'checkpoints'}")
-        if not resume and (self.run_dir / "checkpoints").exists():
-            if not cfg.overwrite:
-                raise FileExistsError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir}, "
-                                      f"or pass overwrite=true or another out_dir")
-            shutil.rmtree(self.run_dir / "checkpoints")
+        ckpt, self.resume_note = resume_point(self.run_dir, resume, cfg.overwrite)  # nothing deleted yet
         self.policy, self.tokenizer = load_policy(str(ckpt) if ckpt else cfg.model, cfg.dtype,
                                                   cfg.gradient_checkpointing)
         self.device = resolve_device(cfg.device)
@@ -113,6 +107,10 @@ class Trainer:
                                    cfg.lora_target_modules)
         self.policy.train()
         self.source = build_source(cfg, self.tokenizer)
+        question_sets = run_question_sets(self.source, cfg.questions_per_step)
+        fit_profile_cap(cfg, question_sets, self.tokenizer, self.policy)  # a profile's cap, not the user's
+        check_prompts_fit(question_sets, self.tokenizer, self.policy,
+                          cfg.max_completion_length)
         self.ref = None
         if cfg.beta > 0 and not is_lora(self.policy):  # frozen reference for the KL term (LoRA: adapters disabled)
             self.ref, _ = load_policy(cfg.model, cfg.dtype)
@@ -150,8 +148,10 @@ class Trainer:
             self.step, self.tokens, self.data_pos = state["step"], state["tokens"], state["data_pos"]
             if self.latent is not None:
                 self.latent.load_state_dict(state["latent"])
-        save_config(cfg, self.run_dir / "config.yaml")
+        if ckpt is None:  # a fresh run: everything loaded, so an overwritten run's checkpoints can go now
+            shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         self.logger = MetricsLogger(self.run_dir, cfg.tensorboard, resume_step=self.step if ckpt else None)
+        save_config(cfg, self.run_dir / "config.yaml")
 
     # ----------------------------------------------------------------------------------------------------------------
     def _lr_factor(self, opt_step: int) -> float:
