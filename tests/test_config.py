@@ -132,3 +132,16 @@ def test_device_that_does_not_exist_is_one_line():
     with pytest.raises(ModelLoadError, match=rf"device='{missing}'") as exc:
         resolve_device(missing)
     assert "\n" not in str(exc.value)
+
+
+def test_chain_task_brings_its_policy_and_length_cap_unless_set():
+    sum_cfg = build_config(None, {})
+    assert (sum_cfg.task, sum_cfg.model, sum_cfg.max_completion_length) == ("sum", "testbed", 48)
+    chain = build_config(None, {"task": "chain"})
+    assert (chain.model, chain.max_completion_length) == ("testbed-chain", 128)
+    mine = build_config(None, {"task": "chain", "max_new_tokens": 100, "model": "testbed"})
+    assert (mine.model, mine.max_completion_length) == ("testbed", 100)
+    with pytest.raises(ConfigError, match="chain_min_ops"):
+        build_config(None, {"task": "chain", "chain_min_ops": 9, "chain_max_ops": 8})
+    with pytest.raises(ConfigError, match="chain_max_operand"):
+        build_config(None, {"chain_max_operand": 60})

@@ -76,3 +76,18 @@ def test_rewards_resolve_by_task_and_format_weight():
     assert math.check(["q"] * 3, completions, None, answer=["4"] * 3) == [1.0, 0.0, 0.0]
     assert math.extract("so \\boxed{0.5}") == math.extract("\\boxed{\\frac{1}{2}}")
     assert build_rewards(build_config(None, {"eval_datasets": ["x.jsonl"]})).check.name == "math"  # ibtpo eval
+
+
+def test_chain_task_source_and_reward():
+    cfg = build_config(None, {"task": "chain", "test_size": 8})
+    src = build_source(cfg, None)
+    from ibtpo.testbed.chain import ChainTask
+
+    assert src.name == "chain" and [q.prompt for q in src.test_sets["chain"]] == \
+        [p.prompt for p in ChainTask(test_size=8).test_problems]
+    q = src.train_problem(3)
+    assert q.prompt == ChainTask(test_size=8).train_problem(3).prompt
+    rewards = build_rewards(cfg)
+    gold = ChainTask(test_size=8).train_problem(3)
+    assert rewards.check([q.prompt, q.prompt], [gold.solution, "A:-1"], None, answer=[q.answer] * 2) == [1.0, 0.0]
+    assert rewards.extract(gold.solution) == gold.answer

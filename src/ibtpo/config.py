@@ -23,6 +23,8 @@ TESTBED_MODEL = "testbed"
 SAMPLER_NAMES = ("independent", "ib", "entropy", "random", "fixed_width", "iib")
 DEFAULT_ALGORITHM = "ib_tpo"
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {"chain": {"model": "testbed-chain", "max_completion_length": 128}}
+"""Defaults a built-in task brings along (its shipped policy, a length cap its solutions fit in); set fields win."""
 
 
 class ConfigError(ValueError):
@@ -49,7 +51,7 @@ class TrainConfig(BaseModel):
     overwrite: bool = Field(False, description="Allow a new run in an out_dir that already holds checkpoints (they are deleted).")
 
     # --- model -----------------------------------------------------------------------------------------------------
-    model: str = Field(TESTBED_MODEL, description="'testbed' (the shipped tiny policy), a local transformers causal LM directory, or a hub id already in the local HF cache.")
+    model: str = Field(TESTBED_MODEL, description="'testbed' (the shipped tiny policy of the sum task), 'testbed-chain' (of the chain task), a local transformers causal LM directory, or a hub id already in the local HF cache.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter dtype of the policy.")
     device: str = Field("auto", description="Where the policy runs: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
     deterministic: bool = Field(False, description="Deterministic GPU kernels (torch.use_deterministic_algorithms, cuBLAS workspace config): a run and its --resume repeat bit for bit on a GPU, somewhat slower. CPU runs are deterministic anyway.")
@@ -60,10 +62,14 @@ class TrainConfig(BaseModel):
     lora_target_modules: str | list[str] = Field("all-linear", description="Modules that get adapters: 'all-linear' or a list of module names (e.g. [q_proj, v_proj]).")
 
     # --- task --------------------------------------------------------------------------------------------------------
-    task: Literal["sum"] = Field("sum", description="Built-in task: 'sum' (step-by-step multi-term sums, any order).")
+    task: Literal["sum", "chain"] = Field("sum", description="Built-in task: 'sum' (multi-term sums, any order, ~4 steps) or 'chain' (+/- chains carried forward, ~10 steps / ~90 tokens; brings model=testbed-chain and max_completion_length=128 unless set).")
     task_min_terms: int = Field(3, ge=2, le=8, description="Fewest terms of a sum problem.")
     task_max_terms: int = Field(4, ge=2, le=8, description="Most terms of a sum problem.")
     task_max_value: int = Field(30, ge=2, le=999, description="Terms are drawn from 1..task_max_value.")
+    chain_min_ops: int = Field(8, ge=1, le=16, description="chain task: fewest operations of a problem (one step each, plus the answer step).")
+    chain_max_ops: int = Field(10, ge=1, le=16, description="chain task: most operations of a problem.")
+    chain_max_operand: int = Field(30, ge=1, le=999, description="chain task: operands are drawn from 1..chain_max_operand (at most chain_max_total // 2).")
+    chain_max_total: int = Field(99, ge=2, le=9999, description="chain task: the start value and every running total lie in 0..chain_max_total.")
     task_seed: int = Field(1234, ge=0, description="Seed of the problem generator (fixes the test split).")
     test_size: int = Field(512, ge=1, description="Problems in the held-out test split (built-in task; a dataset without eval_datasets holds out this many rows).")
     dataset: str | None = Field(None, description="Training questions from a local file or dir (jsonl, json, parquet, a saved `datasets` dir; DIR:split picks a split); unset = the built-in task.")
@@ -169,12 +175,19 @@ class TrainConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _fill_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("task") in TASK_DEFAULTS:
+            data = {**TASK_DEFAULTS[data["task"]], **data}
         return apply_preset(data, DEFAULT_ALGORITHM) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _check_relations(self) -> "TrainConfig":
         if self.task_min_terms > self.task_max_terms:
             raise ValueError(f"task_min_terms ({self.task_min_terms}) must be <= task_max_terms ({self.task_max_terms})")
+        if self.chain_min_ops > self.chain_max_ops:
+            raise ValueError(f"chain_min_ops ({self.chain_min_ops}) must be <= chain_max_ops ({self.chain_max_ops})")
+        if self.chain_max_operand > self.chain_max_total // 2:
+            raise ValueError(f"chain_max_operand ({self.chain_max_operand}) must be <= chain_max_total // 2 "
+                             f"({self.chain_max_total // 2})")
         if self.iib_keep == 1:
             raise ValueError("iib_keep: got 1; allowed: 0 (no filter) or >= 2 (a group of one trajectory has no advantage)")
         for problem in _relation_problems(self):

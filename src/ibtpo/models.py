@@ -24,6 +24,8 @@ import torch
 from ibtpo.config import TESTBED_MODEL
 
 TESTBED_POLICY_DIR = Path(__file__).parent / "testbed" / "policy"
+TESTBED_POLICIES = {TESTBED_MODEL: TESTBED_POLICY_DIR, "testbed-chain": TESTBED_POLICY_DIR.with_name("policy_chain")}
+"""Shipped testbed policies by model name: the sum task's and the chain task's."""
 ADAPTER_CONFIG = "adapter_config.json"
 BASE_REFERENCE = "base_model.json"
 """Next to saved adapters: the base model as loaded, and its path relative to the adapter directory."""
@@ -35,7 +37,7 @@ class ModelLoadError(RuntimeError):
 
 def resolve_model_path(name: str) -> Path:
     """'testbed' -> the shipped policy directory; anything else is a local path (or a hub id, see load_policy)."""
-    return TESTBED_POLICY_DIR if name == TESTBED_MODEL else Path(name)
+    return TESTBED_POLICIES.get(name, Path(name))
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -56,7 +58,7 @@ def _source(name: str) -> str:
             raise ModelLoadError(f"cannot load a causal LM from {path}: no config.json there (not a transformers "
                                  f"model directory)")
         return str(path.resolve())  # absolute: what adapters saved on top of it record as their base
-    if name == TESTBED_MODEL:
+    if name in TESTBED_POLICIES:
         raise ModelLoadError(f"model path not found: {path} (run `ibtpo pretrain` to rebuild the testbed policy)")
     if _looks_like_hub_id(name):
         return name

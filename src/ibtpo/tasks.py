@@ -1,4 +1,4 @@
-"""Where a run's questions and rewards come from: the built-in sum task, or math datasets from local files.
+"""Where a run's questions and rewards come from: a built-in task (sum or chain), or math datasets from local files.
 
 A *source* gives the trainer three things, whatever the data:
 - ``train_problem(i)``: the i-th question of an endless training stream (``data_pos`` indexes it, so resuming is exact);
@@ -35,15 +35,24 @@ class PromptedQuestion:
         return {**self.columns, "answer": self.answer, "question_id": self.id}
 
 
-class SumSource:
-    """The built-in CPU testbed task (``ibtpo.testbed.task``): one test split named after the task."""
+def build_task(cfg):
+    """The built-in task generator of ``cfg.task``: sum (``ibtpo.testbed.task``) or chain (``ibtpo.testbed.chain``)."""
+    from ibtpo.testbed.chain import ChainTask
+    from ibtpo.testbed.task import SumTask
+
+    if cfg.task == "chain":
+        return ChainTask(min_ops=cfg.chain_min_ops, max_ops=cfg.chain_max_ops, max_operand=cfg.chain_max_operand,
+                         max_total=cfg.chain_max_total, seed=cfg.task_seed, test_size=cfg.test_size)
+    return SumTask(min_terms=cfg.task_min_terms, max_terms=cfg.task_max_terms, max_value=cfg.task_max_value,
+                   seed=cfg.task_seed, test_size=cfg.test_size)
+
+
+class BuiltinSource:
+    """A built-in CPU testbed task (``task=sum`` or ``task=chain``): one test split named after the task."""
 
     def __init__(self, cfg):
-        from ibtpo.testbed.task import SumTask
-
         self.name = cfg.task
-        self.task = SumTask(min_terms=cfg.task_min_terms, max_terms=cfg.task_max_terms,
-                            max_value=cfg.task_max_value, seed=cfg.task_seed, test_size=cfg.test_size)
+        self.task = build_task(cfg)
 
     @staticmethod
     def _prompt(p) -> PromptedQuestion:
@@ -124,7 +133,11 @@ class FileSource:
         return self._epoch_order
 
 
-def build_source(cfg, tokenizer) -> SumSource | FileSource:
+SumSource = BuiltinSource
+"""Former name of :class:`BuiltinSource` (it now serves every built-in task)."""
+
+
+def build_source(cfg, tokenizer) -> BuiltinSource | FileSource:
     """The question source of a run: dataset files when ``dataset`` or ``eval_datasets`` is set, else the built-in
     task (``eval_datasets`` alone serves ``ibtpo eval``; training needs ``dataset``)."""
     return FileSource(cfg, tokenizer) if cfg.dataset or cfg.eval_datasets else SumSource(cfg)
@@ -143,16 +156,17 @@ class Rewards:
 
 
 def build_rewards(cfg) -> Rewards:
-    """Resolve ``reward_fn`` (auto: sum for the built-in task, math when the questions come from dataset files, for
-    training or evaluation) and ``format_reward_weight``."""
+    """Resolve ``reward_fn`` (auto: the built-in task's exact answer check, named after the task; math when the
+    questions come from dataset files, for training or evaluation) and ``format_reward_weight``."""
     from ibtpo.reward_fns import GuardedReward, extract_math_answer, load_reward_fn, weighted_sum
+    from ibtpo.testbed.chain import chain_reward
     from ibtpo.testbed.task import extract_answer
 
-    name = cfg.reward_fn if cfg.reward_fn != "auto" else ("math" if cfg.dataset or cfg.eval_datasets else "sum")
-    check = load_reward_fn(name)
+    name = cfg.reward_fn if cfg.reward_fn != "auto" else ("math" if cfg.dataset or cfg.eval_datasets else cfg.task)
+    check = chain_reward if name == "chain" else load_reward_fn(name)
     train = check
     if cfg.format_reward_weight > 0:
         train = weighted_sum([check, load_reward_fn("format")], [1.0, cfg.format_reward_weight])
     return Rewards(train=GuardedReward(train, name, on_error=cfg.reward_errors),
                    check=GuardedReward(check, name, on_error=cfg.reward_errors),
-                   extract=extract_answer if name == "sum" else extract_math_answer)
+                   extract=extract_answer if name in ("sum", "chain") else extract_math_answer)

@@ -17,15 +17,22 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from ibtpo.evaluation import evaluate
 from ibtpo.testbed.model import build_tiny_model
 from ibtpo.testbed.pretrain import PretrainConfig, pretrain
-from ibtpo.testbed.task import SumTask, extract_answer, sum_reward
+from ibtpo.testbed.chain import ChainTask, chain_reward
+from ibtpo.testbed.task import GeneratedTask, SumTask, extract_answer, sum_reward
 from ibtpo.testbed.tokenizer import build_char_tokenizer
 
 
-def build_base_policy(cfg: PretrainConfig, out_dir: Path, task: SumTask | None = None, threads: int = 2,
+TASKS = {"sum": (SumTask, sum_reward), "chain": (ChainTask, chain_reward)}
+"""Built-in task name -> (generator class with default settings, exact-match reward)."""
+
+
+def build_base_policy(cfg: PretrainConfig, out_dir: Path, task: GeneratedTask | None = None, threads: int = 2,
                       progress: bool = True) -> dict:
-    """Warm up a fresh tiny model on `task` (default: the built-in sum task) and save it with its tokenizer."""
+    """Warm up a fresh tiny model on `task` (default: the built-in task ``cfg.task`` with its default settings) and
+    save it with its tokenizer."""
     torch.set_num_threads(threads)
-    task = task or SumTask()
+    task_cls, reward = TASKS[cfg.task]
+    task = task or task_cls()
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
                              intermediate_size=cfg.intermediate_size, seed=cfg.seed)
@@ -38,8 +45,8 @@ def build_base_policy(cfg: PretrainConfig, out_dir: Path, task: SumTask | None =
             stats = pretrain(model, tokenizer, task, cfg, lambda s, l: bar.update(job, completed=s + 1, loss=l))
     else:
         stats = pretrain(model, tokenizer, task, cfg)
-    res = evaluate(model, tokenizer, list(task.test_problems), sum_reward, k=4, temperature=1.0,
-                   max_new_tokens=48, greedy=True, seed=0, extract=extract_answer)
+    res = evaluate(model, tokenizer, list(task.test_problems), reward, k=4, temperature=1.0,
+                   max_new_tokens=task.max_tokens, greedy=True, seed=0, extract=extract_answer)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)

@@ -11,18 +11,20 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Annotated, Callable
+from typing import Annotated, Callable, Literal
 
 import torch
 from pydantic import Field
 
-from ibtpo.testbed.task import SumTask
+from ibtpo.testbed.task import GeneratedTask
 
 
 @dataclass
 class PretrainConfig:
     """Settings of the supervised warm-up."""
 
+    task: Literal["sum", "chain"] = "sum"
+    """Built-in task whose warm-up stream the policy learns from (its default generator settings)."""
     num_examples: Annotated[int, Field(ge=1)] = 4000
     """Distinct gold solutions the warm-up may see (drawn from the warm-up stream, disjoint from test)."""
     steps: Annotated[int, Field(ge=1)] = 900
@@ -67,7 +69,7 @@ def sft_batch(examples, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     return ids, mask, labels
 
 
-def pretrain(model, tokenizer, task: SumTask, cfg: PretrainConfig,
+def pretrain(model, tokenizer, task: GeneratedTask, cfg: PretrainConfig,
              on_step: Callable[[int, float], None] | None = None) -> dict:
     """Run the warm-up in place on `model`; returns summary stats. `on_step(step, loss)` reports progress."""
     rng = random.Random(cfg.seed)

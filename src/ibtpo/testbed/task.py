@@ -24,6 +24,7 @@ import random
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from typing import ClassVar
 
 STEP_DELIMITER = "\n\n"
 _ANSWER_RE = re.compile(r"A:(-?\d+)\s*$")
@@ -39,8 +40,42 @@ class Problem:
     solution: str
 
 
+class GeneratedTask:
+    """Splits of a seedable problem generator: a fixed test list, and train / warm-up streams that skip its questions.
+
+    A subclass is a frozen dataclass with ``seed`` and ``test_size`` fields and a ``draw(rng, pid)`` method."""
+
+    split_tags: ClassVar[dict[str, int]] = {"train": 1, "test": 2, "warmup": 3}
+    """Seed tag of each split (a task with its own tags draws streams unrelated to another task's)."""
+    max_tokens: ClassVar[int] = 48
+    """A length cap (tokens) that every gold solution fits in."""
+
+    def _rng(self, split: str, index: int) -> random.Random:
+        return random.Random((self.seed * 1_000_003 + self.split_tags[split]) * 2_147_483_647 + index)
+
+    def draw(self, rng: random.Random, pid: str) -> Problem:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @cached_property
+    def test_problems(self) -> tuple[Problem, ...]:
+        return tuple(self.draw(self._rng("test", i), f"test-{i}") for i in range(self.test_size))
+
+    @cached_property
+    def _test_prompts(self) -> frozenset[str]:
+        return frozenset(p.prompt for p in self.test_problems)
+
+    def train_problem(self, index: int, split: str = "train") -> Problem:
+        """The index-th problem of the train stream (or of the warm-up stream); never a test question."""
+        attempt = 0
+        while True:
+            p = self.draw(self._rng(split, index * 64 + attempt), f"{split}-{index}")
+            if p.prompt not in self._test_prompts:
+                return p
+            attempt += 1
+
+
 @dataclass(frozen=True)
-class SumTask:
+class SumTask(GeneratedTask):
     """Seedable generator of step-structured sum problems with disjoint train/test splits."""
 
     min_terms: int = 3
@@ -54,13 +89,13 @@ class SumTask:
     test_size: int = 512
     """Number of problems in the fixed test split."""
 
-    def _rng(self, split: str, index: int) -> random.Random:
-        tag = {"train": 1, "test": 2, "warmup": 3}[split]
-        return random.Random((self.seed * 1_000_003 + tag) * 2_147_483_647 + index)
-
     def _terms(self, rng: random.Random) -> list[int]:
         n = rng.randint(self.min_terms, self.max_terms)
         return [rng.randint(1, self.max_value) for _ in range(n)]
+
+    def draw(self, rng: random.Random, pid: str) -> Problem:
+        """A random problem and its gold solution."""
+        return self.make(self._terms(rng), rng, pid)
 
     def make(self, terms: list[int], rng: random.Random, pid: str) -> Problem:
         """Build a problem from its terms; the gold solution adds the terms in a random order."""
@@ -73,28 +108,6 @@ class SumTask:
             total += t
         steps.append(f"A:{total}")
         return Problem(id=pid, prompt=prompt, answer=str(total), solution=STEP_DELIMITER.join(steps))
-
-    @cached_property
-    def test_problems(self) -> tuple[Problem, ...]:
-        out = []
-        for i in range(self.test_size):
-            rng = self._rng("test", i)
-            out.append(self.make(self._terms(rng), rng, f"test-{i}"))
-        return tuple(out)
-
-    @cached_property
-    def _test_prompts(self) -> frozenset[str]:
-        return frozenset(p.prompt for p in self.test_problems)
-
-    def train_problem(self, index: int, split: str = "train") -> Problem:
-        """The index-th problem of the train stream (or of the warm-up stream); never a test question."""
-        attempt = 0
-        while True:
-            rng = self._rng(split, index * 64 + attempt)
-            p = self.make(self._terms(rng), rng, f"{split}-{index}")
-            if p.prompt not in self._test_prompts:
-                return p
-            attempt += 1
 
 
 def extract_answer(completion: str) -> str | None:

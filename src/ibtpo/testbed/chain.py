@@ -1,0 +1,92 @@
+"""The long testbed task: a chain of additions and subtractions carried forward, one operation per step.
+
+A problem is a start number followed by ``num_ops`` operations, e.g. ``Q:37+15-8+23-31+4+19-26+9``. A solution
+applies the operations left to right, carrying each intermediate result into the next step; every step ends with the
+delimiter "\\n\\n" and the last step is the final answer::
+
+    Q:37+15-8+23-31+4+19-26+9\\n\\n    <- prompt
+    37+15=52\\n\\n                     <- step 1
+    52-8=44\\n\\n                      <- step 2: carries 52 forward, reads the next operation from the prompt
+    ...
+    57+9=66\\n\\n                      <- step 8
+    A:66<eos>                        <- final answer, checked exactly
+
+Why it suits tree rollouts: solutions have ``num_ops + 1`` steps (9 to 11 with the defaults) and about 90 generated
+tokens, and a mistake can happen at every step (a carry or a borrow, reading the wrong operation from the prompt,
+copying the running total wrongly), so the steps a policy is unsure about are spread along the whole trajectory
+instead of sitting at its start. One wrong step makes the final answer wrong (the error is carried forward), so a
+prefix that is still right is worth re-sampling from. Every running total stays in 0..``max_total`` (an operation's
+sign is flipped when it would leave that range), so every step is the same kind of two-digit arithmetic whatever
+its depth.
+
+The reward is 1 if the final answer equals the exact result, else 0 (the steps are not checked, as in outcome-reward
+math RL). Splits: as for the sum task, problems are generated from (seed, split, index); the train and warm-up
+streams skip every problem whose question is in the fixed test split.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ibtpo.testbed.task import STEP_DELIMITER, GeneratedTask, Problem, extract_answer
+
+
+@dataclass(frozen=True)
+class ChainTask(GeneratedTask):
+    """Seedable generator of carried-forward +/- chains with disjoint train/test splits."""
+
+    min_ops: int = 8
+    """Fewest operations in a problem (a solution has one step per operation plus the answer step)."""
+    max_ops: int = 10
+    """Most operations in a problem."""
+    max_operand: int = 30
+    """Operands are drawn uniformly from 1..max_operand."""
+    max_total: int = 99
+    """Start value and every running total lie in 0..max_total."""
+    seed: int = 1234
+    """Seed of the problem generator (independent of the training seed)."""
+    test_size: int = 512
+    """Number of problems in the fixed test split."""
+
+    max_tokens: ClassVar[int] = 128
+    """A length cap (tokens) that every gold solution fits in with room to spare."""
+    split_tags: ClassVar[dict[str, int]] = {"train": 11, "test": 12, "warmup": 13}
+
+    def __post_init__(self):
+        if not 1 <= self.min_ops <= self.max_ops:
+            raise ValueError(f"ChainTask: need 1 <= min_ops ({self.min_ops}) <= max_ops ({self.max_ops})")
+        if not 1 <= self.max_operand <= self.max_total // 2:
+            raise ValueError(f"ChainTask: need 1 <= max_operand ({self.max_operand}) <= max_total // 2 "
+                             f"({self.max_total // 2}), so a flipped sign always stays in range")
+
+    def draw(self, rng: random.Random, pid: str) -> Problem:
+        """A random problem and its gold solution."""
+        start = total = rng.randint(0, self.max_total)
+        ops = []
+        for _ in range(rng.randint(self.min_ops, self.max_ops)):
+            d = rng.randint(1, self.max_operand)
+            sign = rng.choice("+-")
+            if not 0 <= (total + d if sign == "+" else total - d) <= self.max_total:
+                sign = "-" if sign == "+" else "+"  # the other sign stays in range since d <= max_total // 2
+            ops.append((sign, d))
+            total = total + d if sign == "+" else total - d
+        return self.make(start, ops, pid)
+
+    @staticmethod
+    def make(start: int, ops: list[tuple[str, int]], pid: str) -> Problem:
+        """Build a problem from its start value and operations; the gold solution applies them left to right."""
+        prompt = "Q:" + str(start) + "".join(f"{s}{d}" for s, d in ops) + STEP_DELIMITER
+        total, steps = start, []
+        for sign, d in ops:
+            new = total + d if sign == "+" else total - d
+            steps.append(f"{total}{sign}{d}={new}")
+            total = new
+        steps.append(f"A:{total}")
+        return Problem(id=pid, prompt=prompt, answer=str(total), solution=STEP_DELIMITER.join(steps))
+
+
+def chain_reward(prompts: list[str], completions: list[str], completion_ids=None, answer=None, **_) -> list[float]:
+    """Exact-match outcome reward (TRL signature): 1.0 when the final "A:<int>" equals the reference, else 0.0."""
+    return [1.0 if extract_answer(c) == a else 0.0 for c, a in zip(completions, answer)]

@@ -1,0 +1,76 @@
+"""The chain task: gold solutions are long, step-delimited and exact; splits are disjoint; the reward is exact."""
+
+import re
+import statistics
+
+import pytest
+
+from ibtpo.testbed.chain import ChainTask, chain_reward
+from ibtpo.testbed.task import STEP_DELIMITER, SumTask
+
+_OP = re.compile(r"([+-])(\d+)")
+
+
+def _parse(prompt: str) -> tuple[int, list[tuple[str, int]]]:
+    body = prompt.removeprefix("Q:").removesuffix(STEP_DELIMITER)
+    start = re.match(r"\d+", body).group(0)
+    return int(start), [(s, int(d)) for s, d in _OP.findall(body[len(start):])]
+
+
+def test_gold_solution_applies_every_operation_in_order_and_stays_in_range():
+    task = ChainTask()
+    for p in task.test_problems[:200]:
+        start, ops = _parse(p.prompt)
+        assert task.min_ops <= len(ops) <= task.max_ops
+        steps = p.solution.split(STEP_DELIMITER)
+        assert len(steps) == len(ops) + 1 and steps[-1] == f"A:{p.answer}"
+        total = start
+        for (sign, d), step in zip(ops, steps):
+            new = total + d if sign == "+" else total - d
+            assert step == f"{total}{sign}{d}={new}"  # carries the running total, reads the next operation
+            assert 0 <= new <= task.max_total and 1 <= d <= task.max_operand
+            total = new
+        assert p.answer == str(total)
+        assert chain_reward([p.prompt], [p.solution], answer=[p.answer]) == [1.0]
+
+
+def test_solutions_are_long_enough_for_trees():
+    """The issue's floor: >= 8 steps and >= 80 generated tokens (one per character, plus EOS) on average."""
+    ps = ChainTask().test_problems
+    assert statistics.mean(p.solution.count(STEP_DELIMITER) + 1 for p in ps) >= 8
+    assert statistics.mean(len(p.solution) + 1 for p in ps) >= 80
+    assert max(len(p.prompt) + len(p.solution) + 1 for p in ps) <= 256 - 64  # the model's positions, with room
+    assert max(len(p.solution) + 1 for p in ps) <= ChainTask.max_tokens
+
+
+def test_splits_are_disjoint_reproducible_and_apart_from_the_sum_stream():
+    task = ChainTask(test_size=300)
+    test_prompts = {p.prompt for p in task.test_problems}
+    train = [task.train_problem(i) for i in range(2000)] + [task.train_problem(i, "warmup") for i in range(2000)]
+    assert not test_prompts & {p.prompt for p in train}
+    assert [p.prompt for p in ChainTask(test_size=300).test_problems] == [p.prompt for p in task.test_problems]
+    assert ChainTask(seed=1).train_problem(0) != ChainTask(seed=2).train_problem(0)
+    assert task.train_problem(0).prompt != task.train_problem(0, "warmup").prompt
+    assert SumTask().train_problem(5).prompt != task.train_problem(5).prompt
+
+
+def test_a_forced_sign_flip_keeps_totals_in_range():
+    task = ChainTask(min_ops=12, max_ops=12, max_operand=5, max_total=10, test_size=50)
+    for p in task.test_problems:
+        start, ops = _parse(p.prompt)
+        total = start
+        for sign, d in ops:
+            total = total + d if sign == "+" else total - d
+            assert 0 <= total <= 10
+
+
+def test_reward_is_exact_on_the_final_answer_only():
+    out = chain_reward(["q"] * 4, ["5+3=8\n\nA:8", "A:80", "5+3=9\n\nA:8", "A:8 extra"], answer=["8"] * 4)
+    assert out == [1.0, 0.0, 1.0, 0.0]  # steps are not checked (outcome reward), the answer is
+
+
+@pytest.mark.parametrize("kwargs", [{"min_ops": 5, "max_ops": 4}, {"max_operand": 60, "max_total": 99},
+                                    {"min_ops": 0}])
+def test_bad_settings_name_the_field(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        ChainTask(**kwargs)
