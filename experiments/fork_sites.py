@@ -1,7 +1,7 @@
 """Where the IB rule forks on the testbed: at the root (a fresh sample) or inside a trajectory, and how much of a
 trajectory a fork shares. Grows IBTrees (the run's tree settings) with a policy on training questions.
 
-    python experiments/fork_sites.py [MODEL_OR_RUN_DIR ...] [--questions 128]
+    python experiments/fork_sites.py [MODEL_OR_RUN_DIR ...] [--task sum|chain] [--questions 128]
 
 With tree shape (B0, L, K, B) = (4, 9, 1, 1) every tree gets B0 = 4 chains from the root and 8 forks; a fork at
 the root shares nothing, a fork after k tokens shares k.
@@ -17,18 +17,19 @@ from ibtpo.config import build_config
 from ibtpo.models import load_policy
 from ibtpo.probe import grow_probe
 from ibtpo.rollout.steps import StepSplitter
-from ibtpo.tasks import SumSource, build_rewards
+from ibtpo.tasks import BuiltinSource, build_rewards
 from ibtpo.training.checkpoint import latest_checkpoint
 from ibtpo.training.trainer import rollout_sampling, tree_shape
 
 
-def fork_sites(name: str, questions: int) -> str:
+def fork_sites(name: str | None, questions: int, task: str = "sum") -> str:
     from pathlib import Path
 
+    cfg = build_config(None, {"threads": 2, "task": task})
+    name = name or cfg.model
     ckpt = latest_checkpoint(Path(name)) if (Path(name) / "checkpoints").is_dir() else None
-    cfg = build_config(None, {"threads": 2})
     model, tok = load_policy(str(ckpt) if ckpt else name)
-    source = SumSource(cfg)
+    source = BuiltinSource(cfg)
     problems = [source.train_problem(i) for i in range(questions)]
     trees = grow_probe(model, tok, problems, build_rewards(cfg).check, tree_shape(cfg, "ib"), rollout_sampling(cfg),
                        StepSplitter(tok, cfg.step_delimiter, cfg.min_step_tokens), seed=0, batch_questions=64)
@@ -49,12 +50,13 @@ def fork_sites(name: str, questions: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("models", nargs="*", default=["testbed"])
+    ap.add_argument("models", nargs="*", default=[None], help="policies or run dirs (default: the task's shipped one)")
+    ap.add_argument("--task", choices=("sum", "chain"), default="sum")
     ap.add_argument("--questions", type=int, default=128)
     args = ap.parse_args()
     torch.set_num_threads(2)
     for name in args.models:
-        print(fork_sites(name, args.questions))
+        print(fork_sites(name, args.questions, args.task))
 
 
 if __name__ == "__main__":
