@@ -142,6 +142,6 @@ def test_chain_task_brings_its_policy_and_length_cap_unless_set():
     mine = build_config(None, {"task": "chain", "max_new_tokens": 100, "model": "testbed"})
     assert (mine.model, mine.max_completion_length) == ("testbed", 100)
     with pytest.raises(ConfigError, match="chain_min_ops"):
-        build_config(None, {"task": "chain", "chain_min_ops": 9, "chain_max_ops": 8})
+        build_config(None, {"task": "chain", "chain_min_ops": 12, "chain_max_ops": 11})
     with pytest.raises(ConfigError, match="chain_max_operand"):
         build_config(None, {"chain_max_operand": 60})

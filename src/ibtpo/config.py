@@ -62,12 +62,12 @@ class TrainConfig(BaseModel):
     lora_target_modules: str | list[str] = Field("all-linear", description="Modules that get adapters: 'all-linear' or a list of module names (e.g. [q_proj, v_proj]).")
 
     # --- task --------------------------------------------------------------------------------------------------------
-    task: Literal["sum", "chain"] = Field("sum", description="Built-in task: 'sum' (multi-term sums, any order, ~4 steps) or 'chain' (+/- chains carried forward, ~10 steps / ~90 tokens; brings model=testbed-chain and max_completion_length=128 unless set).")
+    task: Literal["sum", "chain"] = Field("sum", description="Built-in task: 'sum' (multi-term sums, any order, ~4 steps) or 'chain' (labelled +/- chains carried forward, ~11 steps / ~90 tokens; brings model=testbed-chain and max_completion_length=128 unless set).")
     task_min_terms: int = Field(3, ge=2, le=8, description="Fewest terms of a sum problem.")
     task_max_terms: int = Field(4, ge=2, le=8, description="Most terms of a sum problem.")
     task_max_value: int = Field(30, ge=2, le=999, description="Terms are drawn from 1..task_max_value.")
-    chain_min_ops: int = Field(8, ge=1, le=16, description="chain task: fewest operations of a problem (one step each, plus the answer step).")
-    chain_max_ops: int = Field(10, ge=1, le=16, description="chain task: most operations of a problem.")
+    chain_min_ops: int = Field(9, ge=1, le=16, description="chain task: fewest operations of a problem (one step each, plus the answer step).")
+    chain_max_ops: int = Field(11, ge=1, le=16, description="chain task: most operations of a problem.")
     chain_max_operand: int = Field(30, ge=1, le=999, description="chain task: operands are drawn from 1..chain_max_operand (at most chain_max_total // 2).")
     chain_max_total: int = Field(99, ge=2, le=9999, description="chain task: the start value and every running total lie in 0..chain_max_total.")
     task_seed: int = Field(1234, ge=0, description="Seed of the problem generator (fixes the test split).")

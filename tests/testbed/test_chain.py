@@ -8,13 +8,15 @@ import pytest
 from ibtpo.testbed.chain import ChainTask, chain_reward
 from ibtpo.testbed.task import STEP_DELIMITER, SumTask
 
-_OP = re.compile(r"([+-])(\d+)")
+_OP = re.compile(r"([a-z])([+-])(\d+)")
 
 
 def _parse(prompt: str) -> tuple[int, list[tuple[str, int]]]:
     body = prompt.removeprefix("Q:").removesuffix(STEP_DELIMITER)
     start = re.match(r"\d+", body).group(0)
-    return int(start), [(s, int(d)) for s, d in _OP.findall(body[len(start):])]
+    ops = _OP.findall(body[len(start):])
+    assert "".join(k for k, _, _ in ops) == "abcdefghijklmnopqrstuvwxyz"[:len(ops)]  # labels in order
+    return int(start), [(s, int(d)) for _, s, d in ops]
 
 
 def test_gold_solution_applies_every_operation_in_order_and_stays_in_range():
@@ -25,9 +27,9 @@ def test_gold_solution_applies_every_operation_in_order_and_stays_in_range():
         steps = p.solution.split(STEP_DELIMITER)
         assert len(steps) == len(ops) + 1 and steps[-1] == f"A:{p.answer}"
         total = start
-        for (sign, d), step in zip(ops, steps):
+        for k, ((sign, d), step) in enumerate(zip(ops, steps)):
             new = total + d if sign == "+" else total - d
-            assert step == f"{total}{sign}{d}={new}"  # carries the running total, reads the next operation
+            assert step == f"{'abcdefghijklmnopqrstuvwxyz'[k]}{sign}{d}={new}"  # the operation, the carried total
             assert 0 <= new <= task.max_total and 1 <= d <= task.max_operand
             total = new
         assert p.answer == str(total)
@@ -65,12 +67,12 @@ def test_a_forced_sign_flip_keeps_totals_in_range():
 
 
 def test_reward_is_exact_on_the_final_answer_only():
-    out = chain_reward(["q"] * 4, ["5+3=8\n\nA:8", "A:80", "5+3=9\n\nA:8", "A:8 extra"], answer=["8"] * 4)
+    out = chain_reward(["q"] * 4, ["a+3=8\n\nA:8", "A:80", "a+3=9\n\nA:8", "A:8 extra"], answer=["8"] * 4)
     assert out == [1.0, 0.0, 1.0, 0.0]  # steps are not checked (outcome reward), the answer is
 
 
 @pytest.mark.parametrize("kwargs", [{"min_ops": 5, "max_ops": 4}, {"max_operand": 60, "max_total": 99},
-                                    {"min_ops": 0}])
+                                    {"min_ops": 0}, {"max_ops": 27}])
 def test_bad_settings_name_the_field(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         ChainTask(**kwargs)

@@ -30,6 +30,6 @@ def test_build_base_policy_warms_up_on_the_chosen_task_and_records_it(tmp_path, 
     summary = build.build_base_policy(cfg, tmp_path, task=ChainTask(test_size=3), progress=False)
     assert seen["prompts"] == [p.prompt for p in ChainTask(test_size=3).test_problems]
     assert seen["cap"] == ChainTask.max_tokens and seen["reward"] is build.chain_reward
-    assert summary["pretrain_config"]["task"] == "chain" and summary["task"]["min_ops"] == 8
+    assert summary["pretrain_config"]["task"] == "chain" and summary["task"]["min_ops"] == 9
     assert json.loads((tmp_path / "pretrain_summary.json").read_text())["task"] == summary["task"]
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "tokenizer.json").exists()

@@ -27,19 +27,23 @@ streams skip every problem whose question is in the fixed test split.
 from __future__ import annotations
 
 import random
+import string
 from dataclasses import dataclass
 from typing import ClassVar
 
 from ibtpo.testbed.task import STEP_DELIMITER, GeneratedTask, Problem, extract_answer
+
+LABELS = string.ascii_lowercase
+"""Labels of the operations, in order."""
 
 
 @dataclass(frozen=True)
 class ChainTask(GeneratedTask):
     """Seedable generator of carried-forward +/- chains with disjoint train/test splits."""
 
-    min_ops: int = 8
+    min_ops: int = 9
     """Fewest operations in a problem (a solution has one step per operation plus the answer step)."""
-    max_ops: int = 10
+    max_ops: int = 11
     """Most operations in a problem."""
     max_operand: int = 30
     """Operands are drawn uniformly from 1..max_operand."""
@@ -55,8 +59,9 @@ class ChainTask(GeneratedTask):
     split_tags: ClassVar[dict[str, int]] = {"train": 11, "test": 12, "warmup": 13}
 
     def __post_init__(self):
-        if not 1 <= self.min_ops <= self.max_ops:
-            raise ValueError(f"ChainTask: need 1 <= min_ops ({self.min_ops}) <= max_ops ({self.max_ops})")
+        if not 1 <= self.min_ops <= self.max_ops <= len(LABELS):
+            raise ValueError(f"ChainTask: need 1 <= min_ops ({self.min_ops}) <= max_ops ({self.max_ops}) <= "
+                             f"{len(LABELS)}")
         if not 1 <= self.max_operand <= self.max_total // 2:
             raise ValueError(f"ChainTask: need 1 <= max_operand ({self.max_operand}) <= max_total // 2 "
                              f"({self.max_total // 2}), so a flipped sign always stays in range")
@@ -76,13 +81,12 @@ class ChainTask(GeneratedTask):
 
     @staticmethod
     def make(start: int, ops: list[tuple[str, int]], pid: str) -> Problem:
-        """Build a problem from its start value and operations; the gold solution applies them left to right."""
-        prompt = "Q:" + str(start) + "".join(f"{s}{d}" for s, d in ops) + STEP_DELIMITER
+        """Build a problem from its start value and operations; the gold solution applies them in label order."""
+        prompt = "Q:" + str(start) + "".join(f"{k}{s}{d}" for k, (s, d) in zip(LABELS, ops)) + STEP_DELIMITER
         total, steps = start, []
-        for sign, d in ops:
-            new = total + d if sign == "+" else total - d
-            steps.append(f"{total}{sign}{d}={new}")
-            total = new
+        for k, (sign, d) in zip(LABELS, ops):
+            total = total + d if sign == "+" else total - d
+            steps.append(f"{k}{sign}{d}={total}")
         steps.append(f"A:{total}")
         return Problem(id=pid, prompt=prompt, answer=str(total), solution=STEP_DELIMITER.join(steps))
 
