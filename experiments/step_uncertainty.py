@@ -6,9 +6,10 @@ Samples `--samples` independent trajectories (T=1, the task's length cap) per te
 (the run's delimiter) and reports per step depth d (1 = first step): how many trajectories reach it, the mean token
 entropy of the step, the mean step confidence conf = exp(mean token log-prob) (the IB rule's conf; an unbranched
 node whose next step has confidence c scores IB = -(1+beta)/beta * c, so the least confident steps are where the
-IB rule forks inside a trajectory), and, on the chain task, where the first wrong step is: the share of trajectories
-whose first mistake is at depth d, and the hazard P(wrong at d | right before d). Chain steps are deterministic, so a
-step is right iff it equals the gold step at that depth.
+IB rule forks inside a trajectory), and, on the chain task, where mistakes happen: the share of the steps at depth d
+that are wrong given the trajectory's own earlier steps (``ibtpo.testbed.chain.check_steps``: the right operation
+applied to the carried total), the share of trajectories whose first mistake is at depth d, and the hazard
+P(first mistake at d | no mistake before d).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ibtpo.rollout.samplers import TreeShape
 from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
 from ibtpo.tasks import build_rewards, build_task
+from ibtpo.testbed.chain import check_steps
 
 
 def step_table(model_name: str, task: str, questions: int, samples: int, seed: int = 0) -> dict:
@@ -35,7 +37,7 @@ def step_table(model_name: str, task: str, questions: int, samples: int, seed: i
     cfg = build_config(None, {"task": task, "model": model_name} if model_name else {"task": task})
     model, tok = load_policy(cfg.model)
     problems = list(build_task(cfg).test_problems[:questions])
-    gold = {p.id: p.solution.split(cfg.step_delimiter) for p in problems}
+    prompt_of = {p.id: p.prompt for p in problems}
     trees = grow_problem_trees("independent", model, tok, problems, build_rewards(cfg).check,
                                TreeShape(b0=samples, rounds=1), SamplingParams(temperature=1.0,
                                                                                max_new_tokens=cfg.max_completion_length),
@@ -50,15 +52,14 @@ def step_table(model_name: str, task: str, questions: int, samples: int, seed: i
             lengths.append(leaf.end)
             steps.append(len(nodes))
             rewards.append(leaf.reward)
-            wrong = None
-            for d, node in enumerate(nodes, start=1):
+            texts = [tok.decode(node.token_ids, skip_special_tokens=True) for node in nodes]
+            verdicts = check_steps(prompt_of[tree.question_id], texts) if task == "chain" else [None] * len(nodes)
+            for d, (node, ok) in enumerate(zip(nodes, verdicts), start=1):
                 rows[d]["entropy"].append(statistics.mean(node.entropies))
                 rows[d]["conf"].append(node.confidence())
-                text = tok.decode(node.token_ids, skip_special_tokens=True).strip()
-                ref = gold[tree.question_id]
-                if task == "chain" and wrong is None and (d > len(ref) or text != ref[d - 1].strip()):
-                    wrong = d
-            first_error.append(wrong)
+                if ok is not None:
+                    rows[d]["wrong"].append(not ok)
+            first_error.append(next((d for d, ok in enumerate(verdicts, start=1) if ok is False), None))
     n = len(first_error)
     table = []
     for d in sorted(rows):
@@ -66,7 +67,9 @@ def step_table(model_name: str, task: str, questions: int, samples: int, seed: i
         at = sum(1 for w in first_error if w == d)
         checked = task == "chain"
         table.append({"depth": d, "reached": len(rows[d]["conf"]), "entropy": statistics.mean(rows[d]["entropy"]),
-                      "conf": statistics.mean(rows[d]["conf"]), "first_error_share": at / n if checked else None,
+                      "conf": statistics.mean(rows[d]["conf"]),
+                      "step_error": statistics.mean(rows[d]["wrong"]) if checked else None,
+                      "first_error_share": at / n if checked else None,
                       "hazard": at / reached_right if checked and reached_right else None})
     return {"task": task, "model": cfg.model, "questions": len(problems), "samples": samples, "rows": table,
             "mean_tokens": statistics.mean(lengths), "mean_steps": statistics.mean(steps),
@@ -76,10 +79,10 @@ def step_table(model_name: str, task: str, questions: int, samples: int, seed: i
 def render(res: dict) -> str:
     lines = [f"{res['model']} on {res['task']}: {res['questions']} test questions x {res['samples']} samples (T=1); "
              f"mean {res['mean_tokens']:.1f} tokens, {res['mean_steps']:.1f} steps, reward {res['reward']:.3f}",
-             f"{'depth':>5}{'reached':>9}{'entropy':>9}{'conf':>7}{'1st err':>9}{'hazard':>8}"]
+             f"{'depth':>5}{'reached':>9}{'entropy':>9}{'conf':>7}{'wrong':>7}{'1st err':>9}{'hazard':>8}"]
     for r in res["rows"]:
-        fe, hz = (f"{r[k]:.3f}" if r[k] is not None else "-" for k in ("first_error_share", "hazard"))
-        lines.append(f"{r['depth']:>5}{r['reached']:>9}{r['entropy']:>9.3f}{r['conf']:>7.3f}{fe:>9}{hz:>8}")
+        we, fe, hz = (f"{r[k]:.3f}" if r[k] is not None else "-" for k in ("step_error", "first_error_share", "hazard"))
+        lines.append(f"{r['depth']:>5}{r['reached']:>9}{r['entropy']:>9.3f}{r['conf']:>7.3f}{we:>7}{fe:>9}{hz:>8}")
     return "\n".join(lines)
 
 

@@ -76,3 +76,15 @@ def test_reward_is_exact_on_the_final_answer_only():
 def test_bad_settings_name_the_field(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         ChainTask(**kwargs)
+
+
+def test_step_verdicts_judge_each_step_given_its_own_carried_total():
+    from ibtpo.testbed.chain import check_steps
+
+    prompt = "Q:50a+10b-5c+7\n\n"
+    gold = ChainTask.make(50, [("+", 10), ("-", 5), ("+", 7)], "x")
+    assert check_steps(gold.prompt, gold.solution.split(STEP_DELIMITER)) == [True] * 4 and gold.prompt == prompt
+    # a wrong sum at step 1 is carried: step 2 is right given 61, the answer repeats the carried total
+    assert check_steps(prompt, ["a+10=61", "b-5=56", "c+7=63", "A:63"]) == [False, True, True, True]
+    # a misread operation, a skipped label, an answer that does not repeat the total, a step after the answer
+    assert check_steps(prompt, ["a+11=61", "c+7=68", "b-5=63", "A:60", "A:60"]) == [False, False, False, False, False]

@@ -27,6 +27,7 @@ streams skip every problem whose question is in the fixed test split.
 from __future__ import annotations
 
 import random
+import re
 import string
 from dataclasses import dataclass
 from typing import ClassVar
@@ -89,6 +90,35 @@ class ChainTask(GeneratedTask):
             steps.append(f"{k}{sign}{d}={total}")
         steps.append(f"A:{total}")
         return Problem(id=pid, prompt=prompt, answer=str(total), solution=STEP_DELIMITER.join(steps))
+
+
+_PROMPT_OP = re.compile(r"([a-z])([+-])(\d+)")
+_STEP = re.compile(r"([a-z])([+-])(\d+)=(-?\d+)")
+
+
+def check_steps(prompt: str, steps: list[str]) -> list[bool]:
+    """Step-level verdicts of a solution, each given the solution's own earlier steps: step k is right iff it applies
+    the k-th labelled operation of the prompt to the total carried from step k-1 (the start for step 1); the answer
+    step "A:<int>" is right iff it repeats the carried total. A step after the answer step is wrong."""
+    body = prompt.removeprefix("Q:").strip()
+    start = re.match(r"\d+", body)
+    ops = _PROMPT_OP.findall(body[start.end():]) if start else []
+    total = int(start.group(0)) if start else None
+    out, done = [], False
+    for k, text in enumerate(s.strip() for s in steps):
+        m = _STEP.fullmatch(text)
+        if done or total is None:
+            out.append(False)
+        elif k < len(ops) and m and m.group(1, 2, 3) == ops[k]:
+            out.append(int(m.group(4)) == (total + int(ops[k][2]) if ops[k][1] == "+" else total - int(ops[k][2])))
+            total = int(m.group(4))
+        elif k == len(ops) and text.startswith("A:"):
+            out.append(extract_answer(text) == str(total))
+            done = True
+        else:
+            out.append(False)
+            total = int(m.group(4)) if m else total
+    return out
 
 
 def chain_reward(prompts: list[str], completions: list[str], completion_ids=None, answer=None, **_) -> list[float]:
