@@ -43,3 +43,10 @@ def test_lora_and_compare_on_cuda(tmp_path, tiny_model_dir):
     assert main(["compare", "--presets", "grpo", "--seeds", "0", "--tokens", "40", "--out", str(tmp_path / "cmp"),
                  f"model={tiny_model_dir}", *SMALL]) == 0
     assert (tmp_path / "cmp" / "report.md").exists()
+
+
+def test_pretrain_on_cuda(tmp_path):
+    out = tmp_path / "policy"
+    assert main(["pretrain", "--out", str(out), "device=cuda", "steps=3", "batch_size=4", "num_examples=16",
+                 "hidden_size=16", "intermediate_size=32"]) == 0
+    assert (out / "pretrain_summary.json").exists()

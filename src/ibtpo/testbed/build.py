@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ibtpo.evaluation import evaluate
+from ibtpo.models import resolve_device
 from ibtpo.testbed.model import build_tiny_model
 from ibtpo.testbed.pretrain import PretrainConfig, pretrain
 from ibtpo.testbed.chain import ChainTask, chain_reward
@@ -36,6 +37,7 @@ def build_base_policy(cfg: PretrainConfig, out_dir: Path, task: GeneratedTask | 
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
                              intermediate_size=cfg.intermediate_size, seed=cfg.seed)
+    model.to(resolve_device(cfg.device))
     console = Console(stderr=True)
     t0 = time.time()
     if progress:
@@ -49,7 +51,7 @@ def build_base_policy(cfg: PretrainConfig, out_dir: Path, task: GeneratedTask | 
                    max_new_tokens=task.max_tokens, greedy=True, seed=0, extract=extract_answer)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
+    model.to("cpu").save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     summary = {"pretrain_config": asdict(cfg), "task": asdict(task), "seconds": round(time.time() - t0, 1),
                "parameters": sum(p.numel() for p in model.parameters()), "final_loss": stats["final_loss"],

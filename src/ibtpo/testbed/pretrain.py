@@ -43,6 +43,8 @@ class PretrainConfig:
     """Transformer layers."""
     intermediate_size: Annotated[int, Field(ge=1)] = 512
     """MLP width."""
+    device: str = "cpu"
+    """Where the warm-up runs: cpu (the shipped policies were built there), cuda, cuda:1, or auto."""
 
 
 def encode_examples(tokenizer, problems) -> list[tuple[list[int], list[int]]]:
@@ -95,7 +97,8 @@ def pretrain(model, tokenizer, task: GeneratedTask, cfg: PretrainConfig,
         ids, mask, labels = sft_batch(batch, tokenizer.pad_token_id)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        dev = next(model.parameters()).device
+        loss = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
