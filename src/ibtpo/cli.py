@@ -129,7 +129,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
 
     from ibtpo.evaluation import evaluate, write_samples
     from ibtpo.models import resolve_device
-    from ibtpo.prompt_fit import check_prompts_fit, fit_profile_cap
+    from ibtpo.prompt_fit import fit_prompts
     from ibtpo.tasks import build_rewards, build_source
     from ibtpo.training.trainer import EVAL_SEED_OFFSET
 
@@ -140,8 +140,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     model, tok = _load_eval_policy(cfg.model, cfg.dtype)
     model.to(resolve_device(cfg.device))
     sets = {name: qs[:cfg.eval_questions] for name, qs in build_source(cfg, tok).test_sets.items()}
-    fit_profile_cap(cfg, sets, tok, model)
-    check_prompts_fit(sets, tok, model, cfg.max_completion_length)
+    fit_prompts(cfg, sets, tok, model)
     console = Console(stderr=True)
     _print_setup(console, cfg, tok)
     results, records = {}, [] if args.samples else None
@@ -216,7 +215,7 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     from ibtpo.evaluation import write_samples
     from ibtpo.models import resolve_device
     from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, plot_summary, summarize, tree_samples
-    from ibtpo.prompt_fit import check_prompts_fit, fit_profile_cap
+    from ibtpo.prompt_fit import fit_prompts
     from ibtpo.rollout.steps import StepSplitter
     from ibtpo.tasks import build_rewards
     from ibtpo.training.trainer import rollout_sampling, tree_shape
@@ -235,8 +234,7 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     if args.dataset != "sum":  # the file is scored as an evaluation set (its layout, reward_fn auto = math)
         cfg = cfg.model_copy(update={"eval_datasets": [args.dataset], "dataset": None})
     questions, dataset = _score_questions(args, cfg, tok)
-    fit_profile_cap(cfg, {dataset: questions}, tok, model)
-    check_prompts_fit({dataset: questions}, tok, model, cfg.max_completion_length)
+    fit_prompts(cfg, {dataset: questions}, tok, model)
     rewards = build_rewards(cfg)
     reward = rewards.check
     shape = tree_shape(cfg, "ib")

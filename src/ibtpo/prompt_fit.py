@@ -21,29 +21,45 @@ def context_window(model) -> int | None:
     return int(n) if isinstance(n, int) and n > 0 else None
 
 
-def check_prompts_fit(question_sets: dict[str, Iterable], tokenizer, model, max_completion_length: int) -> None:
-    """Raise DataError (one line naming the set and question id) for the first question whose prompt plus
-    `max_completion_length` exceeds the model's context window. `question_sets`: name -> objects with ``id`` and
-    ``prompt`` (rendered text)."""
+def fit_prompts(cfg, question_sets: dict[str, Iterable], tokenizer, model) -> None:
+    """Make sure every question fits the model's context window with a full completion, tokenizing each prompt once.
+
+    When the completion cap came from the real-model profile (the user did not set it) and leaves no room for the
+    longest prompt, the cap is lowered to what fits (recorded in ``cfg._profile``, so the start line shows it).
+    Otherwise raise DataError (one line naming the set and question id) for the first question whose prompt plus
+    ``cfg.max_completion_length`` exceeds the window. `question_sets`: name -> objects with ``id`` and ``prompt``
+    (rendered text)."""
     window = context_window(model)
     if window is None:
         return
+    lengths = list(_prompt_lengths(question_sets, tokenizer))
+    longest = max((n for *_, n in lengths), default=0)
+    if ("max_completion_length" in cfg._profile and longest + cfg.max_completion_length > window
+            and window - longest >= 1):
+        cfg.max_completion_length = window - longest
+        cfg._profile["max_completion_length"] = cfg.max_completion_length
+    max_completion_length = cfg.max_completion_length
     if max_completion_length >= window:
         raise DataError(f"max_completion_length={max_completion_length} leaves no room for a prompt in the model's "
                         f"context window of {window} tokens (max_position_embeddings)")
     room = window - max_completion_length
+    for name, q, n in lengths:
+        if n > room:
+            raise DataError(f"{name}: question {q.id}: its prompt is {n:,} tokens; with "
+                            f"max_completion_length={max_completion_length} that needs "
+                            f"{n + max_completion_length:,} positions, but the model's context window "
+                            f"is {window:,} (max_position_embeddings); shorten or drop the question, or lower "
+                            f"max_completion_length")
+
+
+def _prompt_lengths(question_sets: dict[str, Iterable], tokenizer):
+    """(set name, question, prompt tokens) of every question, tokenized in batches of BATCH."""
     for name, questions in question_sets.items():
         questions = list(questions)
         for start in range(0, len(questions), BATCH):
             chunk = questions[start:start + BATCH]
             ids = tokenizer([q.prompt for q in chunk], add_special_tokens=False)["input_ids"]
-            for q, toks in zip(chunk, ids):
-                if len(toks) > room:
-                    raise DataError(f"{name}: question {q.id}: its prompt is {len(toks):,} tokens; with "
-                                    f"max_completion_length={max_completion_length} that needs "
-                                    f"{len(toks) + max_completion_length:,} positions, but the model's context window "
-                                    f"is {window:,} (max_position_embeddings); shorten or drop the question, or lower "
-                                    f"max_completion_length")
+            yield from ((name, q, len(toks)) for q, toks in zip(chunk, ids))
 
 
 def run_question_sets(source, steps_ahead: int = 1) -> dict[str, list]:
@@ -56,21 +72,3 @@ def run_question_sets(source, steps_ahead: int = 1) -> dict[str, list]:
     else:
         sets["train"] = [source.train_problem(i) for i in range(steps_ahead)]
     return sets
-
-
-def fit_profile_cap(cfg, question_sets: dict[str, Iterable], tokenizer, model) -> None:
-    """When the completion cap came from the real-model profile (the user did not set it) and leaves no room for the
-    longest prompt in the model's context window, lower it to what fits (recorded in ``cfg._profile``, so the start
-    line shows it); a cap the user set is left for :func:`check_prompts_fit` to judge."""
-    window = context_window(model)
-    if window is None or "max_completion_length" not in cfg._profile:
-        return
-    longest = 0
-    for questions in question_sets.values():
-        questions = list(questions)
-        for start in range(0, len(questions), BATCH):
-            ids = tokenizer([q.prompt for q in questions[start:start + BATCH]], add_special_tokens=False)["input_ids"]
-            longest = max([longest] + [len(t) for t in ids])
-    if longest + cfg.max_completion_length > window and window - longest >= 1:
-        cfg.max_completion_length = window - longest
-        cfg._profile["max_completion_length"] = cfg.max_completion_length

@@ -130,7 +130,7 @@ def test_fork_logits_from_cache_equal_re_encoding(tiny_model, tokenizer):
     if len(c.token_ids) < 3:
         pytest.skip("the random model ended too soon")
     node = t.root.add_child(c.token_ids[:2], c.logprobs[:2], c.entropies[:2])
-    eng.store.put(node, KVStore().slice(c.kv, 0, 2))
+    eng.store.put(node, KVStore().cut(c.kv, 0, 2))
     prefix = eng.store.prefix(t, node)
     assert prefix[0][0].shape[-2] == len(t.prompt_ids) + 1  # prompt + 2 tokens, minus the re-fed last one
     (from_cache,) = eng.expand([Request(t, node, 1, 1)])

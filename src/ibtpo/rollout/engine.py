@@ -69,23 +69,17 @@ def device_generator(generator: torch.Generator | None, device: torch.device) ->
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def kv_bytes(kv: LayerKV) -> int:
-    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
-
-
 class KVStore(NodeStore[LayerKV]):
     """The eager engine's per-node caches: per layer, (keys, values) of the node's tokens (``node_store.NodeStore``)."""
 
     def nbytes(self, value: LayerKV) -> int:
-        return kv_bytes(value)
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in value)
 
     def tokens(self, value: LayerKV) -> int:
         return value[0][0].shape[-2]
 
     def cut(self, value: LayerKV, start: int, stop: int | None = None) -> LayerKV:
         return [(k[:, start:stop], v[:, start:stop]) for k, v in value]
-
-    slice = cut
 
     def join(self, first: LayerKV, second: LayerKV) -> LayerKV:
         return [(torch.cat([k, lk], 1), torch.cat([v, lv], 1)) for (k, v), (lk, lv) in zip(first, second)]
@@ -131,7 +125,7 @@ class Engine:
     def adopt(self, node: Node, cont: Continuation, begin: int, end: int) -> None:
         """`node` holds tokens [begin, end) of `cont`: keep that slice of the row's cache on it (when there is one)."""
         if cont.kv is not None:
-            self.store.put(node, self.store.slice(cont.kv, begin, end))
+            self.store.put(node, self.store.cut(cont.kv, begin, end))
 
     def split(self, head: Node, tail: Node, at: int) -> None:
         """`head` was cut after `at` tokens: its cache moves with the tokens."""

@@ -184,7 +184,8 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     activation checkpointing, so peak memory is set by the chunk, not by N x L x vocabulary. Otherwise (small
     vocabularies) one full forward, as before; both give the same values to float tolerance.
     """
-    vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 0
+    head = model.get_output_embeddings()
+    vocab = head.weight.shape[0] if head is not None else 0
     chunk = chunk_tokens or max(1, LOGITS_CHUNK_BYTES // (4 * max(1, vocab)))
     n_tokens = input_ids.shape[0] * (input_ids.shape[1] - 1)
     parts = decoder_and_head(model) if n_tokens > chunk else None
@@ -230,18 +231,25 @@ def _head_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     return logp, entropy
 
 
+def padded_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
+                    temperature: float, device: torch.device, chunk_tokens: int = 0,
+                    **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_logprobs` of batch rows `rows` on `device`, run on the columns that are not padding in every one
+    of them (right padding), and padded back with zeros to the batch's width: ((n, L-1) logp, (n, L-1) entropy)."""
+    width = int(attention_mask[rows].sum(-1).max())
+    logp, entropy = token_logprobs(model, input_ids[rows, :width].to(device), attention_mask[rows, :width].to(device),
+                                   temperature, chunk_tokens=chunk_tokens, **kwargs)
+    pad = input_ids.shape[1] - 1 - logp.shape[1]
+    return torch.nn.functional.pad(logp, (0, pad)), torch.nn.functional.pad(entropy, (0, pad))
+
+
 def logprobs_in_chunks(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
                        rows_per_pass: int, device: torch.device, extra: Callable[[torch.Tensor], dict] | None = None,
                        chunk_tokens: int = 0) -> torch.Tensor:
     """No-grad token log-probs (N, L-1) of a whole batch, `rows_per_pass` rows per forward (0 = all), on CPU.
 
     extra(rows) returns more keywords of :func:`token_logprobs` for those rows (IIB-LPO's embedding offsets)."""
-    out = []
     with torch.no_grad():
-        for rows in torch.arange(input_ids.shape[0]).split(rows_per_pass or input_ids.shape[0]):
-            width = int(attention_mask[rows].sum(-1).max())  # drop columns that are padding in every row
-            kw = extra(rows) if extra is not None else {}
-            lp = token_logprobs(model, input_ids[rows, :width].to(device), attention_mask[rows, :width].to(device),
-                                temperature, chunk_tokens=chunk_tokens, **kw)[0].float().cpu()
-            out.append(torch.nn.functional.pad(lp, (0, input_ids.shape[1] - width)))
-    return torch.cat(out)
+        return torch.cat([padded_logprobs(model, input_ids, attention_mask, rows, temperature, device, chunk_tokens,
+                                          **(extra(rows) if extra is not None else {}))[0].float().cpu()
+                          for rows in torch.arange(input_ids.shape[0]).split(rows_per_pass or input_ids.shape[0])])

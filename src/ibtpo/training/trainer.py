@@ -36,7 +36,7 @@ from ibtpo.config import ConfigError, TrainConfig, check_training, save_config
 from ibtpo.evaluation import evaluate, write_samples
 from ibtpo.models import add_lora, is_lora, load_policy, resolve_device
 from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, probe_metrics
-from ibtpo.prompt_fit import check_prompts_fit, fit_profile_cap, run_question_sets
+from ibtpo.prompt_fit import fit_prompts, run_question_sets
 from ibtpo.rollout.render import render_tree
 from ibtpo.rollout.grow import grow_problem_trees
 from ibtpo.rollout.latent_fork import LatentBranching
@@ -45,7 +45,7 @@ from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
 from ibtpo.rollout.tree import Tree
 from ibtpo.tasks import build_rewards, build_source
-from ibtpo.training.batch import TrainBatch, flatten_paths, logprobs_in_chunks, token_logprobs
+from ibtpo.training.batch import TrainBatch, flatten_paths, logprobs_in_chunks, padded_logprobs
 from ibtpo.training.checkpoint import (load_trainer_state, resume_point, rng_state, save_checkpoint,
                                        set_rng_state)
 from ibtpo.training.ib_filter import apply_ib_filter
@@ -107,10 +107,7 @@ class Trainer:
                                    cfg.lora_target_modules)
         self.policy.train()
         self.source = build_source(cfg, self.tokenizer)
-        question_sets = run_question_sets(self.source, cfg.questions_per_step)
-        fit_profile_cap(cfg, question_sets, self.tokenizer, self.policy)  # a profile's cap, not the user's
-        check_prompts_fit(question_sets, self.tokenizer, self.policy,
-                          cfg.max_completion_length)
+        fit_prompts(cfg, run_question_sets(self.source, cfg.questions_per_step), self.tokenizer, self.policy)
         self.ref = None
         if cfg.beta > 0 and not is_lora(self.policy):  # frozen reference for the KL term (LoRA: adapters disabled)
             self.ref, _ = load_policy(cfg.model, cfg.dtype)
@@ -262,12 +259,8 @@ class Trainer:
 
         def forward(sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             picked = rows[sub]
-            width = int(batch.attention_mask[picked].sum(-1).max())
-            logp, entropy = token_logprobs(self.policy, batch.input_ids[picked, :width].to(dev),
-                                           batch.attention_mask[picked, :width].to(dev), cfg.temperature,
-                                           chunk_tokens=cfg.logits_chunk_tokens, **self.embed_offsets(batch, picked))
-            pad = batch.input_ids.shape[1] - 1 - logp.shape[1]
-            return torch.nn.functional.pad(logp, (0, pad)), torch.nn.functional.pad(entropy, (0, pad))
+            return padded_logprobs(self.policy, batch.input_ids, batch.attention_mask, picked, cfg.temperature, dev,
+                                   cfg.logits_chunk_tokens, **self.embed_offsets(batch, picked))
 
         return forward
 
