@@ -2,6 +2,7 @@
 # One entry point that sets everything up on a fresh machine, then runs.
 #   ./run.sh train [ibtpo train args]   the main job (defaults: IB-TPO on the CPU testbed, 1.5M tokens)
 #   ./run.sh test  [pytest args]        the test suite
+#   ./run.sh lint  [ruff args]          the linter (ruff check over the repository)
 #   ./run.sh <eval|pretrain|...> ...    any other ibtpo subcommand
 # The virtual environment lives in .venv (override with IBTPO_VENV); it is (re)built when pyproject.toml changes.
 set -euo pipefail
@@ -23,5 +24,6 @@ cmd="${1:-train}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
   test) exec "$VENV/bin/python" -m pytest "$@" ;;
+  lint) exec "$VENV/bin/ruff" check "${@:-.}" ;;
   *) exec "$VENV/bin/ibtpo" "$cmd" "$@" ;;
 esac

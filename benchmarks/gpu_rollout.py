@@ -35,14 +35,13 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_shapes import DELIMITER, add_step_bias, build_model, parameter_bytes  # noqa: E402
 
-from ibtpo.rollout import latent_fork  # noqa: E402,F401  (registers every sampler)
 from ibtpo.rollout.backend import make_backend, release_static  # noqa: E402
 from ibtpo.rollout.engine import Request  # noqa: E402
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees  # noqa: E402
 from ibtpo.rollout.sampling import SamplingParams, left_pad  # noqa: E402
 from ibtpo.rollout.static_backend import StaticBackend  # noqa: E402
 from ibtpo.rollout.steps import StepSplitter  # noqa: E402
-from ibtpo.rollout.tree import Tree  # noqa: E402
+from ibtpo.tree import Tree  # noqa: E402
 
 SAMPLERS = {"independent": ("independent", TreeShape(b0=8, rounds=1)),
             "ib": ("ib", TreeShape(b0=4, rounds=9, k=1, b=1))}

@@ -19,7 +19,7 @@ from ibtpo.probe import grow_probe
 from ibtpo.rollout.steps import StepSplitter
 from ibtpo.tasks import BuiltinSource, build_rewards
 from ibtpo.training.checkpoint import latest_checkpoint
-from ibtpo.training.trainer import rollout_sampling, tree_shape
+from ibtpo.components import rollout_sampling, tree_shape
 
 
 def fork_sites(name: str | None, questions: int, task: str = "sum") -> str:

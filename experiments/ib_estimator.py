@@ -14,9 +14,9 @@ import math
 
 import numpy as np
 
-from ibtpo.algos.ib_score import cov_conf_gain, ib_score
+from ibtpo.methods.ib_tpo import cov_conf_gain, ib_score
 from ibtpo.algos.synthetic_steps import StepProcess
-from ibtpo.rollout.tree import compute_p_hat
+from ibtpo.tree import compute_p_hat
 
 
 def main() -> None:

@@ -15,11 +15,11 @@ import torch
 from ibtpo.config import TrainConfig
 from ibtpo.models import load_policy
 from ibtpo.rollout.grow import grow_problem_trees
-from ibtpo.rollout.latent_fork import LatentBranching
+from ibtpo.methods.iib_lpo.sampler import LatentBranching
 from ibtpo.rollout.steps import StepSplitter
-from ibtpo.rollout.tree import Tree
+from ibtpo.tree import Tree
 from ibtpo.tasks import build_rewards, build_source
-from ibtpo.training.trainer import rollout_sampling, tree_shape
+from ibtpo.components import rollout_sampling, tree_shape
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
                                                           inject_scale=scale, generator=torch.Generator().manual_seed(1))
         trees = grow_problem_trees("iib", model, tok, problems, rewards.train, tree_shape(cfg), rollout_sampling(cfg),
                                    StepSplitter(tok, cfg.step_delimiter, cfg.min_step_tokens), gen, random.Random(0),
-                                   latent=latent)
+                                   extras={"latent": latent} if latent else None)
         first, branch, same = [], [], []
         for tree in trees:
             for leaf in tree.leaves():

@@ -13,11 +13,11 @@ import tempfile
 
 import torch
 
-from ibtpo.algos.advantages import grpo_advantage
-from ibtpo.algos.iib import group_zscore
+from ibtpo.methods.grpo import grpo_advantage
+from ibtpo.methods.iib_lpo.core import group_zscore
 from ibtpo.config import TrainConfig
 from ibtpo.training.batch import flatten_paths
-from ibtpo.training.ib_filter import apply_ib_filter
+from ibtpo.methods.iib_lpo.ib_filter import apply_ib_filter
 from ibtpo.training.trainer import Trainer
 
 

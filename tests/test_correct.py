@@ -13,7 +13,7 @@ def test_is_correct_threshold(reward, expected):
 
 
 def test_p_hat_uses_the_definition():
-    from ibtpo.rollout.tree import Tree, compute_p_hat
+    from ibtpo.tree import Tree, compute_p_hat
 
     t = Tree(question_id="q", prompt_ids=[1])
     for r in (1.1, 0.1, 1.0, 0.9, None):

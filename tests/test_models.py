@@ -16,7 +16,7 @@ import torch
 from ibtpo.config import build_config
 from ibtpo.tasks import build_source
 from ibtpo.models import ModelLoadError, is_lora, load_policy
-from ibtpo.rollout.tree import Tree
+from ibtpo.tree import Tree
 from ibtpo.tiny_models import ARCHITECTURES, save_tiny_model
 from ibtpo.training.batch import flatten_paths, token_logprobs
 from ibtpo.training.trainer import Trainer

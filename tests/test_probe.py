@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from ibtpo.algos.ib_score import tree_ib_stats
+from ibtpo.methods.ib_tpo import tree_ib_stats
 from ibtpo.probe import grow_probe, p_hat_histogram, probe_metrics, summarize
 from ibtpo.rollout.samplers import TreeShape
 from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
-from ibtpo.rollout.tree import Tree, compute_p_hat
+from ibtpo.tree import Tree, compute_p_hat
 from ibtpo.testbed.task import SumTask
 
 

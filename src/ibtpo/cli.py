@@ -3,7 +3,8 @@
     ibtpo train [CONFIG.yaml] [key=value | --key value ...] [--resume RUN_DIR]
     ibtpo eval  [model=PATH_OR_RUN_DIR] [eval_datasets=[A.jsonl,NAME=B.parquet]] [eval_k=8 ...] [--json FILE]
     ibtpo score [model=PATH_OR_RUN_DIR] [tree_b0=4 tree_l=9 ...] [--dataset sum|FILE] [--questions N] [--out DIR]
-    ibtpo compare [CONFIG.yaml] [--presets grpo ib_tpo ...] [--seeds 0 1 2] [--tokens N] [--out DIR] [--jobs N] [k=v ...]
+    ibtpo compare [CONFIG.yaml] [--presets grpo ib_tpo ...] [--seeds 0 1 2] [--tokens N] [--out DIR] [--jobs N]
+                  [k=v ...]
     ibtpo pretrain [--out DIR] [steps=900 ...]
 
 Bad input ends with one line on stderr naming the culprit and exit code 2.
@@ -127,11 +128,11 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from ibtpo.evaluation import evaluate, write_samples
+    from ibtpo.evaluation import evaluate_sets, write_samples
     from ibtpo.models import resolve_device
+    from ibtpo.progress import PhaseBar
     from ibtpo.prompt_fit import fit_prompts
     from ibtpo.tasks import build_rewards, build_source
-    from ibtpo.training.trainer import EVAL_SEED_OFFSET
 
     path, rest = _split_config_path(rest)
     cfg = build_config(path, parse_overrides(rest))
@@ -143,21 +144,14 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     fit_prompts(cfg, sets, tok, model)
     console = Console(stderr=True)
     _print_setup(console, cfg, tok)
-    results, records = {}, [] if args.samples else None
+    records = [] if args.samples else None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("questions"),
                   TimeElapsedColumn(), console=console) as progress:
-        for name, problems in sets.items():
-            bar = progress.add_task(f"{name} ({cfg.eval_k} samples + greedy)", total=len(problems))
-            found = [] if records is not None else None
-            res = evaluate(model, tok, problems, rewards.check, k=cfg.eval_k, temperature=cfg.eval_temperature,
-                           max_new_tokens=cfg.max_completion_length, greedy=cfg.eval_greedy, top_p=cfg.eval_top_p,
-                           seed=cfg.seed + EVAL_SEED_OFFSET, extract=rewards.extract,
-                           batch_questions=cfg.eval_batch_questions, samples=found,
-                           on_batch=lambda n, bar=bar: progress.advance(bar, n), max_rows=cfg.rollout_max_rows,
-                           backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
-            results[name] = {"questions": len(problems), **res}
-            if found is not None:
-                records += [{"dataset": name, **r} for r in found]
+        def bar(name: str, total: int):
+            return PhaseBar(progress, f"{name} ({cfg.eval_k} samples + greedy)", total)
+
+        results = {name: {"questions": len(sets[name]), **res}
+                   for name, res in evaluate_sets(cfg, model, tok, rewards, sets, bar, records).items()}
     metrics = list(next(iter(results.values())))[1:]
     table = Table(title=f"{cfg.model}: {cfg.eval_k} samples per question at T={cfg.eval_temperature}")
     table.add_column("dataset")
@@ -218,7 +212,7 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     from ibtpo.prompt_fit import fit_prompts
     from ibtpo.rollout.steps import StepSplitter
     from ibtpo.tasks import build_rewards
-    from ibtpo.training.trainer import rollout_sampling, tree_shape
+    from ibtpo.components import rollout_sampling, tree_shape
 
     path, rest = _split_config_path(rest)
     cfg = build_config(path, parse_overrides(rest))
@@ -246,7 +240,8 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
                   TimeElapsedColumn(), console=console) as progress:
         bar = progress.add_task("score", total=len(questions))
         trees = grow_probe(model, tok, questions, reward, shape, sampling,
-                           StepSplitter(tok, cfg.step_delimiter, cfg.min_step_tokens), seed=cfg.seed + PROBE_SEED_OFFSET,
+                           StepSplitter(tok, cfg.step_delimiter, cfg.min_step_tokens),
+                           seed=cfg.seed + PROBE_SEED_OFFSET,
                            batch_questions=batch, prefix_reuse=cfg.prefix_reuse,
                            on_batch=lambda n: progress.advance(bar, n), backend=cfg.rollout_backend,
                            slots_gib=cfg.rollout_slots_gib)
@@ -389,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--samples", metavar="FILE", help="write every completion with its extracted answer and "
                         "score as JSONL")
     p_score = sub.add_parser("score", help="IB-Score probe: grow IBTrees with a policy on a question set")
-    p_score.add_argument("--dataset", default="sum", help="'sum' (the testbed task) or a dataset file/dir (any layout of dataset=; scored by reward_fn, auto = math-verify)")
+    p_score.add_argument("--dataset", default="sum",
+                         help="'sum' (the testbed task) or a dataset file/dir (any layout of dataset=; "
+                              "scored by reward_fn, auto = math-verify)")
     p_score.add_argument("--split", choices=("test", "train"), default="test", help="testbed split (--dataset sum)")
     p_score.add_argument("--questions", type=int, default=None, help="score only the first N questions")
     p_score.add_argument("--batch", type=int, default=None, help="questions grown together in one batch (default 64; "

@@ -13,15 +13,46 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from ibtpo.algos.losses import LOSS_AGG_MODES
-from ibtpo.algos.presets import ALGORITHM_NAMES, apply_preset
+from ibtpo.algos.advantages import ADV_ESTIMATORS
+from ibtpo.algos.losses import LOSS_AGG_MODES, POLICY_LOSSES, LossConfig
+from ibtpo.algos.presets import DEFAULT_ALGORITHM, PRESETS, apply_preset
+from ibtpo.methods.grpo import GRPOOptions
+from ibtpo.methods.ib_tpo import IBTPOOptions
 from ibtpo.profiles import profile_values
+from ibtpo.registry import Registry, RegistryError, default_of, load_object
+from ibtpo.rollout.samplers import SAMPLERS, TreeShape
+from ibtpo.tree_stats import IB_DEFAULTS
 
 TESTBED_MODEL = "testbed"
-SAMPLER_NAMES = ("independent", "ib", "entropy", "random", "fixed_width", "iib")
-DEFAULT_ALGORITHM = "ib_tpo"
+REGISTRY_FIELDS: dict[str, Registry] = {"algorithm": PRESETS, "sampler": SAMPLERS, "adv_estimator": ADV_ESTIMATORS,
+                                        "policy_loss": POLICY_LOSSES}
+"""Fields whose value names a registered component (built-in, registered from Python, or ``module:name``)."""
+
+
+def _loss(name: str):
+    return default_of(LossConfig, name)
+
+
+def _shape(name: str):
+    return default_of(TreeShape, name)
+
+
+def import_plugins(specs: list[str]) -> None:
+    """Import each ``pkg.module`` or ``path/file.py`` (it registers its components); ConfigError names a failure."""
+    import importlib
+
+    for spec in specs:
+        try:
+            if spec.endswith(".py"):
+                load_object(f"{spec}:__name__", "plugin")
+            else:
+                importlib.import_module(spec)
+        except RegistryError as exc:
+            raise ConfigError(f"plugins: {exc}") from None
+        except Exception as exc:
+            raise ConfigError(f"plugins: cannot import {spec!r} ({type(exc).__name__}: {exc})") from None
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {"chain": {"model": "testbed-chain", "max_completion_length": 128}}
 """Defaults a built-in task brings along (its shipped policy, a length cap its solutions fit in); set fields win."""
@@ -49,6 +80,7 @@ class TrainConfig(BaseModel):
     plots: bool = Field(True, description="Draw PNG plots of the run at the end.")
     progress: bool = Field(True, description="Show a progress bar.")
     overwrite: bool = Field(False, description="Allow a new run in an out_dir that already holds checkpoints (they are deleted).")
+    plugins: list[str] = Field(default_factory=list, description="Python modules (pkg.module) or files (path/file.py) imported first: they register your own estimators, samplers, branch rules, losses, presets or trainer extensions (or name one directly as module:name).")
 
     # --- model -----------------------------------------------------------------------------------------------------
     model: str = Field(TESTBED_MODEL, description="'testbed' (the shipped tiny policy of the sum task), 'testbed-chain' (of the chain task), a local transformers causal LM directory, or a hub id already in the local HF cache.")
@@ -94,21 +126,21 @@ class TrainConfig(BaseModel):
     max_completion_length: int = Field(48, ge=1, le=4096, description="Length cap (tokens) of a completion.")
 
     # --- tree rollouts -----------------------------------------------------------------------------------------------
-    sampler: Literal[SAMPLER_NAMES] = Field("independent", description="Rollout: independent (G=num_generations), ib (IBTree), entropy (TreeRL), random, fixed_width (TreePO), iib (IIB-LPO: G = tree_b0*(1+iib_forks)).")
-    tree_b0: int = Field(4, ge=1, description="Tree samplers: B0, trajectories sampled from the root first.")
-    tree_l: int = Field(9, ge=1, description="Tree samplers: L, rounds including the first (G = B0 + (L-1)*K*B).")
-    tree_k: int = Field(1, ge=1, description="Tree samplers: K, fork points per tree per round.")
-    tree_b: int = Field(1, ge=1, description="Tree samplers: B, continuations drawn at each fork point.")
-    tree_min_room: int = Field(8, ge=1, description="A fork point needs at least this many tokens left under max_completion_length.")
-    ib_beta: float = Field(5.0, gt=0.0, description="IB-Score beta (METHOD.md section 3).")
-    ib_conf: Literal["mean", "product"] = Field("mean", description="Step confidence: exp(mean token log-prob) or exp(sum).")
-    ib_zero_phat: Literal["one", "skip"] = Field("one", description="IB rule at a node with p_hat=0: score it with r=1, or skip it.")
-    tree_root_candidate: bool = Field(True, description="Tree rounds may fork from the root (a fresh trajectory).")
-    treepo_segment_length: int = Field(8, ge=1, description="fixed_width sampler: tokens per segment.")
-    treepo_width: int = Field(2, ge=1, description="fixed_width sampler: children of each open segment per depth.")
-    treepo_max_depth: int = Field(6, ge=1, description="fixed_width sampler: deepest level that still branches.")
+    sampler: str = Field("independent", description="Rollout (registered name or module:name): independent (G=num_generations), ib (IBTree), entropy (TreeRL), random, fixed_width (TreePO), iib (IIB-LPO: G = tree_b0*(1+iib_forks)).")
+    tree_b0: int = Field(_shape("b0"), ge=1, description="Tree samplers: B0, trajectories sampled from the root first.")
+    tree_l: int = Field(_shape("rounds"), ge=1, description="Tree samplers: L, rounds including the first (G = B0 + (L-1)*K*B).")
+    tree_k: int = Field(_shape("k"), ge=1, description="Tree samplers: K, fork points per tree per round.")
+    tree_b: int = Field(_shape("b"), ge=1, description="Tree samplers: B, continuations drawn at each fork point.")
+    tree_min_room: int = Field(_shape("min_room"), ge=1, description="A fork point needs at least this many tokens left under max_completion_length.")
+    ib_beta: float = Field(IB_DEFAULTS.beta, gt=0.0, description="IB-Score beta (METHOD.md section 3).")
+    ib_conf: Literal["mean", "product"] = Field(IB_DEFAULTS.conf_mode, description="Step confidence: exp(mean token log-prob) or exp(sum).")
+    ib_zero_phat: Literal["one", "skip"] = Field(IB_DEFAULTS.zero_phat, description="IB rule at a node with p_hat=0: score it with r=1, or skip it.")
+    tree_root_candidate: bool = Field(_shape("root_candidate"), description="Tree rounds may fork from the root (a fresh trajectory).")
+    treepo_segment_length: int = Field(_shape("segment_length"), ge=1, description="fixed_width sampler: tokens per segment.")
+    treepo_width: int = Field(_shape("width"), ge=1, description="fixed_width sampler: children of each open segment per depth.")
+    treepo_max_depth: int = Field(_shape("max_depth"), ge=1, description="fixed_width sampler: deepest level that still branches.")
     iib_forks: int = Field(2, ge=1, description="iib sampler: forks drawn along each of the tree_b0 initial rollouts (one level deep).")
-    iib_fork_top: float = Field(0.05, gt=0.0, le=1.0, description="iib sampler: share of a rollout's tokens, highest entropy first, that are candidate fork points (at least one).")
+    iib_fork_top: float = Field(_shape("fork_top"), gt=0.0, le=1.0, description="iib sampler: share of a rollout's tokens, highest entropy first, that are candidate fork points (at least one).")
     iib_latent: Literal["cvae", "random", "none"] = Field("cvae", description="iib sampler: latent code of a branch from the CVAE prior p(z|prefix), from N(0, I), or none (plain forks).")
     iib_latent_dim: int = Field(16, ge=1, description="iib: dimension of the latent code z.")
     iib_inject_scale: float = Field(0.25, gt=0.0, description="iib: initial norm of the embedding offset W z, relative to the mean token-embedding norm (W is then trained by the RL loss).")
@@ -128,24 +160,24 @@ class TrainConfig(BaseModel):
     ib_probe_questions: int = Field(32, ge=1, description="Probe questions: the first N of the test split, the same at every probe (grown in one batch).")
 
     # --- algorithm -------------------------------------------------------------------------------------------------
-    algorithm: Literal[ALGORITHM_NAMES] = Field(DEFAULT_ALGORITHM, description="Preset = sampler + advantage estimator + loss (README table); fields you set yourself win.")
-    adv_estimator: Literal["grpo", "tree_grpo", "treerl", "treepo", "ib_tpo"] = Field("grpo", description="Advantage estimator (registered name): grpo, tree_grpo (GRPO over a tree's leaves), treerl, treepo, ib_tpo.")
-    ib_tpo_lambda: float = Field(0.1, ge=0.0, description="ib_tpo: weight lambda of the local IB advantage A_IB (METHOD.md section 5).")
-    adv_leaf_weight: bool = Field(False, description="treerl / ib_tpo: divide each step's advantage by sqrt(leaves under it) (TreeRL).")
-    policy_loss: Literal["ppo_clip", "clip_cov", "kl_cov"] = Field("ppo_clip", description="Policy loss (registered name): ppo_clip, clip_cov, kl_cov (arXiv 2505.22617).")
-    clip_cov_ratio: float = Field(2e-4, ge=0.0, le=1.0, description="clip_cov: share of response tokens whose gradient is removed.")
-    clip_cov_lb: float = Field(1.0, description="clip_cov: lower bound of the token covariance band tokens are drawn from.")
-    clip_cov_ub: float = Field(5.0, description="clip_cov: upper bound of that band.")
-    kl_cov_ratio: float = Field(2e-3, ge=0.0, le=1.0, description="kl_cov: share of response tokens (highest covariance) that get the KL penalty.")
-    kl_cov_coef: float = Field(1.0, ge=0.0, description="kl_cov: coefficient of |log pi - log pi_old| on those tokens.")
-    ibro_coef: float = Field(0.0, ge=0.0, description="IBRO: coefficient of the advantage-weighted entropy term -A_t*H_t (0 = off).")
-    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Divide centred rewards by the group std, the batch std, or not at all.")
-    epsilon: float = Field(0.2, ge=0.0, le=1.0, description="Lower clip range of the ratio (1 - epsilon).")
-    epsilon_high: float | None = Field(None, ge=0.0, le=10.0, description="Upper clip range (clip-higher); null = epsilon.")
-    dual_clip_c: float | None = Field(None, gt=1.0, description="Dual-clip constant for negative advantages; null = off.")
-    beta: float = Field(0.0, ge=0.0, description="KL(pi || pi_ref) coefficient, k3 estimator; 0 keeps no reference model.")
-    entropy_coef: float = Field(0.0, ge=0.0, description="Entropy bonus coefficient.")
-    loss_agg_mode: Literal[LOSS_AGG_MODES] = Field("seq-mean-token-mean", description="Token-loss aggregation (verl names).")
+    algorithm: str = Field(DEFAULT_ALGORITHM, description="Preset = sampler + advantage estimator + loss (docs/methods; registered name); fields you set yourself win.")
+    adv_estimator: str = Field("grpo", description="Advantage estimator (registered name or module:name): grpo, tree_grpo (GRPO over a tree's leaves), treerl, treepo, ib_tpo.")
+    ib_tpo_lambda: float = Field(default_of(IBTPOOptions, "lam"), ge=0.0, description="ib_tpo: weight lambda of the local IB advantage A_IB (METHOD.md section 5).")
+    adv_leaf_weight: bool = Field(default_of(IBTPOOptions, "leaf_weight"), description="treerl / ib_tpo: divide each step's advantage by sqrt(leaves under it) (TreeRL).")
+    policy_loss: str = Field("ppo_clip", description="Policy loss (registered name or module:name): ppo_clip, clip_cov, kl_cov (arXiv 2505.22617).")
+    clip_cov_ratio: float = Field(_loss("clip_cov_ratio"), ge=0.0, le=1.0, description="clip_cov: share of response tokens whose gradient is removed.")
+    clip_cov_lb: float = Field(_loss("clip_cov_lb"), description="clip_cov: lower bound of the token covariance band tokens are drawn from.")
+    clip_cov_ub: float = Field(_loss("clip_cov_ub"), description="clip_cov: upper bound of that band.")
+    kl_cov_ratio: float = Field(_loss("kl_cov_ratio"), ge=0.0, le=1.0, description="kl_cov: share of response tokens (highest covariance) that get the KL penalty.")
+    kl_cov_coef: float = Field(_loss("kl_cov_coef"), ge=0.0, description="kl_cov: coefficient of |log pi - log pi_old| on those tokens.")
+    ibro_coef: float = Field(_loss("ibro_coef"), ge=0.0, description="IBRO: coefficient of the advantage-weighted entropy term -A_t*H_t (0 = off).")
+    scale_rewards: Literal["group", "batch", "none"] = Field(default_of(GRPOOptions, "scale_rewards"), description="Divide centred rewards by the group std, the batch std, or not at all.")
+    epsilon: float = Field(_loss("epsilon"), ge=0.0, le=1.0, description="Lower clip range of the ratio (1 - epsilon).")
+    epsilon_high: float | None = Field(_loss("epsilon_high"), ge=0.0, le=10.0, description="Upper clip range (clip-higher); null = epsilon.")
+    dual_clip_c: float | None = Field(_loss("dual_clip_c"), gt=1.0, description="Dual-clip constant for negative advantages; null = off.")
+    beta: float = Field(_loss("kl_coef"), ge=0.0, description="KL(pi || pi_ref) coefficient, k3 estimator; 0 keeps no reference model.")
+    entropy_coef: float = Field(_loss("entropy_coef"), ge=0.0, description="Entropy bonus coefficient.")
+    loss_agg_mode: Literal[LOSS_AGG_MODES] = Field(_loss("loss_agg_mode"), description="Token-loss aggregation (verl names).")
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
     lr_scheduler: Literal["constant", "cosine"] = Field("constant", description="Learning-rate schedule after warm-up (cosine decays over max_steps or max_tokens, whichever binds first).")
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
@@ -175,9 +207,22 @@ class TrainConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _fill_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("task") in TASK_DEFAULTS:
+        if not isinstance(data, dict):
+            return data
+        plugins = data.get("plugins") or []
+        import_plugins([plugins] if isinstance(plugins, str) else list(plugins))
+        if data.get("task") in TASK_DEFAULTS:
             data = {**TASK_DEFAULTS[data["task"]], **data}
-        return apply_preset(data, DEFAULT_ALGORITHM) if isinstance(data, dict) else data
+        return apply_preset(data, DEFAULT_ALGORITHM)
+
+    @field_validator("algorithm", "sampler", "adv_estimator", "policy_loss")
+    @classmethod
+    def _registered(cls, value: str, info) -> str:
+        try:
+            REGISTRY_FIELDS[info.field_name].get(value)
+        except RegistryError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @model_validator(mode="after")
     def _check_relations(self) -> "TrainConfig":
@@ -197,11 +242,7 @@ class TrainConfig(BaseModel):
 
 def group_size(cfg: TrainConfig) -> int:
     """Trajectories per question the run's sampler draws (G)."""
-    if cfg.sampler == "independent":
-        return cfg.num_generations
-    if cfg.sampler == "iib":
-        return cfg.tree_b0 * (1 + cfg.iib_forks)
-    return cfg.tree_b0 + (cfg.tree_l - 1) * cfg.tree_k * cfg.tree_b
+    return SAMPLERS.get(cfg.sampler).shape(cfg).group_size
 
 
 def _relation_problems(cfg: TrainConfig) -> list[str]:
@@ -225,23 +266,14 @@ def training_problems(cfg: TrainConfig) -> list[str]:
     Checked when a run is built (``Trainer``, ``ibtpo compare``), not by every command: ``ibtpo eval`` never samples
     trees, so its config may hold tree settings that would not fit its completion length."""
     out = []
-    g = group_size(cfg)
-    shape = ("num_generations" if cfg.sampler == "independent" else
-             "tree_b0, iib_forks" if cfg.sampler == "iib" else "tree_b0, tree_l, tree_k, tree_b")
+    spec = SAMPLERS.get(cfg.sampler)
+    tree = spec.shape(cfg)
+    g, shape = tree.group_size, spec.shape_fields
     if cfg.iib_keep > g:
         out.append(f"iib_keep ({cfg.iib_keep}) must be <= the group size G={g} of sampler={cfg.sampler} ({shape})")
     if g < 2:
         out.append(f"group size G={g} ({shape}): advantages compare trajectories of a question, so G must be >= 2")
-    cap, room = cfg.max_completion_length, cfg.tree_min_room
-    if cfg.sampler in ("ib", "entropy", "random") and cfg.tree_l > 1 and (
-            room > cap or (room >= cap and not cfg.tree_root_candidate)):
-        out.append(f"tree_min_room ({room}) must be <= max_completion_length ({cap}) (< with tree_root_candidate="
-                   f"false): no fork point of sampler={cfg.sampler} could leave that many tokens")
-    if cfg.sampler == "iib" and room >= cap:
-        out.append(f"tree_min_room ({room}) must be < max_completion_length ({cap}): no fork point of sampler=iib "
-                   f"could leave that many tokens")
-    if cfg.sampler == "fixed_width" and cfg.treepo_segment_length > cap:
-        out.append(f"treepo_segment_length ({cfg.treepo_segment_length}) must be <= max_completion_length ({cap})")
+    out += spec.problems(cfg, tree)
     if cfg.mini_batch_size > cfg.questions_per_step * g:
         out.append(f"mini_batch_size ({cfg.mini_batch_size}) must be <= the rollout batch questions_per_step x G = "
                    f"{cfg.questions_per_step} x {g} = {cfg.questions_per_step * g} (0 = the whole batch)")
@@ -296,6 +328,8 @@ def _format_error(err: ValidationError, where: dict[str, str]) -> str:
     field = str(e["loc"][0]) if e["loc"] else ""
     origin = where.get(field, "")
     prefix = f"{origin}: " if origin else ""
+    if field in REGISTRY_FIELDS and e["type"] == "value_error":  # unknown or unloadable component name
+        return f"{prefix}{field}: {e['msg'].removeprefix('Value error, ')}"
     if e["type"] == "extra_forbidden":
         close = difflib.get_close_matches(field, list(TrainConfig.model_fields) + list(ALIASES), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else " (see `ibtpo train --help-config`)"
@@ -427,5 +461,6 @@ def config_help() -> str:
     """One line per field: name, default, doc."""
     rows = []
     for name, info in TrainConfig.model_fields.items():
-        rows.append(f"{name:<24} {info.default!r:<22} {info.description}")
+        default = info.default_factory() if info.default_factory is not None else info.default
+        rows.append(f"{name:<24} {default!r:<22} {info.description}")
     return "\n".join(rows)

@@ -291,8 +291,8 @@ def load_questions(path: str | Path, layout: str = "auto", prompt_column: str | 
 
     ``layout`` is ``auto`` or a name in :data:`ibtpo.layouts.LAYOUTS` (auto rule: see :mod:`ibtpo.layouts`); the
     ``*_column`` arguments override the layout's columns. ``prompt_template`` must contain ``{prompt}`` (replaced
-    literally, so LaTeX braces such as ``\\boxed{}`` are kept) or name a preset of :data:`PROMPT_PRESETS`. ``split`` picks a DatasetDict split (default
-    ``test``, else ``train``) and is ignored for other inputs.
+    literally, so LaTeX braces such as ``\\boxed{}`` are kept) or name a preset of :data:`PROMPT_PRESETS`.
+    ``split`` picks a DatasetDict split (default ``test``, else ``train``) and is ignored for other inputs.
     """
     path = Path(path)
     _check_options(layout, prompt_template)

@@ -132,3 +132,31 @@ def write_samples(path, records: list[dict]) -> None:
     with open(path, "w") as fh:
         for rec in records:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+EVAL_SEED_OFFSET = 1_000_003
+"""Evaluation draws from seed + this offset: its own stream, the same at every evaluation of a run."""
+
+
+def evaluate_sets(cfg, model, tokenizer, rewards, sets: dict[str, list], bar: Callable | None = None,
+                  samples: list[dict] | None = None) -> dict[str, dict[str, float]]:
+    """:func:`evaluate` on every named question set with a run config's evaluation settings (``eval_*``).
+
+    `rewards`: the run's ``tasks.Rewards`` (check + extract). `bar(label, total)` may return an object with
+    ``on_batch(n)`` and ``close()`` (a progress bar). `samples` receives every completion record, with its set name.
+    Returns {set name: metrics}."""
+    out = {}
+    for name, problems in sets.items():
+        progress = bar(name, len(problems)) if bar else None
+        found = [] if samples is not None else None
+        out[name] = evaluate(model, tokenizer, problems, rewards.check, k=cfg.eval_k, temperature=cfg.eval_temperature,
+                             max_new_tokens=cfg.max_completion_length, greedy=cfg.eval_greedy, top_p=cfg.eval_top_p,
+                             seed=cfg.seed + EVAL_SEED_OFFSET, extract=rewards.extract,
+                             batch_questions=cfg.eval_batch_questions, samples=found,
+                             on_batch=progress.on_batch if progress else None, max_rows=cfg.rollout_max_rows,
+                             backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
+        if progress:
+            progress.close()
+        if found is not None:
+            samples += [{"dataset": name, **r} for r in found]
+    return out

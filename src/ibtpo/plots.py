@@ -97,12 +97,10 @@ def _figure(records: list[dict], panels, x_key: str, label: str, title: str, pat
     return path
 
 
-def plot_run(run_dir: str | Path) -> list[Path]:
-    """Write plots/vs_step.png, plots/vs_tokens.png and plots/ib.png (IB instrument next to entropy and Eff-Rate)."""
-    from ibtpo.training.metrics import read_metrics
-
+def plot_run(run_dir: str | Path, records: list[dict]) -> list[Path]:
+    """Write plots/vs_step.png, plots/vs_tokens.png and plots/ib.png (IB instrument next to entropy and Eff-Rate) of
+    a run's metric records (``training.metrics.read_metrics``) into RUN_DIR/plots."""
     run_dir = Path(run_dir)
-    records = read_metrics(run_dir / "metrics.jsonl")
     out_dir = run_dir / "plots"
     out_dir.mkdir(exist_ok=True)
     paths = []

@@ -27,14 +27,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ibtpo.algos.ib_score import tree_ib_stats
+from ibtpo.methods.ib_tpo import tree_ib_stats
 from ibtpo.rewards import RewardFn
 from ibtpo.rollout.grow import grow_problem_trees
 from ibtpo.rollout.samplers import TreeShape
 from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
-from ibtpo.rollout.tree import Tree
-from ibtpo.training.metrics import rollout_metrics
+from ibtpo.tree import Tree
+from ibtpo.rollout.metrics import rollout_metrics
 
 PROBE_SEED_OFFSET = 2_000_003
 P_HAT_BINS = 10
@@ -129,7 +129,8 @@ def probe_metrics(trees: list[Tree], beta: float, conf_mode: str) -> dict[str, f
     agg = summarize(trees, beta, conf_mode)["aggregate"]
     per_q = agg["per_question"]
     out = {"probe/ib/score_mean": agg["ib_score"], "probe/ib/cov_conf_gain": agg["cov_conf_gain"],
-           "probe/ib/step_entropy": agg["step_entropy"], "probe/ib/branching_nodes": agg["branching_nodes_per_question"],
+           "probe/ib/step_entropy": agg["step_entropy"],
+           "probe/ib/branching_nodes": agg["branching_nodes_per_question"],
            "probe/eff_rate": agg["eff_rate"], "probe/reward_mean": agg["mean_reward"],
            "probe/token_entropy": agg["token_entropy"], "probe/ib/score_se": per_q["ib_score"]["se"],
            "probe/ib/cov_se": per_q["cov_conf_gain"]["se"]}
@@ -137,7 +138,7 @@ def probe_metrics(trees: list[Tree], beta: float, conf_mode: str) -> dict[str, f
 
 
 def plot_summary(summary: dict, path, title: str) -> None:
-    """PNG: p_hat at the roots and at the inner nodes, per-question IB-Score against mean reward, and the IB histogram."""
+    """PNG: p_hat at the roots and at the inner nodes, per-question IB-Score against mean reward, the IB histogram."""
     import matplotlib
 
     matplotlib.use("Agg")

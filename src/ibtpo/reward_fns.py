@@ -15,18 +15,17 @@ math-verify times out with SIGALRM, which only works in the main thread; elsewhe
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import math
 import numbers
 import re
-import sys
 import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Literal, TypeVar
 
+from ibtpo.registry import import_file
 from ibtpo.answers import FinalAnswer, find_final_answer, last_boxed
 from ibtpo.rewards import RewardFn
 from ibtpo.testbed.task import sum_reward
@@ -212,6 +211,18 @@ REWARD_FUNCTIONS: dict[str, RewardFn] = {"sum": sum_reward, "math": math_accurac
 """Reward functions known by name (``reward_fn=NAME``); anything else is ``module:function`` or ``file.py:function``."""
 
 
+def register_reward(name: str, fn: RewardFn | None = None):
+    """Register a reward function (TRL signature) under `name`, so that ``reward_fn=name`` uses it; a call or a
+    decorator (``@register_reward("mine")``)."""
+    def add(f: RewardFn) -> RewardFn:
+        if name in REWARD_FUNCTIONS and REWARD_FUNCTIONS[name] is not f:
+            raise ValueError(f"reward function {name!r} is already registered")
+        REWARD_FUNCTIONS[name] = f
+        return f
+
+    return add if fn is None else add(fn)
+
+
 def weighted_sum(fns: list[RewardFn], weights: list[float]) -> RewardFn:
     """A reward fn scoring ``sum(w * fn(...))``; a row that any component scores None is None."""
     if len(fns) != len(weights) or not fns:
@@ -230,20 +241,13 @@ def weighted_sum(fns: list[RewardFn], weights: list[float]) -> RewardFn:
 
 
 def _load_file(path_str: str) -> Any:
-    """Import a .py file as a module (registered in sys.modules under a name unique to its path)."""
-    path = Path(path_str).expanduser().resolve()
-    if not path.is_file():
+    """Import a .py file as a module (once per path, shared with components named ``file.py:name``)."""
+    if not Path(path_str).expanduser().is_file():
         raise RewardError(f"reward file not found: {path_str}")
-    name = f"_ibtpo_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        return import_file(path_str)
     except Exception as exc:
-        del sys.modules[name]
         raise RewardError(f"cannot load reward file {path_str}: {_first_line(exc)}") from exc
-    return module
 
 
 def load_reward_fn(spec: str) -> RewardFn:
@@ -295,8 +299,8 @@ class GuardedReward:
         except RewardError:
             raise
         except SystemExit as exc:  # exit() inside a reward function would end the run without a word
-            raise RewardError(f"reward function {self.name} called exit({exc.code!r}) on questions {qids[:3]}; a reward "
-                              f"function must return scores") from None
+            raise RewardError(f"reward function {self.name} called exit({exc.code!r}) on questions {qids[:3]}; "
+                              f"a reward function must return scores") from None
         except Exception as exc:
             scores = self._row_by_row(prompts, completions, completion_ids, columns, qids, exc)
         scores = self._check(scores, len(completions), qids)

@@ -29,7 +29,7 @@ def reward_leaves(reward_fn: RewardFn, tokenizer, prompt: str, tree, leaves: lis
 
     The tree's ``columns`` (e.g. the reference answer) are passed to the reward function for every leaf.
     """
-    from ibtpo.rollout.tree import Tree
+    from ibtpo.tree import Tree
 
     _, scores = score_completions(reward_fn, tokenizer, [prompt] * len(leaves),
                                   [Tree.completion(leaf)[0] for leaf in leaves],

@@ -3,6 +3,9 @@ import math
 import pytest
 import torch
 
+import functools
+
+from ibtpo.registry import options_from
 from ibtpo.algos.advantages import ADV_ESTIMATORS, get_adv_estimator, group_stats
 
 
@@ -42,7 +45,7 @@ def test_unknown_estimator_names_known_ones():
 
 def _hand_tree():
     """root -> A (2 tokens, p=.5 each) -> {A1 (R=1), A2 (R=0)};  root -> B (p=.25) -> B1 (p=1, R=1)."""
-    from ibtpo.rollout.tree import Tree, compute_p_hat
+    from ibtpo.tree import Tree, compute_p_hat
 
     t = Tree(question_id="q", prompt_ids=[1, 2])
     a = t.root.add_child([5, 6], [math.log(0.5)] * 2, [0.0, 0.0])
@@ -61,6 +64,12 @@ def _close(adv, expected):
 SIGMA = math.sqrt(1 / 3)  # unbiased std of the leaf rewards [1, 0, 1]
 
 
+def _with_options(name, cfg):
+    """The registered estimator called with its typed options filled from config-like `cfg`."""
+    fn, options = get_adv_estimator(name), ADV_ESTIMATORS.options(name)
+    return fn if options is None else functools.partial(fn, options=options_from(options, cfg))
+
+
 def _run(name, **cfg_fields):
     from types import SimpleNamespace
 
@@ -69,9 +78,9 @@ def _run(name, **cfg_fields):
     batch = flatten_paths([_hand_tree()], pad_id=0)
     cfg = SimpleNamespace(**{"ib_tpo_lambda": 0.1, "ib_beta": 5.0, "ib_conf": "mean", "adv_leaf_weight": False,
                              **cfg_fields})
-    adv = get_adv_estimator(name)(rewards=batch.rewards, response_mask=batch.response_mask, group_ids=batch.group_ids,
-                                  scale_rewards="group", cfg=cfg, node_index=batch.node_index, nodes=batch.nodes,
-                                  ancestor_index=batch.ancestor_index)
+    adv = _with_options(name, cfg)(rewards=batch.rewards, response_mask=batch.response_mask, group_ids=batch.group_ids,
+                                   scale_rewards="group", node_index=batch.node_index, nodes=batch.nodes,
+                                   ancestor_index=batch.ancestor_index)
     # the three rows are A+A1, A+A2, B+B1; completion tokens start at column 1 (prompt of 2 tokens)
     return adv, batch
 
@@ -101,7 +110,7 @@ def test_ib_tpo_hand_computed():
 
 
 def test_ib_tpo_zero_when_all_rewards_equal_and_grpo_at_lambda_zero():
-    from ibtpo.rollout.tree import Tree, compute_p_hat
+    from ibtpo.tree import Tree, compute_p_hat
     from ibtpo.training.batch import flatten_paths
     from types import SimpleNamespace
 
@@ -117,10 +126,10 @@ def test_ib_tpo_zero_when_all_rewards_equal_and_grpo_at_lambda_zero():
               scale_rewards="group", node_index=batch.node_index, nodes=batch.nodes,
               ancestor_index=batch.ancestor_index)
     cfg = SimpleNamespace(ib_tpo_lambda=0.0, ib_beta=5.0, ib_conf="mean", adv_leaf_weight=False)
-    ib = get_adv_estimator("ib_tpo")(cfg=cfg, **kw)
+    ib = _with_options("ib_tpo", cfg)(**kw)
     torch.testing.assert_close(ib, get_adv_estimator("grpo")(**kw))
     cfg.ib_tpo_lambda = 0.1
-    assert get_adv_estimator("ib_tpo")(cfg=cfg, **kw)[4:].abs().sum() == 0  # sigma = 0: no advantage
+    assert _with_options("ib_tpo", cfg)(**kw)[4:].abs().sum() == 0  # sigma = 0: no advantage
 
 
 def test_treerl_hand_computed():
@@ -146,7 +155,7 @@ def test_ib_tpo_equals_grpo_at_lambda_zero_with_non_binary_rewards():
     reward as GRPO does, while p_hat (the IB term's input) counts only correct answers (reward >= 1)."""
     from types import SimpleNamespace
 
-    from ibtpo.rollout.tree import Tree, compute_p_hat
+    from ibtpo.tree import Tree, compute_p_hat
     from ibtpo.training.batch import flatten_paths
 
     trees = []
@@ -164,4 +173,4 @@ def test_ib_tpo_equals_grpo_at_lambda_zero_with_non_binary_rewards():
     cfg = SimpleNamespace(ib_tpo_lambda=0.0, ib_beta=5.0, ib_conf="mean", adv_leaf_weight=False)
     grpo = get_adv_estimator("grpo")(**kw)
     assert grpo[4:8].abs().sum() > 0  # the all-wrong group with partial credit still has a GRPO signal
-    torch.testing.assert_close(get_adv_estimator("ib_tpo")(cfg=cfg, **kw), grpo)
+    torch.testing.assert_close(_with_options("ib_tpo", cfg)(**kw), grpo)

@@ -9,7 +9,7 @@ from ibtpo.rollout.engine import Engine, KVStore, device_generator, sample
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
 from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
-from ibtpo.rollout.tree import Tree
+from ibtpo.tree import Tree
 
 CAP = 20
 

@@ -3,9 +3,9 @@ import random
 
 import pytest
 
-from ibtpo.algos.ib_score import ib_score, info_gain
+from ibtpo.methods.ib_tpo import ib_score, node_gain
 from ibtpo.rollout.rules import BRANCH_RULES, RuleContext, node_candidates
-from ibtpo.rollout.tree import Tree, compute_p_hat
+from ibtpo.tree import Tree, compute_p_hat
 
 
 def lp(conf, n=1):
@@ -37,7 +37,7 @@ def test_ib_score_hand_computed():
     # s1: p_hat 1, both children r = 1
     assert ib_score(n["s1"], beta) == pytest.approx(6 / 2 * (0.8 * -0.2 + 0.5 * -0.2))
     # s2: chain with p_hat 0 -> r = 1 by the zero rule -> -(1+beta)/beta * conf
-    assert info_gain(n["z"], n["s2"]) == 1.0
+    assert node_gain(n["z"], n["s2"]) == 1.0
     assert ib_score(n["s2"], beta) == pytest.approx(-(1 + beta) / beta * 0.7)
     # product confidence: a 3-token step of per-token prob .8 has conf .512
     assert ib_score(n["s1"], beta, "product") == pytest.approx(3 * (0.8 ** 3 * -0.2 + 0.5 ** 3 * -0.2))

@@ -9,7 +9,7 @@ from ibtpo.rollout.engine import Engine
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
 from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
-from ibtpo.rollout.tree import Tree
+from ibtpo.tree import Tree
 from ibtpo.training.batch import flatten_paths, token_logprobs
 
 SAMPLERS = ["independent", "ib", "entropy", "random", "fixed_width"]

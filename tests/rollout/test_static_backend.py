@@ -5,7 +5,6 @@ import random
 import pytest
 import torch
 
-from ibtpo.rollout import latent_fork  # noqa: F401  (registers the iib sampler)
 from ibtpo.rollout.backend import RolloutBackend, make_backend, resolve_backend_name
 from ibtpo.rollout.engine import Engine, Request
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
@@ -13,7 +12,7 @@ from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.static_backend import StaticBackend
 from ibtpo.rollout.static_forward import StaticDecoder, supports
 from ibtpo.rollout.steps import StepSplitter
-from ibtpo.rollout.tree import Tree
+from ibtpo.tree import Tree
 from ibtpo.training.batch import flatten_paths, token_logprobs
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is as fast and immune to load

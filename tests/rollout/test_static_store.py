@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ibtpo.rollout.static_store import SegmentStore, SlotPool, batch_buckets, bucket_at_least, ctx_bucket
-from ibtpo.rollout.tree import Tree
+from ibtpo.tree import Tree
 
 
 def seg(values):

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from ibtpo.algos.presets import ALGORITHM_NAMES, PRESETS
+from ibtpo.algos.presets import PRESETS
 from ibtpo.config import build_config
 from ibtpo.training.batch import flatten_paths, token_logprobs
-from ibtpo.rollout.tree import Tree
+from ibtpo.tree import Tree
 from ibtpo.training.trainer import Trainer
 
 VARIANTS = [
@@ -145,7 +145,7 @@ def test_run_probes_on_its_cadence_and_reports_overhead(tmp_path, tiny_model_dir
     assert (tmp_path / "run" / "plots" / "ib.png").exists()
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+@pytest.mark.parametrize("algorithm", PRESETS.names())
 def test_every_preset_trains_one_step(tmp_path, tiny_model_dir, algorithm):
     preset = PRESETS[algorithm].fields
     keep = {"iib_keep": 4} if preset.get("iib_keep") else {}  # the shrunken tree has G = 6 < the preset's 8

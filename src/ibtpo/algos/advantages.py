@@ -5,7 +5,8 @@ Every estimator is a pure tensor function called with keyword arguments and retu
 - ``rewards``: (bs,) float, the outcome reward of each sequence.
 - ``response_mask``: (bs, T) float/bool, 1 on generated (trained) tokens.
 - ``group_ids``: (bs,) long, sequences with the same id answer the same question (one tree / one group).
-- ``cfg``: the run config (estimator options are read from it).
+- ``options``: the estimator's options dataclass (registered with it; built from the run config by
+  ``registry.options_from``), e.g. ``IBTPOOptions`` of ``ib_tpo``.
 
 Tree-aware estimators also receive the tree structure, as tensors (built by ``training.batch.flatten_paths``):
 
@@ -14,6 +15,8 @@ Tree-aware estimators also receive the tree structure, as tensors (built by ``tr
 - ``ancestor_index``: (bs, D) long, each sequence's strict non-root ancestors (indices into ``nodes``, -1 padded).
 
 Step-level estimators compute one value per node, (M,), and every token of the step gets it (``per_token``).
+The estimators live with their methods (``ibtpo.methods``): ``grpo``/``tree_grpo`` (``methods.grpo``), ``treerl``,
+``treepo``, ``ib_tpo``; ``ibtpo.register_estimator`` adds your own.
 """
 
 from __future__ import annotations
@@ -24,11 +27,16 @@ from typing import Callable
 import torch
 
 from ibtpo.registry import Registry
+from ibtpo.tree_stats import step_confidence
 
 AdvantageFn = Callable[..., torch.Tensor]
 ADV_ESTIMATORS: Registry[AdvantageFn] = Registry("advantage estimator")
 register_adv_est = ADV_ESTIMATORS.register
 get_adv_estimator = ADV_ESTIMATORS.get
+"""``@register_adv_est("name", options=OptionsDataclass)``; ``get_adv_estimator(name)`` (also ``module:name``)."""
+
+LEAF_WEIGHT = False
+"""Default of the step estimators' ``adv_leaf_weight``: divide a step's advantage by sqrt(leaves under it)."""
 
 
 @dataclass(frozen=True)
@@ -58,11 +66,7 @@ class NodeStats:
 
     def confidence(self, mode: str = "mean") -> torch.Tensor:
         """Behaviour-policy step confidence: exp(mean token log-prob) ("mean") or exp(sum) ("product")."""
-        if mode == "mean":
-            return (self.logp_sum / self.length.clamp(min=1)).exp()
-        if mode == "product":
-            return self.logp_sum.exp()
-        raise ValueError(f"confidence mode must be mean or product; got {mode!r}")
+        return step_confidence(self.logp_sum, self.length, mode)
 
 
 def per_token(node_values: torch.Tensor, node_index: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -83,113 +87,3 @@ def group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Te
     sq = torch.zeros(ngroups, dtype=values.dtype).index_add_(0, inverse, (values - means[inverse]) ** 2)
     std = torch.where(counts > 1, (sq / (counts - 1).clamp(min=1)).sqrt(), torch.zeros_like(sq))
     return means[inverse], std[inverse]
-
-
-@register_adv_est("grpo")
-def grpo_advantage(*, rewards: torch.Tensor, response_mask: torch.Tensor, group_ids: torch.Tensor,
-                   scale_rewards: str = "group", eps: float = 1e-4, **_) -> torch.Tensor:
-    """GRPO outcome advantage (Shao et al. 2024, DeepSeekMath, arXiv 2402.03300).
-
-    A_i = (R_i - mean_group(R)) / (std + eps), broadcast to every response token. `scale_rewards` (TRL's name):
-    "group" divides by the group's std, "batch" by the std of the whole batch, "none" does not divide (Dr. GRPO,
-    arXiv 2503.20783). Std is unbiased (torch.std), as in TRL and verl. A group whose rewards are all equal gets 0.
-
-    rewards (bs,), response_mask (bs, T), group_ids (bs,) -> advantages (bs, T).
-    """
-    rewards = rewards.float()
-    mean, std = group_stats(rewards, group_ids)
-    centred = rewards - mean
-    if scale_rewards == "group":
-        adv = centred / (std + eps)
-    elif scale_rewards == "batch":
-        adv = centred / (rewards.std() + eps) if rewards.numel() > 1 else centred
-    elif scale_rewards == "none":
-        adv = centred
-    else:
-        raise ValueError(f"scale_rewards must be group, batch or none; got {scale_rewards!r}")
-    return adv[:, None] * response_mask.float()
-
-
-@register_adv_est("tree_grpo")
-def tree_grpo_advantage(**kwargs) -> torch.Tensor:
-    """GRPO's outcome advantage over the leaves of each tree (the IB-TPO paper's "IBTree sampler only" ablation).
-
-    Every leaf's root-to-leaf path is one sequence and its group is its tree (``group_ids`` = tree index), so this is
-    ``grpo`` with groups = trees: A_i = (R_i - mean_tree(R)) / (std_tree(R) + eps) on every token of path i, shared
-    prefix tokens included (no down-weighting). Same arguments and shapes as ``grpo``.
-    """
-    return grpo_advantage(**kwargs)
-
-
-def _opt(cfg, name: str, default):
-    return getattr(cfg, name, default) if cfg is not None else default
-
-
-@register_adv_est("treerl")
-def treerl_advantage(*, response_mask: torch.Tensor, node_index: torch.Tensor, nodes: NodeStats, cfg=None,
-                     **_) -> torch.Tensor:
-    """TreeRL step advantage (Hou et al. 2025, arXiv 2506.11902): global + local value differences per step.
-
-    A(s) = [ (V(s) - V(root)) + (V(s) - V(parent(s))) ] / w(s),  V = p_hat (share of correct leaves);
-    w(s) = sqrt(n_leaves(s)) when ``cfg.adv_leaf_weight`` (TreeRL's down-weighting of shared prefixes), else 1.
-    Every token of step s gets A(s). node_index (bs, T), nodes (M,) -> advantages (bs, T).
-    """
-    adv = (nodes.p_hat - nodes.root_p_hat) + (nodes.p_hat - nodes.parent_p_hat)
-    if _opt(cfg, "adv_leaf_weight", False):
-        adv = adv / nodes.n_leaves.clamp(min=1).sqrt()
-    return per_token(adv, node_index, response_mask)
-
-
-@register_adv_est("treepo")
-def treepo_advantage(*, rewards: torch.Tensor, response_mask: torch.Tensor, group_ids: torch.Tensor,
-                     ancestor_index: torch.Tensor, nodes: NodeStats, eps: float = 1e-4, **_) -> torch.Tensor:
-    """TreePO sub-group advantage (Li et al. 2025, arXiv 2508.17445), as we read it: each trajectory is compared with
-    every sub-group it belongs to, the whole tree and each ancestor segment that branched (>= 2 leaves), and the
-    differences are averaged, then scaled by the tree's reward std:
-
-        A_i = mean_{g in groups(i)} (R_i - mean_{j in g} R_j) / (std_tree(R) + eps)
-
-    A sequence-level advantage on every token of path i; a tree whose rewards are all equal gets 0.
-    rewards (bs,), group_ids (bs,), ancestor_index (bs, D), nodes (M,) -> advantages (bs, T).
-    """
-    rewards = rewards.float()
-    tree_mean, tree_std = group_stats(rewards, group_ids)
-    valid = ancestor_index >= 0
-    idx = ancestor_index.clamp(min=0)
-    branched = valid & (nodes.n_leaves[idx] >= 2)
-    diffs = (rewards[:, None] - nodes.value[idx]) * branched.float()
-    total = (rewards - tree_mean) + diffs.sum(-1)
-    adv = total / (1 + branched.sum(-1)).float() / (tree_std + eps)
-    return adv[:, None] * response_mask.float()
-
-
-@register_adv_est("ib_tpo")
-def ib_tpo_advantage(*, response_mask: torch.Tensor, node_index: torch.Tensor, nodes: NodeStats, cfg=None,
-                     eps: float = 1e-4, **_) -> torch.Tensor:
-    """IB-TPO step-level advantage (IB-TPO, arXiv 2605.28109; METHOD.md section 5).
-
-        A_GL(s) = (V(s) - V(root)) / (sigma + eps)                     global: improvement over the question
-        A_IB(s) = (p_hat(s) / p_hat(p) - (1 + 1/beta)) * conf_ref(s)   local: does this step raise p(a*)?
-        A(s)    = A_GL(s) + lambda * A_IB(s)
-
-    V = mean leaf reward under a node, which is p_hat (share of correct leaves, ``ibtpo.correct``) for 0/1 rewards;
-    with other rewards (a format bonus, partial credit) the global term follows the reward as GRPO does [choice], and
-    the local IB term keeps p_hat, the chance of a correct answer.
-    sigma = unbiased std of the tree's leaf rewards (GRPO's group std); a tree with sigma = 0 gets A = 0 [choice];
-    p_hat(p) = 0 gives ratio 1 [choice, as the IB rule]; conf_ref = behaviour-policy step confidence (``cfg.ib_conf``:
-    length-normalised by default), detached [choice]; optional 1/sqrt(n_leaves(s)) (``cfg.adv_leaf_weight``).
-    Options from cfg: ``ib_tpo_lambda`` (0.1), ``ib_beta`` (5), ``ib_conf``, ``adv_leaf_weight``.
-    With lambda = 0 on independent samples this is exactly GRPO's advantage, for any rewards (tested).
-    node_index (bs, T), nodes (M,) -> advantages (bs, T).
-    """
-    lam, beta = _opt(cfg, "ib_tpo_lambda", 0.1), _opt(cfg, "ib_beta", 5.0)
-    sigma = nodes.tree_reward_std
-    root_value = nodes.root_p_hat if nodes.root_value is None else nodes.root_value
-    a_gl = (nodes.value - root_value) / (sigma + eps)
-    ratio = torch.where(nodes.parent_p_hat > 0, nodes.p_hat / nodes.parent_p_hat.clamp(min=1e-12),
-                        torch.ones_like(nodes.p_hat))
-    a_ib = (ratio - (1.0 + 1.0 / beta)) * nodes.confidence(_opt(cfg, "ib_conf", "mean"))
-    adv = torch.where(sigma > 0, a_gl + lam * a_ib, torch.zeros_like(a_gl))
-    if _opt(cfg, "adv_leaf_weight", False):
-        adv = adv / nodes.n_leaves.clamp(min=1).sqrt()
-    return per_token(adv, node_index, response_mask)

@@ -12,14 +12,15 @@ from typing import Callable
 
 import torch
 
-from ibtpo.registry import Registry
+from ibtpo.registry import Registry, config_field
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Options shared by the policy losses."""
+    """Options shared by the policy losses and regularisers (the typed options of ``POLICY_LOSSES``); a field takes
+    the run-config field of its name, or the one ``config_field`` names (``registry.options_from``)."""
 
     epsilon: float = 0.2
     """Lower clip range: the ratio is clipped below at 1 - epsilon."""
@@ -29,7 +30,7 @@ class LossConfig:
     """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens (Ye et al. 2020); None = off."""
     loss_agg_mode: str = "seq-mean-token-mean"
     """How token losses become one number (verl names): token-mean, seq-mean-token-mean, seq-mean-token-sum-norm."""
-    norm_length: int = 64
+    norm_length: int = config_field(64, "max_completion_length")
     """Constant length divisor of seq-mean-token-sum-norm (Dr. GRPO); usually max_completion_length."""
     clip_cov_ratio: float = 2e-4
     """clip_cov: share of response tokens whose gradient is removed (Cui et al. 2025: 2e-4)."""
@@ -41,7 +42,7 @@ class LossConfig:
     """kl_cov: share of response tokens, those with the highest covariance, that get the KL penalty (paper: 2e-3)."""
     kl_cov_coef: float = 1.0
     """kl_cov: coefficient of |log pi - log pi_old| on the selected tokens."""
-    kl_coef: float = 0.0
+    kl_coef: float = config_field(0.0, "beta")
     """Regulariser ``kl``: coefficient of the k3 KL to the reference policy (config ``beta``)."""
     entropy_coef: float = 0.0
     """Regulariser ``entropy``: entropy bonus coefficient."""

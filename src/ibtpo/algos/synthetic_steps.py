@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ibtpo.rollout.tree import Tree
+from ibtpo.tree import Tree
+from ibtpo.tree_stats import IB_DEFAULTS
 
 State = tuple[int, ...]
 
@@ -61,7 +62,7 @@ class StepProcess:
         self._cache[state] = q
         return q
 
-    def exact(self, state: State, beta: float = 5.0) -> dict[str, float]:
+    def exact(self, state: State, beta: float = IB_DEFAULTS.beta) -> dict[str, float]:
         """Population IB*, Cov* and H2* at a non-terminal state."""
         pi = self.policy(state)
         qv = self.success(state)

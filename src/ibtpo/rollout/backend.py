@@ -1,9 +1,9 @@
 """The rollout-backend boundary: what samplers need from whatever decodes their requests.
 
-Samplers (``rollout.samplers``, ``rollout.latent_fork``) build :class:`~ibtpo.rollout.engine.Request` s, hand them to
-a backend's :meth:`RolloutBackend.expand`, hang the returned continuations in their trees and tell the backend about
-every change of the trees' node structure, so that a backend may keep per-node state (cached keys/values) without the
-samplers knowing how:
+Samplers (``rollout.samplers`` and the methods' own, ``ibtpo.methods``) build :class:`~ibtpo.rollout.engine.Request`
+s, hand them to a backend's :meth:`RolloutBackend.expand`, hang the returned continuations in their trees and tell
+the backend about every change of the trees' node structure, so that a backend may keep per-node state (cached
+keys/values) without the samplers knowing how:
 
     adopt(node, cont, begin, end)   node took tokens [begin, end) of continuation `cont`
     split(head, tail, at)           `head` was cut after `at` tokens (after ``Node.split``), `tail` holds the rest
@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ibtpo.rollout.sampling import Generation, SamplingParams
-from ibtpo.rollout.tree import Node
+from ibtpo.tree import Node
 
 BACKEND_NAMES = ("auto", "eager", "static")
 
@@ -119,7 +119,7 @@ def sample(model, prompts: list[list[int]], params: SamplingParams, eos_id: int,
            slots_gib: float = 0.0) -> list[list[Generation]]:
     """``engine.sample`` through the named backend: `n` continuations of each prompt (token-id lists)."""
     from ibtpo.rollout.engine import Request
-    from ibtpo.rollout.tree import Tree
+    from ibtpo.tree import Tree
 
     engine = make_backend(backend, model, params, eos_id, pad_id, generator, prefix_reuse=False,
                           slots_gib=slots_gib)

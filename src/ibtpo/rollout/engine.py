@@ -32,7 +32,7 @@ from transformers import DynamicCache
 
 from ibtpo.rollout.node_store import NodeStore
 from ibtpo.rollout.sampling import Generation, SamplingParams, draw, left_pad
-from ibtpo.rollout.tree import Node, Tree
+from ibtpo.tree import Node, Tree
 
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]
 """Per layer, (keys, values) of one sequence segment, each (kv_heads, tokens, head_dim)."""
@@ -116,7 +116,7 @@ class Engine:
         self.generator = device_generator(generator, self.device)
         self.prefix_reuse = prefix_reuse
         self.keep_kv = prefix_reuse
-        """Keep the caches of generated tokens for later forks (off when nothing will fork, e.g. independent sampling)."""
+        """Keep the caches of generated tokens for later forks (off when nothing forks, e.g. independent sampling)."""
         self.max_rows = params.max_rows
         """Decode at most this many rows at once (0 = all rows of a round together); larger rounds run in chunks."""
         self.store = KVStore(params.kv_budget_bytes)

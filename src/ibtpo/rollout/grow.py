@@ -12,25 +12,25 @@ from typing import Any, Callable
 import torch
 
 from ibtpo.rewards import RewardFn, reward_columns, reward_leaves
-from ibtpo.rollout import latent_fork  # noqa: F401  (registers the iib sampler)
 from ibtpo.rollout.backend import make_backend
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
 from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
-from ibtpo.rollout.tree import Tree
+from ibtpo.tree import Tree
 
 
 def grow_problem_trees(sampler: str, model, tokenizer, problems: list, reward_fn: RewardFn, shape: TreeShape,
                        sampling: SamplingParams, splitter: StepSplitter, generator: torch.Generator,
                        rng: random.Random, prefix_reuse: bool = True,
-                       columns: Callable[[Any], dict[str, Any]] = reward_columns, latent=None,
-                       backend: str = "auto", slots_gib: float = 0.0) -> list[Tree]:
+                       columns: Callable[[Any], dict[str, Any]] = reward_columns,
+                       extras: dict[str, Any] | None = None, backend: str = "auto",
+                       slots_gib: float = 0.0) -> list[Tree]:
     """One rewarded tree per problem (objects with ``id`` and ``prompt``), grown by the named sampler.
 
     The model is put in eval mode while sampling and restored afterwards. Token draws come from `generator`,
-    the tree rules' node draws and tie-breaks from `rng`. `latent`: the iib sampler's latent codes
-    (``latent_fork.LatentBranching``), or None. `backend`: the rollout backend ('auto', 'eager', 'static';
-    ``rollout.backend``), `slots_gib` its KV slot budget (static only; 0 = auto).
+    the tree rules' node draws and tie-breaks from `rng`. `extras`: what a method's sampler reads besides the
+    usual context (``GrowContext.extras``, e.g. IIB-LPO's latent codes). `backend`: the rollout backend ('auto',
+    'eager', 'static'; ``rollout.backend``), `slots_gib` its KV slot budget (static only; 0 = auto).
     """
     prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
     prompt_text = {p.id: p.prompt for p in problems}
@@ -41,7 +41,7 @@ def grow_problem_trees(sampler: str, model, tokenizer, problems: list, reward_fn
     engine = make_backend(backend, model, sampling, tokenizer.eos_token_id, tokenizer.pad_token_id, generator,
                           prefix_reuse=prefix_reuse, slots_gib=slots_gib)
     ctx = GrowContext(engine=engine, splitter=splitter, shape=shape, cap=sampling.max_new_tokens, score=score, rng=rng,
-                      latent=latent)
+                      extras=dict(extras or {}))
     was_training = model.training
     model.eval()
     try:

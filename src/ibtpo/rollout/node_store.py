@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from ibtpo.rollout.tree import Node, Tree
+from ibtpo.tree import Node, Tree
 
 V = TypeVar("V")
 

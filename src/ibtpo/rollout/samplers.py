@@ -1,33 +1,35 @@
 """Tree samplers: grow one tree of trajectories per question, every round batched across all questions.
 
     independent   B0 = G samples from the root, no branching (GRPO's rollout through the same code).
-    ib            IBTree (METHOD.md section 4): B0 chains, then L-1 rounds; each round forks B continuations at
-                  each of the K nodes with the highest IB-Score.                       G = B0 + (L-1)*K*B
-    entropy       TreeRL/EPTree-style: same rounds, forks at the K highest -log p tokens.  G = B0 + (L-1)*K*B
-    random        same rounds, K uniformly drawn nodes.                                  G = B0 + (L-1)*K*B
-    fixed_width   TreePO-style: fixed-length segments; each open segment forks into `width` children per depth,
-                  up to `max_depth`, until G trajectories exist; then every open branch runs to the end.
-    iib           IIB-LPO (``latent_fork.py``): B0 rollouts, L-1 forks from each at high-entropy tokens, one level
-                  deep, each branch optionally conditioned on a latent code.                G = B0 * L
+    <rule>        B0 chains, then L-1 rounds; each round forks B continuations at the K fork points the named branch
+                  rule picks (``rollout.rules``): ``ib`` (IBTree, METHOD.md section 4), ``entropy`` (TreeRL),
+                  ``random``.                                                              G = B0 + (L-1)*K*B
+    fixed_width   TreePO-style fixed-length segments (``methods.treepo``).
+    iib           IIB-LPO's entropy-triggered latent forks (``methods.iib_lpo``).
 
-Nodes are reasoning steps (``StepSplitter``), except in ``fixed_width`` where they are the fixed-length segments and
-in ``entropy`` where token-level forks cut steps. Every leaf is rewarded once, right after it is generated (the IB
-rule needs p_hat between rounds). Shared prefixes are generated once and, with prefix reuse, never re-encoded.
+Nodes are reasoning steps (``StepSplitter``), except where a sampler says otherwise. Every leaf is rewarded once,
+right after it is generated (the IB rule needs p_hat between rounds). Shared prefixes are generated once and, with
+prefix reuse, never re-encoded. Samplers only ask the rollout backend for continuations (``Request``) and hang them
+in the tree (:func:`attach`); the backend owns every cache.
+
+A sampler is registered with a :class:`SamplerSpec`: its grow function, how a run config maps onto its
+:class:`TreeShape`, whether it branches, and the settings it refuses (``ibtpo.register_sampler``).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ibtpo.registry import Registry
+from ibtpo.registry import Registry, config_field, options_from
 from ibtpo.rollout.backend import RolloutBackend
 from ibtpo.rollout.engine import Request
 from ibtpo.rollout.sampling import Generation
 from ibtpo.rollout.rules import BRANCH_RULES, RuleContext
 from ibtpo.rollout.steps import StepSplitter
-from ibtpo.rollout.tree import Node, Tree, compute_p_hat
+from ibtpo.tree import Node, Tree, compute_p_hat
+from ibtpo.tree_stats import IB_DEFAULTS
 
 ScoreFn = Callable[[Tree, list[Node]], None]
 """Sets ``reward`` on the given new leaves of a tree."""
@@ -35,39 +37,45 @@ ScoreFn = Callable[[Tree, list[Node]], None]
 
 @dataclass(frozen=True)
 class TreeShape:
-    """Parameters of tree growth."""
+    """Parameters of tree growth (the options of every sampler; each field names the run-config field it comes from).
+    """
 
-    b0: int = 4
+    b0: int = config_field(4, "tree_b0")
     """B0: independent trajectories sampled from the root first (independent sampler: = G)."""
-    rounds: int = 9
+    rounds: int = config_field(9, "tree_l")
     """L: rounds including the first one (1 = no branching)."""
-    k: int = 1
+    k: int = config_field(1, "tree_k")
     """K: fork points per tree per round."""
-    b: int = 1
+    b: int = config_field(1, "tree_b")
     """B: continuations sampled from each fork point."""
-    min_room: int = 8
+    min_room: int = config_field(8, "tree_min_room")
     """A fork point needs at least this many tokens left under the completion cap."""
-    beta: float = 5.0
+    beta: float = config_field(IB_DEFAULTS.beta, "ib_beta")
     """IB-Score beta."""
-    conf_mode: str = "mean"
+    conf_mode: str = config_field(IB_DEFAULTS.conf_mode, "ib_conf")
     """Step confidence of the IB-Score: 'mean' (length-normalised) or 'product'."""
-    root_candidate: bool = True
+    root_candidate: bool = config_field(True, "tree_root_candidate")
     """Rounds may fork from the root (a fresh trajectory)."""
-    zero_phat: str = "one"
+    zero_phat: str = config_field(IB_DEFAULTS.zero_phat, "ib_zero_phat")
     """IB rule at nodes with p_hat = 0: 'one' (r = 1) or 'skip'."""
-    segment_length: int = 8
+    segment_length: int = config_field(8, "treepo_segment_length")
     """fixed_width: tokens per segment."""
-    width: int = 2
+    width: int = config_field(2, "treepo_width")
     """fixed_width: children of each open segment per depth."""
-    max_depth: int = 6
+    max_depth: int = config_field(6, "treepo_max_depth")
     """fixed_width: deepest level that still branches."""
-    fork_top: float = 0.05
+    fork_top: float = config_field(0.05, "iib_fork_top")
     """iib: share of a rollout's tokens (highest entropy) that are candidate fork points."""
 
     @property
     def group_size(self) -> int:
         """G = B0 + (L-1)*K*B trajectories per question."""
         return self.b0 + (self.rounds - 1) * self.k * self.b
+
+    def rule_context(self, cap: int) -> RuleContext:
+        """What a branch rule reads in a round under completion cap `cap`."""
+        return RuleContext(k=self.k, cap=cap, min_room=self.min_room, beta=self.beta, conf_mode=self.conf_mode,
+                           root_candidate=self.root_candidate, zero_phat=self.zero_phat)
 
 
 @dataclass
@@ -79,21 +87,71 @@ class GrowContext:
     cap: int
     score: ScoreFn
     rng: random.Random
-    latent: Any = None
-    """iib sampler: a ``rollout.latent_fork.LatentBranching`` (latent code per branch), or None (plain forks)."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """What a method's sampler needs besides these (e.g. IIB-LPO's latent codes, ``methods.iib_lpo``)."""
 
 
 SamplerFn = Callable[[GrowContext, list[Tree]], None]
-SAMPLERS: Registry[SamplerFn] = Registry("sampler")
+
+
+def shape_from_config(cfg: Any) -> TreeShape:
+    """The tree shape of a branching sampler from a run config (tree_b0, tree_l, ... ; see :class:`TreeShape`)."""
+    return options_from(TreeShape, cfg)
+
+
+def no_problems(cfg: Any, shape: TreeShape) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler."""
+
+    grow: SamplerFn
+    """Grows the trees (rewarding every new leaf through ``ctx.score``)."""
+    shape: Callable[[Any], TreeShape] = shape_from_config
+    """Run config -> the sampler's tree shape (and so its group size G)."""
+    branches: bool = True
+    """Whether trajectories can share prefixes (False: per-node caches are not kept, IB metrics come from probes)."""
+    shape_fields: str = "tree_b0, tree_l, tree_k, tree_b"
+    """The run-config fields that set G, for error messages."""
+    problems: Callable[[Any, TreeShape], list[str]] = no_problems
+    """Run config, shape -> settings this sampler cannot run with (one line each, naming the fields)."""
+    rule: str | None = None
+    """The branch rule of a sampler that grows rounds (``rounds_sampler``); None for other samplers."""
+
+
+def _as_spec(obj: Any) -> SamplerSpec:
+    return obj if isinstance(obj, SamplerSpec) else SamplerSpec(grow=obj)
+
+
+SAMPLERS: Registry[SamplerSpec] = Registry("sampler", coerce=_as_spec)
+
+
+def register_sampler(name: str, grow: SamplerFn | None = None, **spec: Any):
+    """Register a sampler: ``register_sampler("mine", grow_fn, shape=..., branches=...)`` or as a decorator of the
+    grow function (``SamplerSpec`` fields as keywords)."""
+    def add(fn: SamplerFn) -> SamplerFn:
+        SAMPLERS.register(name, SamplerSpec(grow=fn, **spec))
+        return fn
+
+    return add if grow is None else add(grow)
+
+
+def sampler_shape(cfg: Any, name: str | None = None) -> TreeShape:
+    """The tree shape sampler `name` (default: the run's ``cfg.sampler``) draws under run config `cfg`."""
+    return SAMPLERS.get(name or cfg.sampler).shape(cfg)
 
 
 def grow_trees(name: str, ctx: GrowContext, prompts: list[list[int]], question_ids: list[str],
                columns: list[dict]) -> list[Tree]:
     """One rewarded tree per prompt, grown by the named sampler. The backend's per-node caches are released after."""
-    trees = [Tree(question_id=q, prompt_ids=list(p), columns=dict(c)) for p, q, c in zip(prompts, question_ids, columns)]
-    ctx.engine.keep_kv = ctx.engine.prefix_reuse and name != "independent"  # nothing forks: keep no caches
+    trees = [Tree(question_id=q, prompt_ids=list(p), columns=dict(c))
+             for p, q, c in zip(prompts, question_ids, columns)]
+    spec = SAMPLERS.get(name)
+    ctx.engine.keep_kv = ctx.engine.prefix_reuse and spec.branches  # nothing forks: keep no caches
     try:
-        SAMPLERS.get(name)(ctx, trees)
+        spec.grow(ctx, trees)
     finally:
         ctx.engine.release()
     for t in trees:
@@ -127,7 +185,7 @@ def _tail_tokens(node: Node, count: int) -> list[int]:
     return out[-count:] if count else []
 
 
-def _expand_and_attach(ctx: GrowContext, requests: list[Request], split_steps: bool = True) -> list[tuple[Tree, Node]]:
+def expand_and_attach(ctx: GrowContext, requests: list[Request], split_steps: bool = True) -> list[tuple[Tree, Node]]:
     """Run the requests; attach every continuation; return (tree, last node) pairs in order."""
     out = []
     for req, group in zip(requests, ctx.engine.expand(requests)):
@@ -145,14 +203,17 @@ def score_new(ctx: GrowContext, new: list[tuple[Tree, Node]]) -> None:
         ctx.score(tree, leaves)
 
 
-@SAMPLERS.register("independent")
 def grow_independent(ctx: GrowContext, trees: list[Tree]) -> None:
     """G = B0 independent trajectories per question."""
-    new = _expand_and_attach(ctx, [Request(t, t.root, ctx.shape.b0, ctx.cap) for t in trees])
+    new = expand_and_attach(ctx, [Request(t, t.root, ctx.shape.b0, ctx.cap) for t in trees])
     score_new(ctx, new)
 
 
-def _fork_requests(ctx: GrowContext, tree: Tree, points: list[tuple[Node, int]]) -> list[Request]:
+register_sampler("independent", grow_independent, branches=False, shape_fields="num_generations",
+                 shape=lambda cfg: TreeShape(b0=cfg.num_generations, rounds=1))
+
+
+def fork_requests(ctx: GrowContext, tree: Tree, points: list[tuple[Node, int]]) -> list[Request]:
     """Turn fork points into requests, cutting nodes for token-level forks (several cuts in one node allowed).
 
     A point chosen twice gets twice the continuations (2B), so a tree always grows by K*B trajectories per round.
@@ -176,60 +237,32 @@ def _fork_requests(ctx: GrowContext, tree: Tree, points: list[tuple[Node, int]])
     return requests
 
 
-def _grow_rounds(rule: str) -> SamplerFn:
+def rounds_sampler(rule: str) -> SamplerFn:
+    """A sampler that grows B0 chains, then L-1 rounds forking at the points branch rule `rule` picks."""
     def grow(ctx: GrowContext, trees: list[Tree]) -> None:
         grow_independent(ctx, trees)
         select = BRANCH_RULES.get(rule)
-        s = ctx.shape
-        rctx = RuleContext(k=s.k, cap=ctx.cap, min_room=s.min_room, beta=s.beta, conf_mode=s.conf_mode,
-                           root_candidate=s.root_candidate, zero_phat=s.zero_phat)
-        for _ in range(s.rounds - 1):
+        rctx = ctx.shape.rule_context(ctx.cap)
+        for _ in range(ctx.shape.rounds - 1):
             requests = []
             for tree in trees:
                 compute_p_hat(tree.root)
-                requests += _fork_requests(ctx, tree, select(tree, rctx, ctx.rng))
-            score_new(ctx, _expand_and_attach(ctx, requests))
+                requests += fork_requests(ctx, tree, select(tree, rctx, ctx.rng))
+            score_new(ctx, expand_and_attach(ctx, requests))
 
     grow.__doc__ = f"B0 chains, then L-1 rounds forking at the points chosen by the '{rule}' rule."
     return grow
 
 
-for _rule in ("ib", "entropy", "random"):
-    SAMPLERS.register(_rule)(_grow_rounds(_rule))
+def rounds_problems(cfg: Any, shape: TreeShape) -> list[str]:
+    """A rule-based sampler needs fork points with tree_min_room tokens left under max_completion_length."""
+    cap, room = cfg.max_completion_length, shape.min_room
+    if shape.rounds > 1 and (room > cap or (room >= cap and not shape.root_candidate)):
+        return [f"tree_min_room ({room}) must be <= max_completion_length ({cap}) (< with tree_root_candidate="
+                f"false): no fork point of sampler={cfg.sampler} could leave that many tokens"]
+    return []
 
 
-@SAMPLERS.register("fixed_width")
-def grow_fixed_width(ctx: GrowContext, trees: list[Tree]) -> None:
-    """TreePO-style segment tree: see the module docstring."""
-    s = ctx.shape
-    target = s.group_size
-    frontier: dict[int, list[Node]] = {id(t): [t.root] for t in trees}
-    done_leaves: dict[int, int] = {id(t): 0 for t in trees}
-    depth = 0
-    while any(frontier.values()):
-        depth += 1
-        requests = []
-        for tree in trees:
-            open_nodes = frontier[id(tree)]
-            if not open_nodes:
-                continue
-            widths = [1] * len(open_nodes)
-            if depth <= s.max_depth and s.width > 1:
-                spare = target - done_leaves[id(tree)] - len(open_nodes)
-                n_branch = max(0, min(len(open_nodes), spare // (s.width - 1)))
-                for i in ctx.rng.sample(range(len(open_nodes)), n_branch):
-                    widths[i] = s.width
-            for node, w in zip(open_nodes, widths):
-                room = ctx.cap - node.end
-                limit = min(s.segment_length, room) if depth <= s.max_depth else room
-                requests.append(Request(tree, node, w, limit))
-        new = _expand_and_attach(ctx, requests, split_steps=False)
-        frontier = {id(t): [] for t in trees}
-        leaves = []
-        for tree, node in new:
-            if node.finished or node.end >= ctx.cap:
-                done_leaves[id(tree)] += 1
-                leaves.append((tree, node))
-            else:
-                frontier[id(tree)].append(node)
-        score_new(ctx, leaves)
+def register_rule_sampler(name: str, rule: str | None = None) -> None:
+    """Register sampler `name` growing rounds with branch rule `rule` (default: the rule of the same name)."""
+    register_sampler(name, rounds_sampler(rule or name), problems=rounds_problems, rule=rule or name)

@@ -39,7 +39,7 @@ from ibtpo.rollout.engine import Request, device_generator, stop_token_ids
 from ibtpo.rollout.sampling import Generation, SamplingParams, draw, left_pad
 from ibtpo.rollout.static_forward import StaticDecoder
 from ibtpo.rollout.static_store import SegmentStore, SlotPool, batch_buckets, bucket_at_least, ctx_bucket
-from ibtpo.rollout.tree import Node, Tree
+from ibtpo.tree import Node, Tree
 
 
 @dataclass

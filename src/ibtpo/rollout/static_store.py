@@ -12,7 +12,7 @@ import heapq
 import torch
 
 from ibtpo.rollout.node_store import NodeStore
-from ibtpo.rollout.tree import Node, Tree
+from ibtpo.tree import Node, Tree
 
 
 class SegmentStore(NodeStore[torch.Tensor]):

@@ -44,7 +44,7 @@ def build_base_policy(cfg: PretrainConfig, out_dir: Path, task: GeneratedTask | 
         with Progress(TextColumn("pretrain step {task.completed}/{task.total}"), BarColumn(),
                       TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), console=console) as bar:
             job = bar.add_task("pretrain", total=cfg.steps, loss=float("nan"))
-            stats = pretrain(model, tokenizer, task, cfg, lambda s, l: bar.update(job, completed=s + 1, loss=l))
+            stats = pretrain(model, tokenizer, task, cfg, lambda s, loss: bar.update(job, completed=s + 1, loss=loss))
     else:
         stats = pretrain(model, tokenizer, task, cfg)
     res = evaluate(model, tokenizer, list(task.test_problems), reward, k=4, temperature=1.0,

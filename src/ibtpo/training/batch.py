@@ -11,7 +11,7 @@ width L - 1 for sequences of length L.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from ibtpo.algos.advantages import NodeStats
 from ibtpo.lm import decoder_and_head
 from ibtpo.rollout.sampling import right_pad
-from ibtpo.rollout.tree import Node, Tree
+from ibtpo.tree import Node, Tree
 
 
 @dataclass
@@ -47,10 +47,8 @@ class TrainBatch:
     """Per-node tensors of every non-root node of the batch's trees (step-level estimators read them)."""
     ancestor_index: torch.Tensor | None = None
     """(N, D) long: indices into ``nodes`` of each sequence's strict non-root ancestors (-1 padded)."""
-    latent_z: torch.Tensor | None = None
-    """(N, Z) float: IIB-LPO latent code of each sequence's branch (zeros for sequences without one); None if none."""
-    latent_start: torch.Tensor | None = None
-    """(N,) long: first input column that gets the latent's embedding offset (the branch's last prefix token)."""
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per-row tensors (first dimension N) a method's trainer extension adds (e.g. IIB-LPO's latent codes)."""
 
     @property
     def size(self) -> int:
@@ -62,8 +60,8 @@ class TrainBatch:
         pick = (lambda t: None if t is None else t[rows])  # noqa: E731
         return TrainBatch(self.input_ids[rows], self.attention_mask[rows], self.response_mask[rows],
                           self.old_logp[rows], self.rewards[rows], self.group_ids[rows], [self.leaves[i] for i in idx],
-                          pick(self.node_index), self.nodes, pick(self.ancestor_index), pick(self.latent_z),
-                          pick(self.latent_start))
+                          pick(self.node_index), self.nodes, pick(self.ancestor_index),
+                          {k: v[rows] for k, v in self.extras.items()})
 
 
 def node_stats(trees: list[Tree]) -> tuple[list[Node], NodeStats]:
@@ -107,9 +105,12 @@ def _mean_rewards(root: Node) -> dict[int, float]:
     return out
 
 
-def flatten_paths(trees: list[Tree], pad_id: int) -> TrainBatch:
+def flatten_paths(trees: list[Tree], pad_id: int,
+                  row_extras: Callable[[list[tuple[int, list[Node]]]], dict[str, torch.Tensor]] | None = None,
+                  ) -> TrainBatch:
     """One sequence per leaf: prompt + path tokens, right-padded; rewards, behaviour log-probs and, for step-level
-    estimators, the node of every token and the ancestors of every sequence attached."""
+    estimators, the node of every token and the ancestors of every sequence attached. `row_extras` maps each row's
+    (prompt length, leaf lineage) to per-row tensors (``TrainBatch.extras``; trainer extensions)."""
     nodes, stats = node_stats(trees)
     index = {id(n): i for i, n in enumerate(nodes)}
     rows = []
@@ -134,7 +135,7 @@ def flatten_paths(trees: list[Tree], pad_id: int) -> TrainBatch:
             node_index[i, start + node.offset: start + node.end] = index[id(node)]
             if d < len(lineages[i]) - 1:
                 ancestor_index[i, d] = index[id(node)]
-    latent_z, latent_start = _latents([(len(row[0]), lineage) for row, lineage in zip(rows, lineages)])
+    extras = row_extras([(len(row[0]), lineage) for row, lineage in zip(rows, lineages)]) if row_extras else {}
     return TrainBatch(
         input_ids=input_ids,
         attention_mask=attention,
@@ -146,24 +147,8 @@ def flatten_paths(trees: list[Tree], pad_id: int) -> TrainBatch:
         node_index=node_index,
         nodes=stats,
         ancestor_index=ancestor_index,
-        latent_z=latent_z,
-        latent_start=latent_start,
+        extras=extras,
     )
-
-
-def _latents(rows: list[tuple[int, list[Node]]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Latent code and offset start column of each (prompt length, leaf lineage) row; (None, None) if no row has one."""
-    found = []
-    for prompt_len, lineage in rows:
-        branch = next((n for n in lineage if "z" in n.info), None)
-        found.append(None if branch is None else (torch.as_tensor(branch.info["z"], dtype=torch.float),
-                                                  prompt_len + branch.offset - 1))
-    if all(f is None for f in found):
-        return None, None
-    dim = next(f for f in found if f is not None)[0].shape[-1]
-    z = torch.stack([torch.zeros(dim) if f is None else f[0] for f in found])
-    start = torch.tensor([0 if f is None else f[1] for f in found], dtype=torch.long)
-    return z, start
 
 
 LOGITS_CHUNK_BYTES = 512 * 2**20
@@ -177,7 +162,8 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     """Log-probs of each predicted token and the entropy of each next-token distribution, at `temperature`.
 
     (N, L) ids -> ((N, L-1) logp, (N, L-1) entropy). Gradients flow through both (and into `embed_offset`).
-    embed_offset (N, hidden) is added to the input embeddings of columns >= offset_start (N,) (IIB-LPO's latent).
+    embed_offset (N, hidden) is added to the input embeddings of columns >= offset_start (N,): a per-row
+    conditioning vector (IIB-LPO's latent code W z; ``methods.iib_lpo``).
 
     Memory: when the batch's float32 logits exceed `chunk_tokens` tokens (0 = :data:`LOGITS_CHUNK_BYTES` worth), the
     decoder runs once and the LM head, log-softmax and entropy run chunk by chunk over tokens, each chunk under
@@ -223,7 +209,8 @@ def _chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.
     return _head_logprobs(head(hidden), targets, temperature)
 
 
-def _head_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _head_logprobs(logits: torch.Tensor, targets: torch.Tensor,
+                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(..., V) logits and (...) targets -> log-prob of each target and entropy, at `temperature`, in float32."""
     logp_all = (logits.float() / temperature).log_softmax(-1)
     logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
@@ -248,7 +235,7 @@ def logprobs_in_chunks(model, input_ids: torch.Tensor, attention_mask: torch.Ten
                        chunk_tokens: int = 0) -> torch.Tensor:
     """No-grad token log-probs (N, L-1) of a whole batch, `rows_per_pass` rows per forward (0 = all), on CPU.
 
-    extra(rows) returns more keywords of :func:`token_logprobs` for those rows (IIB-LPO's embedding offsets)."""
+    extra(rows) returns more keywords of :func:`token_logprobs` for those rows (a trainer extension's)."""
     with torch.no_grad():
         return torch.cat([padded_logprobs(model, input_ids, attention_mask, rows, temperature, device, chunk_tokens,
                                           **(extra(rows) if extra is not None else {}))[0].float().cpu()

@@ -250,8 +250,9 @@ def resume_point(run_dir: Path, resume: bool, overwrite: bool) -> tuple[Path | N
     if resume:
         ckpt, note = find_checkpoint(run_dir)
         if ckpt is None:
-            raise CheckpointError(f"no checkpoint to resume from in {run_dir / 'checkpoints'} ({note or 'none written'});"
-                                  f" start the run afresh with: ibtpo train {run_dir / 'config.yaml'}")
+            raise CheckpointError(f"no checkpoint to resume from in {run_dir / 'checkpoints'} "
+                                  f"({note or 'none written'}); start the run afresh with: "
+                                  f"ibtpo train {run_dir / 'config.yaml'}")
         return ckpt, note
     if has_checkpoints(run_dir) and not overwrite:
         raise CheckpointError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pass "

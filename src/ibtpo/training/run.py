@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ibtpo.config import TrainConfig
+from ibtpo.rollout.samplers import SAMPLERS
 from ibtpo.progress import binding_budget, phase, run_progress
 from ibtpo.training.checkpoint import clean_temporary, latest_checkpoint
 from ibtpo.training.lock import RunLock
@@ -74,7 +75,7 @@ def _train(cfg: TrainConfig, resume: bool, console: Console) -> dict:
     if skipped:
         console.print(f"skip_bad_rows: skipped {len(skipped)} malformed dataset rows (first: {skipped[0]})")
     _print_setup(console, trainer)
-    warn = EarlyWarnings(cfg.max_completion_length, tree=cfg.sampler in ("ib", "entropy", "random"),
+    warn = EarlyWarnings(cfg.max_completion_length, tree=SAMPLERS.get(cfg.sampler).rule is not None,
                          delimiter=cfg.step_delimiter)
     last_eval: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -135,9 +136,9 @@ def _train(cfg: TrainConfig, resume: bool, console: Console) -> dict:
     (trainer.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if acc_key in summary.get("initial", {}) and acc_key in last_eval:
         before, after = summary["initial"][acc_key], last_eval[acc_key]
-        console.print(f"[bold]held-out {acc_key} (T={cfg.eval_temperature}): {100 * before:.1f}% -> {100 * after:.1f}% "
-                      f"({100 * (after - before):+.1f} points) after {trainer.step} steps, {trainer.tokens:,} generated "
-                      f"tokens; run directory {trainer.run_dir}[/bold]")
+        console.print(f"[bold]held-out {acc_key} (T={cfg.eval_temperature}): {100 * before:.1f}% -> "
+                      f"{100 * after:.1f}% ({100 * (after - before):+.1f} points) after {trainer.step} steps, "
+                      f"{trainer.tokens:,} generated tokens; run directory {trainer.run_dir}[/bold]")
     if "grpo_reference" in summary:
         g = summary["grpo_reference"]
         console.print(f"[bold]GRPO with the same settings and token budget ({len(g['seeds'])} seeds, {g['source']}): "
@@ -146,5 +147,5 @@ def _train(cfg: TrainConfig, resume: bool, console: Console) -> dict:
     if cfg.plots:
         from ibtpo.plots import plot_run
 
-        plot_run(trainer.run_dir)
+        plot_run(trainer.run_dir, read_metrics(trainer.logger.path))
     return summary

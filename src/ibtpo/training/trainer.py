@@ -4,8 +4,7 @@ One step:
   1. take ``questions_per_step`` problems from the train stream (data position advances; the stream is endless);
   2. grow one tree per question (independent sampling = depth-one tree of ``num_generations`` leaves);
   3. reward every leaf with the run's reward function (the testbed verifier, math-verify, or a user function);
-     IIB-LPO also fits its CVAE on the step's correct continuations and scores every trajectory with the IB filter,
-     which drops all but the best ``iib_keep`` per question (``training/ib_filter.py``);
+     a method's trainer extension may act here (``training/extensions.py``; IIB-LPO fits its CVAE and filters);
   4. lay the trees out as a training batch (``flatten_paths``) and compute advantages (registered estimator);
   5. ``ppo_epochs`` passes of mini-batch updates with the registered policy loss (+ k3 KL, - entropy bonus);
   6. log metrics, evaluate every ``eval_every`` steps, checkpoint every ``save_every`` steps, and probe the policy's
@@ -28,53 +27,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ibtpo.algos.advantages import get_adv_estimator
-from ibtpo.algos.iib import group_zscore
-from ibtpo.algos.ib_score import tree_ib_stats
-from ibtpo.algos.losses import REGULARIZERS, TOKEN_SELECTORS, LossConfig, get_policy_loss, masked_mean
+from ibtpo.algos.losses import REGULARIZERS, TOKEN_SELECTORS, get_policy_loss, masked_mean
+from ibtpo.components import advantage_estimator, loss_config, rollout_sampling, tree_shape
 from ibtpo.config import ConfigError, TrainConfig, check_training, save_config
-from ibtpo.evaluation import evaluate, write_samples
+from ibtpo.evaluation import evaluate_sets, write_samples
+from ibtpo.methods.ib_tpo import tree_ib_stats
 from ibtpo.models import add_lora, is_lora, load_policy, resolve_device
 from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, probe_metrics
 from ibtpo.prompt_fit import fit_prompts, run_question_sets
-from ibtpo.rollout.render import render_tree
 from ibtpo.rollout.grow import grow_problem_trees
-from ibtpo.rollout.latent_fork import LatentBranching
-from ibtpo.rollout.samplers import TreeShape
-from ibtpo.rollout.sampling import SamplingParams
+from ibtpo.rollout.metrics import diversity_metrics, rollout_metrics
+from ibtpo.rollout.render import render_tree
+from ibtpo.rollout.samplers import SAMPLERS
 from ibtpo.rollout.steps import StepSplitter
-from ibtpo.rollout.tree import Tree
 from ibtpo.tasks import build_rewards, build_source
 from ibtpo.training.batch import TrainBatch, flatten_paths, logprobs_in_chunks, padded_logprobs
 from ibtpo.training.checkpoint import (load_trainer_state, resume_point, rng_state, save_checkpoint,
                                        set_rng_state)
-from ibtpo.training.ib_filter import apply_ib_filter
-from ibtpo.training.metrics import MetricsLogger, diversity_metrics, rollout_metrics
+from ibtpo.training.extensions import build_extensions
+from ibtpo.training.metrics import MetricsLogger
+from ibtpo.tree import Tree
 from ibtpo.training.update import LogpGap, MiniBatch, accumulate_gradients, truncated_is_weights
 
-EVAL_SEED_OFFSET = 1_000_003
 IB_KEYS = ("ib/score_mean", "ib/cov_conf_gain", "ib/step_entropy", "ib/branching_nodes")
 """IB metrics a tree run reads from its own trees and an independent run copies from its probe."""
-
-
-def tree_shape(cfg: TrainConfig, sampler: str | None = None) -> TreeShape:
-    """The sampler parameters of a run (the independent sampler draws G = num_generations from the root)."""
-    independent = (sampler or cfg.sampler) == "independent"
-    if (sampler or cfg.sampler) == "iib":  # B0 rollouts + iib_forks branches each: G = B0 * (1 + iib_forks)
-        return TreeShape(b0=cfg.tree_b0, rounds=1 + cfg.iib_forks, k=cfg.tree_b0, b=1, min_room=cfg.tree_min_room,
-                         fork_top=cfg.iib_fork_top)
-    return TreeShape(b0=cfg.num_generations if independent else cfg.tree_b0, rounds=1 if independent else cfg.tree_l,
-                     k=cfg.tree_k, b=cfg.tree_b, min_room=cfg.tree_min_room, beta=cfg.ib_beta, conf_mode=cfg.ib_conf,
-                     root_candidate=cfg.tree_root_candidate, zero_phat=cfg.ib_zero_phat,
-                     segment_length=cfg.treepo_segment_length, width=cfg.treepo_width,
-                     max_depth=cfg.treepo_max_depth)
-
-
-def rollout_sampling(cfg: TrainConfig) -> SamplingParams:
-    """How rollouts (and IB probes) draw tokens: temperature, top-p, top-k and the completion cap of the run."""
-    return SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                          max_new_tokens=cfg.max_completion_length, max_rows=cfg.rollout_max_rows,
-                          kv_budget_bytes=int(cfg.kv_budget_gib * 2**30))
 
 
 class Trainer:
@@ -112,26 +88,16 @@ class Trainer:
         if cfg.beta > 0 and not is_lora(self.policy):  # frozen reference for the KL term (LoRA: adapters disabled)
             self.ref, _ = load_policy(cfg.model, cfg.dtype)
             self.ref.to(self.device).eval().requires_grad_(False)
-        self.latent = None
-        if cfg.sampler == "iib" and cfg.iib_latent != "none":  # before the optimizer: it trains the injection W
-            embed = self.policy.get_input_embeddings().weight
-            self.latent = LatentBranching(cfg.iib_latent, embed.shape[1], float(embed.detach().norm(dim=-1).mean()),
-                                          cfg.iib_latent_dim, cfg.iib_inject_scale, cfg.iib_cvae_hidden, cfg.iib_cvae_lr,
-                                          cfg.iib_cvae_steps, generator=self.generator, device=self.device)
+        self.extensions = build_extensions(self)  # a method's hooks (e.g. IIB-LPO), before the optimizer
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
-        if self.latent is not None:
-            self.params += list(self.latent.injector.parameters())
+        for ext in self.extensions:
+            self.params += ext.parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.shape = tree_shape(cfg)  # before the scheduler: its LR factor counts optimizer steps from the group size
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.adv_fn = get_adv_estimator(cfg.adv_estimator)
+        self.adv_fn = advantage_estimator(cfg)  # the registered estimator with its options from the config
         self.loss_fn = get_policy_loss(cfg.policy_loss)
-        self.loss_cfg = LossConfig(epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, dual_clip_c=cfg.dual_clip_c,
-                                   loss_agg_mode=cfg.loss_agg_mode, norm_length=cfg.max_completion_length,
-                                   clip_cov_ratio=cfg.clip_cov_ratio, clip_cov_lb=cfg.clip_cov_lb,
-                                   clip_cov_ub=cfg.clip_cov_ub, kl_cov_ratio=cfg.kl_cov_ratio,
-                                   kl_cov_coef=cfg.kl_cov_coef, kl_coef=cfg.beta, entropy_coef=cfg.entropy_coef,
-                                   ibro_coef=cfg.ibro_coef)
+        self.loss_cfg = loss_config(cfg)
         self.regularizers = [REGULARIZERS.get(name) for name, coef in
                              (("kl", cfg.beta), ("entropy", cfg.entropy_coef), ("ibro", cfg.ibro_coef)) if coef > 0]
         self.sampling = rollout_sampling(cfg)
@@ -143,8 +109,9 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"], self.generator)
             self.step, self.tokens, self.data_pos = state["step"], state["tokens"], state["data_pos"]
-            if self.latent is not None:
-                self.latent.load_state_dict(state["latent"])
+            for ext in self.extensions:
+                if ext.state_key:
+                    ext.load_state_dict(state[ext.state_key])
         if ckpt is None:  # a fresh run: everything loaded, so an overwritten run's checkpoints can go now
             shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         self.logger = MetricsLogger(self.run_dir, cfg.tensorboard, resume_step=self.step if ckpt else None)
@@ -164,7 +131,9 @@ class Trainer:
         return 1.0
 
     def _minibatches_per_epoch(self) -> int:
-        group = min(self.shape.group_size, self.cfg.iib_keep or self.shape.group_size)  # the IB filter's rows only
+        group = self.shape.group_size
+        for ext in self.extensions:  # e.g. a filter that keeps some trajectories per question
+            group = ext.rows_per_question(group)
         n = self.cfg.questions_per_step * group
         return max(1, math.ceil(n / self.cfg.mini_batch_size)) if self.cfg.mini_batch_size else 1
 
@@ -182,14 +151,15 @@ class Trainer:
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
         return grow_problem_trees(cfg.sampler, self.policy, self.tokenizer, problems, self.reward_fn, self.shape,
                                   self.sampling, self.splitter, self.generator, rng, cfg.prefix_reuse,
-                                  latent=self.latent, backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
+                                  extras={k: v for ext in self.extensions for k, v in ext.grow_extras().items()},
+                                  backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
 
-    def embed_offsets(self, batch: TrainBatch, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """token_logprobs keywords applying each row's latent offset W z (IIB-LPO); {} without latents."""
-        if self.latent is None or batch.latent_z is None:
-            return {}
-        return {"embed_offset": self.latent.injector(batch.latent_z[rows].to(self.device)),
-                "offset_start": batch.latent_start[rows].to(self.device)}
+    def forward_kwargs(self, batch: TrainBatch, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra token_logprobs keywords of the extensions for the policy's forward of batch rows `rows`."""
+        out: dict[str, torch.Tensor] = {}
+        for ext in self.extensions:
+            out.update(ext.forward_kwargs(batch, rows, self.device))
+        return out
 
     def recompute_old_logp(self) -> bool:
         """Old log-probs from a training forward (old_logp=recompute, or auto off a CPU or in another dtype than
@@ -201,7 +171,7 @@ class Trainer:
 
     def batch_logprobs(self, model, batch: TrainBatch, offsets: bool = True) -> torch.Tensor:
         """No-grad token log-probs (N, T) of the whole batch under `model`, ``micro_batch_size`` rows per pass."""
-        extra = (lambda rows: self.embed_offsets(batch, rows)) if offsets else None  # noqa: E731
+        extra = (lambda rows: self.forward_kwargs(batch, rows)) if offsets else None  # noqa: E731
         return logprobs_in_chunks(model, batch.input_ids, batch.attention_mask, self.cfg.temperature,
                                   self.cfg.micro_batch_size, self.device, extra, self.cfg.logits_chunk_tokens)
 
@@ -226,7 +196,8 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         for epoch in range(cfg.ppo_epochs):
-            order = torch.randperm(batch.size, generator=self.generator) if mb < batch.size else torch.arange(batch.size)
+            order = (torch.randperm(batch.size, generator=self.generator) if mb < batch.size
+                     else torch.arange(batch.size))
             for rows in order.split(mb):
                 dev = self.device
                 minibatch = MiniBatch(mask=batch.response_mask[rows].to(dev), old_logp=old_logp[rows].to(dev),
@@ -260,7 +231,7 @@ class Trainer:
         def forward(sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             picked = rows[sub]
             return padded_logprobs(self.policy, batch.input_ids, batch.attention_mask, picked, cfg.temperature, dev,
-                                   cfg.logits_chunk_tokens, **self.embed_offsets(batch, picked))
+                                   cfg.logits_chunk_tokens, **self.forward_kwargs(batch, picked))
 
         return forward
 
@@ -283,25 +254,13 @@ class Trainer:
         (``val/<set>/<metric>``). `phase(label, total)`: a progress bar factory (``ibtpo.progress.phase``).
         With ``eval_samples`` every completion goes to RUN_DIR/eval_samples/step_NNNNNN.jsonl."""
         cfg = self.cfg
-        out, records = {}, [] if cfg.eval_samples else None
-        for name, problems in self.source.test_sets.items():
-            problems = problems[:cfg.eval_questions]
-            bar = phase(f"evaluation {name}", len(problems)) if phase else None
-            found = [] if records is not None else None
-            res = evaluate(self.policy, self.tokenizer, problems, self.rewards.check,
-                           k=cfg.eval_k, temperature=cfg.eval_temperature, max_new_tokens=cfg.max_completion_length,
-                           greedy=cfg.eval_greedy, top_p=cfg.eval_top_p, seed=cfg.seed + EVAL_SEED_OFFSET,
-                           extract=self.rewards.extract, batch_questions=cfg.eval_batch_questions, samples=found,
-                           on_batch=bar.on_batch if bar else None, max_rows=cfg.rollout_max_rows,
-                           backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
-            if bar:
-                bar.close()
-            out.update({f"val/{name}/{k}": v for k, v in res.items()})
-            if found is not None:
-                records += [{"dataset": name, **r} for r in found]
+        records = [] if cfg.eval_samples else None
+        sets = {name: problems[:cfg.eval_questions] for name, problems in self.source.test_sets.items()}
+        bar = (lambda name, total: phase(f"evaluation {name}", total)) if phase else None  # noqa: E731
+        results = evaluate_sets(cfg, self.policy, self.tokenizer, self.rewards, sets, bar, records)
         if records is not None:
             write_samples(self.run_dir / "eval_samples" / f"step_{self.step:06d}.jsonl", records)
-        return out
+        return {f"val/{name}/{k}": v for name, res in results.items() for k, v in res.items()}
 
     def probe(self, phase=None) -> dict[str, float]:
         """IB probe of the current policy (``probe/*``); in independent-sampling runs also its ``ib/*`` metrics.
@@ -318,7 +277,7 @@ class Trainer:
         if bar:
             bar.close()
         out = probe_metrics(trees, cfg.ib_beta, cfg.ib_conf)
-        if cfg.sampler == "independent":
+        if not SAMPLERS.get(cfg.sampler).branches:
             out.update({k: out[f"probe/{k}"] for k in IB_KEYS if f"probe/{k}" in out})
         out["perf/probe_time_s"] = time.perf_counter() - t0
         return out
@@ -327,8 +286,9 @@ class Trainer:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "rng": rng_state(self.generator), "step": self.step, "tokens": self.tokens,
                  "data_pos": self.data_pos, "config": self.cfg.model_dump()}
-        if self.latent is not None:
-            state["latent"] = self.latent.state_dict()
+        for ext in self.extensions:
+            if ext.state_key:
+                state[ext.state_key] = ext.state_dict()
         save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, keep=self.cfg.keep_checkpoints)
 
     def dump_trees(self, trees: list[Tree], step: int) -> Path:
@@ -340,30 +300,32 @@ class Trainer:
         path.with_suffix(".txt").write_text("\n\n".join(render_tree(t, self.tokenizer) for t in trees) + "\n")
         return path
 
+    def _row_extras(self, rows) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for ext in self.extensions:
+            out.update(ext.row_extras(rows))
+        return out
+
     # ----------------------------------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
         """One RL step; returns its metrics."""
         t0 = time.perf_counter()
         trees = self.rollout()
         t_roll = time.perf_counter() - t0
-        iib_metrics = self.latent.fit() if self.latent is not None else {}
-        if self.cfg.iib_keep or self.cfg.iib_self_reward:  # IIB-LPO's IB filter / self-reward
-            iib_metrics.update(apply_ib_filter(self.policy, self.tokenizer, trees, self.rewards.extract,
-                                               self.cfg.iib_beta, self.cfg.temperature, self.cfg.iib_keep))
-        batch = flatten_paths(trees, self.tokenizer.pad_token_id)
+        ext_metrics: dict[str, float] = {}
+        for ext in self.extensions:  # e.g. IIB-LPO's CVAE fit and IB filter
+            ext_metrics.update(ext.after_rollout(trees))
+        batch = flatten_paths(trees, self.tokenizer.pad_token_id, self._row_extras if self.extensions else None)
         advantages = self.adv_fn(rewards=batch.rewards, response_mask=batch.response_mask, group_ids=batch.group_ids,
-                                 scale_rewards=self.cfg.scale_rewards, cfg=self.cfg, node_index=batch.node_index,
-                                 nodes=batch.nodes, ancestor_index=batch.ancestor_index)
-        if self.cfg.iib_self_reward:  # IB self-reward, added after the group normalisation of the outcome
-            scores = torch.tensor([leaf.info["ib_score"] for leaf in batch.leaves])
-            bonus = self.cfg.iib_self_reward * group_zscore(scores, batch.group_ids)
-            advantages = advantages + bonus[:, None] * batch.response_mask
+                                 node_index=batch.node_index, nodes=batch.nodes, ancestor_index=batch.ancestor_index)
+        for ext in self.extensions:  # e.g. IIB-LPO's self-reward
+            advantages = ext.adjust_advantages(batch, advantages)
         metrics = rollout_metrics(trees)
-        metrics.update(iib_metrics)
+        metrics.update(ext_metrics)
         metrics.update(diversity_metrics(trees, self.tokenizer, self.rewards.extract))
         if hasattr(self.reward_fn, "pop_stats"):  # reward/errors, reward/none of the guarded reward function
             metrics.update(self.reward_fn.pop_stats())
-        if self.cfg.sampler != "independent":  # IB monitoring from the step's own trees (independent runs: probe)
+        if SAMPLERS.get(self.cfg.sampler).branches:  # IB monitoring from the step's own trees (else: the probe)
             ib = tree_ib_stats(trees, self.cfg.ib_beta, self.cfg.ib_conf)
             metrics.update({k: v for k, v in ib.items() if not math.isnan(v)})
         if self.cfg.dump_trees and (self.step + 1) % self.cfg.dump_trees == 0:

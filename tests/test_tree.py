@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ibtpo.rollout.tree import Node, Tree, compute_p_hat
+from ibtpo.tree import Node, Tree, compute_p_hat
 
 
 def build_tree():

@@ -1,4 +1,4 @@
-"""The iib sampler (rollout/latent_fork.py) on the shipped testbed policy: tree shape, latent codes, behaviour
+"""The iib sampler (methods/iib_lpo/sampler.py) on the shipped testbed policy: tree shape, latent codes, behaviour
 log-probs under the embedding offset, and the CVAE's online data."""
 
 import random
@@ -6,16 +6,17 @@ import random
 import pytest
 import torch
 
-from ibtpo.algos.iib import fork_candidates
+from ibtpo.methods.iib_lpo.core import fork_candidates
 from ibtpo.config import TrainConfig
-from ibtpo.rollout import latent_fork
+from ibtpo.methods.iib_lpo import sampler as latent_fork
 from ibtpo.rollout.grow import grow_problem_trees
-from ibtpo.rollout.latent_fork import LatentBranching, hidden_cumsums
+from ibtpo.methods.iib_lpo.sampler import LatentBranching, hidden_cumsums
 from ibtpo.rollout.steps import StepSplitter
-from ibtpo.rollout.tree import Tree
+from ibtpo.tree import Tree
 from ibtpo.testbed.task import SumTask, sum_reward
+from ibtpo.methods.iib_lpo.extension import latent_row_extras
 from ibtpo.training.batch import flatten_paths, token_logprobs
-from ibtpo.training.trainer import rollout_sampling, tree_shape
+from ibtpo.components import rollout_sampling, tree_shape
 
 B0, FORKS, Z = 2, 2, 16
 
@@ -37,7 +38,7 @@ def grow(testbed, latent=None, prefix_reuse=True, seed=0, questions=2, **over):
     problems = [task.train_problem(i) for i in range(questions)]
     trees = grow_problem_trees("iib", model, tokenizer, problems, sum_reward, tree_shape(cfg), rollout_sampling(cfg),
                                StepSplitter(tokenizer, cfg.step_delimiter, cfg.min_step_tokens),
-                               torch.Generator().manual_seed(seed), random.Random(seed), prefix_reuse, latent=latent)
+                               torch.Generator().manual_seed(seed), random.Random(seed), prefix_reuse, extras={"latent": latent} if latent else None)
     return trees, cfg
 
 
@@ -116,15 +117,15 @@ def test_no_room_forks_from_the_root_with_a_latent(testbed, prefix_reuse):
             assert ("z" in child.info) == (i >= B0)
         assert tree.new_tokens == sum(len(Tree.completion(leaf)[0]) for leaf in tree.leaves())  # nothing shared
     assert latent.pending == []  # capped at 8 tokens, no rollout is correct: no CVAE data
-    batch = flatten_paths(trees, tokenizer.pad_token_id)
-    branched = batch.latent_z.abs().sum(-1) > 0
+    batch = flatten_paths(trees, tokenizer.pad_token_id, latent_row_extras)
+    branched = batch.extras["latent_z"].abs().sum(-1) > 0
     assert int(branched.sum()) == len(trees) * B0 * FORKS
-    assert all(int(batch.latent_start[i]) == len(trees[int(batch.group_ids[i])].prompt_ids) - 1
+    assert all(int(batch.extras["latent_start"][i]) == len(trees[int(batch.group_ids[i])].prompt_ids) - 1
                for i in torch.nonzero(branched).flatten().tolist())
     mask = batch.response_mask.bool()
     with torch.no_grad():
         with_z, _ = token_logprobs(model, batch.input_ids, batch.attention_mask, cfg.temperature,
-                                   embed_offset=latent.injector(batch.latent_z), offset_start=batch.latent_start)
+                                   embed_offset=latent.injector(batch.extras["latent_z"]), offset_start=batch.extras["latent_start"])
     torch.testing.assert_close(with_z[mask], batch.old_logp[mask], atol=1e-4, rtol=1e-4)
 
 
@@ -144,23 +145,23 @@ def test_behaviour_logprobs_include_the_latent_offset(testbed, prefix_reuse):
     model, tokenizer = testbed
     latent = make_latent(model, "cvae")
     trees, cfg = grow(testbed, latent, prefix_reuse)
-    batch = flatten_paths(trees, tokenizer.pad_token_id)
-    assert batch.latent_z.shape == (batch.size, Z) and batch.latent_start.shape == (batch.size,)
+    batch = flatten_paths(trees, tokenizer.pad_token_id, latent_row_extras)
+    assert batch.extras["latent_z"].shape == (batch.size, Z) and batch.extras["latent_start"].shape == (batch.size,)
     for i, leaf in enumerate(batch.leaves):  # z and offset start of each row, from its branch's first node
         tree = trees[int(batch.group_ids[i])]
         start = next((n for n in leaf.lineage() if "z" in n.info), None)
         if start is None:
-            assert not batch.latent_z[i].any() and int(batch.latent_start[i]) == 0
+            assert not batch.extras["latent_z"][i].any() and int(batch.extras["latent_start"][i]) == 0
         else:
-            assert torch.equal(batch.latent_z[i], start.info["z"])
-            assert int(batch.latent_start[i]) == len(tree.prompt_ids) + start.offset - 1
-    branched = batch.latent_z.abs().sum(-1) > 0
+            assert torch.equal(batch.extras["latent_z"][i], start.info["z"])
+            assert int(batch.extras["latent_start"][i]) == len(tree.prompt_ids) + start.offset - 1
+    branched = batch.extras["latent_z"].abs().sum(-1) > 0
     assert int(branched.sum()) == len(trees) * B0 * FORKS
     mask = batch.response_mask.bool()
     with torch.no_grad():
-        offset = latent.injector(batch.latent_z)
+        offset = latent.injector(batch.extras["latent_z"])
         with_z, _ = token_logprobs(model, batch.input_ids, batch.attention_mask, cfg.temperature,
-                                   embed_offset=offset, offset_start=batch.latent_start)
+                                   embed_offset=offset, offset_start=batch.extras["latent_start"])
         plain, _ = token_logprobs(model, batch.input_ids, batch.attention_mask, cfg.temperature)
     torch.testing.assert_close(with_z[mask], batch.old_logp[mask], atol=1e-4, rtol=1e-4)
     # without the offset the branches' tokens disagree (the initial rollouts', with no offset, still agree)
@@ -171,7 +172,7 @@ def test_behaviour_logprobs_include_the_latent_offset(testbed, prefix_reuse):
     # the shared prefix of a branch (before its fork) is not shifted by the offset
     for i in torch.nonzero(branched).flatten().tolist():
         before = torch.zeros_like(mask[i])
-        before[: int(batch.latent_start[i])] = True
+        before[: int(batch.extras["latent_start"][i])] = True
         torch.testing.assert_close(with_z[i][mask[i] & before], plain[i][mask[i] & before])
 
 

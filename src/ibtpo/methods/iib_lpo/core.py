@@ -1,13 +1,13 @@
 """IIB-LPO's pure pieces (arXiv 2601.05870, METHOD.md section 8): fork-point candidates, the IB trajectory score,
-the top-N filter and the self-reward. Model-facing code: ``rollout/latent_fork.py`` (sampler) and
-``training/ib_filter.py`` (scoring with the policy).
+the top-N filter and the self-reward. Model-facing code: ``sampler.py`` and
+``ib_filter.py`` (scoring with the policy).
 
 Reconstructed, since neither METHOD.md nor the authors' released code pins them down (README, "IIB-LPO"):
 - candidates are positions 1..len-1 of a rollout (position 0 would be an independent sample, as the authors' code
   also skips the first token) that leave ``min_room`` tokens under the cap; the top ``top_frac`` of them by entropy,
   at least one;
 - the IB score of a trajectory is ``I(r; a) - beta * I(q; r)`` with pointwise estimates in nats (see
-  ``training/ib_filter.py``); the filter keeps the N best per question, ties to the earlier leaf.
+  ``ib_filter.py``); the filter keeps the N best per question, ties to the earlier leaf.
 """
 
 from __future__ import annotations

@@ -1,28 +1,29 @@
 """IIB-LPO's rollout (arXiv 2601.05870, METHOD.md section 8): entropy-triggered forks conditioned on a latent code.
 
 Sampler ``iib``: B0 = ``tree_b0`` initial rollouts per question; along each, the candidate fork positions are the top
-``fork_top`` share of its tokens by entropy (``algos.iib.fork_candidates``); ``rounds - 1`` forks per rollout are
+``fork_top`` share of its tokens by entropy (``core.fork_candidates``); ``rounds - 1`` forks per rollout are
 drawn uniformly among them. A fork at position t keeps the rollout's first t tokens (shared, generated once) and
 draws a new continuation from token t on. One level deep: branches are not forked again. G = B0 * rounds.
 
-With a :class:`LatentBranching` in the grow context, each branch gets its own z (the CVAE prior p(z | prefix) or
-N(0, I)) and continues with W z added to its input embeddings (``Request.embed_offset``); z is kept on the branch's
-first node (``info["z"]``) so the training forward applies the same offset. The prefix features also feed the CVAE's
-online training: (prefix, continuation) of every fork point of a correct initial rollout.
+With a :class:`LatentBranching` in the grow context's extras (``extras["latent"]``), each branch gets its own z (the
+CVAE prior p(z | prefix) or N(0, I)) and continues with W z added to its input embeddings
+(``Request.embed_offset``); z is kept on the branch's first node (``info["z"]``) so the training forward applies the
+same offset. The prefix features also feed the CVAE's online training: (prefix, continuation) of every fork point of
+a correct initial rollout.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ibtpo.algos.iib import draw_fork_positions, fork_candidates
-from ibtpo.algos.latent import ConditionalVAE, LatentInjector
+from ibtpo.methods.iib_lpo.core import draw_fork_positions, fork_candidates
+from ibtpo.methods.iib_lpo.latent import ConditionalVAE, LatentInjector
 from ibtpo.correct import is_correct
 from ibtpo.lm import last_hidden_states
 from ibtpo.rollout.engine import Request
 from ibtpo.rollout.sampling import right_pad
-from ibtpo.rollout.samplers import SAMPLERS, GrowContext, score_new, attach, grow_independent
-from ibtpo.rollout.tree import Node, Tree
+from ibtpo.rollout.samplers import GrowContext, TreeShape, attach, grow_independent, register_sampler, score_new
+from ibtpo.tree import Node, Tree
 
 
 class LatentBranching:
@@ -128,11 +129,10 @@ def _fork_nodes(ctx: GrowContext, leaf: Node, positions: list[int]) -> dict[int,
     return {t: root if t == 0 else _locate(last, t - 1)[0] for t in set(positions)}
 
 
-@SAMPLERS.register("iib")
 def grow_iib(ctx: GrowContext, trees: list[Tree]) -> None:
     """B0 rollouts, then (rounds - 1) entropy-triggered (latent) branches from each: see the module docstring."""
     grow_independent(ctx, trees)
-    s, latent = ctx.shape, ctx.latent
+    s, latent = ctx.shape, ctx.extras.get("latent")
     plans = []  # (tree, leaf, completion ids, fork positions)
     for tree in trees:
         for leaf in tree.leaves():
@@ -171,3 +171,19 @@ def grow_iib(ctx: GrowContext, trees: list[Tree]) -> None:
             if z is not None:
                 req.node.children[-1].info["z"] = z.detach().float().cpu()
     score_new(ctx, new)
+
+
+def iib_shape(cfg) -> TreeShape:
+    """B0 = tree_b0 rollouts, each with iib_forks branches: G = B0 * (1 + iib_forks) (one round per fork)."""
+    return TreeShape(b0=cfg.tree_b0, rounds=1 + cfg.iib_forks, k=cfg.tree_b0, b=1, min_room=cfg.tree_min_room,
+                     fork_top=cfg.iib_fork_top)
+
+
+def _iib_problems(cfg, shape: TreeShape) -> list[str]:
+    if shape.min_room >= cfg.max_completion_length:
+        return [f"tree_min_room ({shape.min_room}) must be < max_completion_length ({cfg.max_completion_length}): no "
+                f"fork point of sampler=iib could leave that many tokens"]
+    return []
+
+
+register_sampler("iib", grow_iib, shape=iib_shape, shape_fields="tree_b0, iib_forks", problems=_iib_problems)

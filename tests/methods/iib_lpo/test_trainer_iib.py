@@ -21,6 +21,12 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def _latent(trainer):
+    """The run's latent codes (IIB-LPO's trainer extension), or None."""
+    ext = next((e for e in trainer.extensions if hasattr(e, "latent")), None)
+    return None if ext is None else ext.latent
+
+
 def make_trainer(tmp_path, algorithm, **over):
     cfg = build_config(None, {"algorithm": algorithm, "model": "testbed", "out_dir": str(tmp_path / "run"),
                               "questions_per_step": 2, "tensorboard": False, "threads": 1, "eval_questions": 2,
@@ -31,26 +37,26 @@ def make_trainer(tmp_path, algorithm, **over):
 def test_iib_lpo_step(tmp_path):
     trainer = make_trainer(tmp_path, "iib_lpo")
     assert trainer.cfg.sampler == "iib" and trainer.cfg.iib_keep == 8 and trainer.shape.group_size == 12
-    assert trainer.latent is not None and trainer.latent.mode == "cvae"
+    assert _latent(trainer) is not None and _latent(trainer).mode == "cvae"
     assert trainer.cfg.weight_decay == 0  # so a change of W below comes from its gradient
-    w_before = trainer.latent.injector.proj.weight.detach().clone()
+    w_before = _latent(trainer).injector.proj.weight.detach().clone()
     policy_before = {n: p.detach().clone() for n, p in trainer.policy.named_parameters()}
     metrics = trainer.train_step()
     assert all(math.isfinite(v) for v in metrics.values()), {k: v for k, v in metrics.items() if not math.isfinite(v)}
     assert metrics["iib/kept"] == 8.0
     assert metrics["rollout/trajectories_per_question"] == 12
     assert CVAE_KEYS <= set(metrics) and metrics["cvae/pairs"] > 0
-    assert trainer.latent.pending == []
+    assert _latent(trainer).pending == []
     # W is trained by the RL loss: it has a gradient and moved
-    grad = trainer.latent.injector.proj.weight.grad
+    grad = _latent(trainer).injector.proj.weight.grad
     assert grad is not None and float(grad.abs().sum()) > 0
-    assert not torch.equal(trainer.latent.injector.proj.weight, w_before)
+    assert not torch.equal(_latent(trainer).injector.proj.weight, w_before)
     assert not all(torch.equal(p, policy_before[n]) for n, p in trainer.policy.named_parameters())
 
 
 def test_iib_lpo_no_latent_step(tmp_path):
     trainer = make_trainer(tmp_path, "iib_lpo_no_latent")
-    assert trainer.cfg.sampler == "iib" and trainer.latent is None
+    assert trainer.cfg.sampler == "iib" and _latent(trainer) is None
     n_params = sum(p.numel() for p in trainer.policy.parameters() if p.requires_grad)
     assert sum(p.numel() for p in trainer.params) == n_params  # nothing but the policy is optimised
     metrics = trainer.train_step()
@@ -61,7 +67,7 @@ def test_iib_lpo_no_latent_step(tmp_path):
 
 def test_iib_lpo_no_filter_step(tmp_path):
     trainer = make_trainer(tmp_path, "iib_lpo_no_filter")
-    assert trainer.latent is not None and trainer.cfg.iib_keep == 0 and trainer.cfg.iib_self_reward == 0
+    assert _latent(trainer) is not None and trainer.cfg.iib_keep == 0 and trainer.cfg.iib_self_reward == 0
     trees = []
     rollout = trainer.rollout
     trainer.rollout = lambda: trees.extend(rollout()) or trees  # keep the step's trees to inspect them
@@ -76,22 +82,22 @@ def test_iib_lpo_no_filter_step(tmp_path):
 
 def test_checkpoint_round_trip_restores_the_latent_state(tmp_path):
     trainer = make_trainer(tmp_path, "iib_lpo")
-    w_init = trainer.latent.injector.proj.weight.detach().clone()
+    w_init = _latent(trainer).injector.proj.weight.detach().clone()
     trainer.train_step()
     trainer.save()
     resumed = Trainer(trainer.cfg, resume=True)
-    assert resumed.step == 1 and resumed.latent is not None
-    w = resumed.latent.injector.proj.weight
-    assert torch.equal(w, trainer.latent.injector.proj.weight) and not torch.equal(w, w_init)
-    for a, b in zip(resumed.latent.cvae.parameters(), trainer.latent.cvae.parameters()):
+    assert resumed.step == 1 and _latent(resumed) is not None
+    w = _latent(resumed).injector.proj.weight
+    assert torch.equal(w, _latent(trainer).injector.proj.weight) and not torch.equal(w, w_init)
+    for a, b in zip(_latent(resumed).cvae.parameters(), _latent(trainer).cvae.parameters()):
         assert torch.equal(a, b)
-    saved, loaded = trainer.latent.cvae_opt.state_dict(), resumed.latent.cvae_opt.state_dict()
+    saved, loaded = _latent(trainer).cvae_opt.state_dict(), _latent(resumed).cvae_opt.state_dict()
     assert saved["state"].keys() == loaded["state"].keys() and len(saved["state"]) > 0
     for k in saved["state"]:
         assert torch.equal(saved["state"][k]["exp_avg"], loaded["state"][k]["exp_avg"])
     # the injector is in the RL optimizer, whose moments are restored with it
-    restored = resumed.optimizer.state[resumed.latent.injector.proj.weight]["exp_avg"]
-    assert torch.equal(restored, trainer.optimizer.state[trainer.latent.injector.proj.weight]["exp_avg"])
+    restored = resumed.optimizer.state[_latent(resumed).injector.proj.weight]["exp_avg"]
+    assert torch.equal(restored, trainer.optimizer.state[_latent(trainer).injector.proj.weight]["exp_avg"])
 
 
 def test_iib_keep_one_is_rejected():
@@ -106,7 +112,7 @@ def test_iib_keep_one_is_rejected():
 def test_self_reward_is_added_after_the_group_normalisation(tmp_path):
     """A question whose kept trajectories all have the same outcome gets only the small self-reward bonus
     (|A| <= w * sqrt(n - 1)), not a unit-scale advantage from normalising the bonus by its own std."""
-    from ibtpo.algos.iib import group_zscore
+    from ibtpo.methods.iib_lpo.core import group_zscore
 
     trainer = make_trainer(tmp_path, "iib_lpo", questions_per_step=8, iib_self_reward=0.1)
     seen = {}

@@ -9,11 +9,11 @@ Node ids are path strings (TreePO style): the root is "", its children "0", "1",
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ibtpo.correct import is_correct
+from ibtpo.tree_stats import step_confidence
 
 
 @dataclass(eq=False)
@@ -89,10 +89,7 @@ class Node:
 
     def confidence(self, mode: str = "mean") -> float:
         """The policy's confidence in this step: exp(mean token log-prob) ("mean") or exp(sum) ("product")."""
-        if not self.logprobs:
-            return 1.0
-        total = sum(self.logprobs)
-        return math.exp(total / len(self.logprobs) if mode == "mean" else total)
+        return step_confidence(sum(self.logprobs), len(self.logprobs), mode)
 
     def lineage(self) -> list["Node"]:
         """The non-root nodes from the root's child down to this node."""

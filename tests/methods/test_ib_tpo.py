@@ -6,10 +6,10 @@ import random
 import numpy as np
 import pytest
 
-from ibtpo.algos.ib_score import (cov_conf_gain, cov_from_values, ib_from_values, ib_score, tree_ib_stats,
+from ibtpo.methods.ib_tpo import (cov_conf_gain, cov_from_values, ib_from_values, ib_score, tree_ib_stats,
                                   tsallis2_from_values)
 from ibtpo.algos.synthetic_steps import StepProcess
-from ibtpo.rollout.tree import Tree, compute_p_hat
+from ibtpo.tree import Tree, compute_p_hat
 
 
 def test_decomposition_ib_equals_scaled_tsallis_objective():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ibtpo.algos.latent import ConditionalVAE, LatentInjector, gaussian_kl
+from ibtpo.methods.iib_lpo.latent import ConditionalVAE, LatentInjector, gaussian_kl
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

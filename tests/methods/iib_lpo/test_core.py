@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from ibtpo.algos.iib import draw_fork_positions, fork_candidates, group_zscore, ib_trajectory_score, keep_top_n
+from ibtpo.methods.iib_lpo.core import draw_fork_positions, fork_candidates, group_zscore, ib_trajectory_score, keep_top_n
 
 # ---------------------------------------------------------------------------------------------------------------------
 # fork_candidates

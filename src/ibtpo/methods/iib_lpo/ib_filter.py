@@ -12,8 +12,8 @@ extractor:
   EOS token (a document boundary) as the question-free context (nats, summed over r's tokens). Longer reasoning that
   restates more of the question costs more: the "compression" side of the bottleneck.
 
-score = I(r; a) - beta * I(q; r) (``algos.iib.ib_trajectory_score``); the filter keeps the ``keep`` best trajectories
-of each question (``algos.iib.keep_top_n``) and marks the others ``info["dropped"]`` (the batch layout skips them).
+score = I(r; a) - beta * I(q; r) (``core.ib_trajectory_score``); the filter keeps the ``keep`` best trajectories
+of each question (``core.keep_top_n``) and marks the others ``info["dropped"]`` (the batch layout skips them).
 Log-probs are the current policy's at the sampling temperature, without the latent offset and without gradient.
 Pieces are tokenised separately and concatenated as ids (an estimate; merges across a boundary are lost).
 """
@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from ibtpo.algos.iib import ib_trajectory_score, keep_top_n
+from ibtpo.methods.iib_lpo.core import ib_trajectory_score, keep_top_n
 from ibtpo.correct import is_correct
 from ibtpo.rollout.sampling import right_pad
-from ibtpo.rollout.tree import Node, Tree
+from ibtpo.tree import Node, Tree
 from ibtpo.training.batch import token_logprobs
 
 Span = tuple[int, int]

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from ibtpo.reward_fns import extract_math_answer
-from ibtpo.rollout.tree import Tree, compute_p_hat
+from ibtpo.tree import Tree, compute_p_hat
 from ibtpo.testbed.task import extract_answer
 from ibtpo.training.batch import flatten_paths
-from ibtpo.training.ib_filter import apply_ib_filter, score_trajectories, span_logprobs, split_reasoning
+from ibtpo.methods.iib_lpo.ib_filter import apply_ib_filter, score_trajectories, span_logprobs, split_reasoning
 
 BETA, TEMP = 0.05, 1.0
 
@@ -172,7 +172,7 @@ def test_filter_keeps_the_best_per_question_and_the_batch_skips_the_rest(testbed
     assert batch.size == 4 and batch.group_ids.tolist() == [0, 0, 1, 1]
     assert all(not leaf.info["dropped"] for leaf in batch.leaves)
     assert batch.rewards.tolist() == [1.0, 1.0, 1.0, 1.0]
-    assert batch.latent_z is None and batch.latent_start is None  # hand trees carry no latent codes
+    assert batch.extras == {}  # no extension given: no per-row extras
 
 
 def test_filter_with_keep_zero_keeps_everything(testbed):
