@@ -25,7 +25,8 @@ from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
 from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
 from ibtpo.testbed.task import SumTask
-from ibtpo.training.batch import flatten_paths, token_logprobs
+from ibtpo.lm import token_logprobs
+from ibtpo.training.batch import flatten_paths
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ import argparse
 import torch
 
 from ibtpo.config import build_config
-from ibtpo.training.batch import flatten_paths, token_logprobs
+from ibtpo.lm import token_logprobs
+from ibtpo.training.batch import flatten_paths
 from ibtpo.training.trainer import Trainer
 
 

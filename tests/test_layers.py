@@ -13,12 +13,12 @@ LAYERS = [
               "watch", "plots", "resume_check", "tiny_models", "rollout.sampling", "rollout.steps",
               "rollout.static_forward", "training.lock", "training.metrics", "testbed.task", "testbed.model",
               "testbed.tokenizer", "methods.iib_lpo.core", "methods.iib_lpo.latent"]),
-    ("algorithms", ["algos", "rewards", "reward_fns", "data", "testbed.chain", "testbed.pretrain",
+    ("algorithms", ["algos", "rewards", "reward_fns", "data", "testbed.chain", "testbed.pretrain", "extensions",
                     "rollout.node_store", "rollout.render", "rollout.metrics"]),
-    ("rollout", ["rollout", "training.batch", "training.update", "training.extensions"]),
+    ("rollout", ["rollout"]),
     ("methods", ["methods"]),
     ("run", ["config", "components", "models", "evaluation", "probe", "prompt_fit", "tasks", "testbed.build",
-             "training.checkpoint", "training.reference", "training.trainer"]),
+             "training"]),
     ("drivers", ["training.run", "compare", "api", "cli", ""]),
 ]
 

@@ -18,7 +18,8 @@ from ibtpo.tasks import build_source
 from ibtpo.models import ModelLoadError, is_lora, load_policy
 from ibtpo.tree import Tree
 from ibtpo.tiny_models import ARCHITECTURES, save_tiny_model
-from ibtpo.training.batch import flatten_paths, token_logprobs
+from ibtpo.lm import token_logprobs
+from ibtpo.training.batch import flatten_paths
 from ibtpo.training.trainer import Trainer
 from tests.rollout.test_samplers import grow
 

@@ -35,7 +35,7 @@ _EXPORTS = {
     "register_loss": ("ibtpo.algos.losses", "register_policy_loss"),
     "register_branch_rule": ("ibtpo.rollout.rules", "BRANCH_RULES"),
     "register_preset": "ibtpo.algos.presets", "Preset": "ibtpo.algos.presets",
-    "register_extension": "ibtpo.training.extensions", "TrainerExtension": "ibtpo.training.extensions",
+    "register_extension": "ibtpo.extensions", "TrainerExtension": "ibtpo.extensions",
     "register_reward": "ibtpo.reward_fns",
 }
 __all__ = ["__version__", *_EXPORTS]

@@ -20,12 +20,12 @@ from ibtpo.algos.losses import LOSS_AGG_MODES, POLICY_LOSSES, LossConfig
 from ibtpo.algos.presets import DEFAULT_ALGORITHM, PRESETS, apply_preset
 from ibtpo.methods.grpo import GRPOOptions
 from ibtpo.methods.ib_tpo import IBTPOOptions
-from ibtpo.profiles import profile_values
+from ibtpo.profiles import TESTBED, profile_values
 from ibtpo.registry import Registry, RegistryError, default_of, load_object
 from ibtpo.rollout.samplers import SAMPLERS, TreeShape
 from ibtpo.tree_stats import IB_DEFAULTS
 
-TESTBED_MODEL = "testbed"
+TESTBED_MODEL = TESTBED
 REGISTRY_FIELDS: dict[str, Registry] = {"algorithm": PRESETS, "sampler": SAMPLERS, "adv_estimator": ADV_ESTIMATORS,
                                         "policy_loss": POLICY_LOSSES}
 """Fields whose value names a registered component (built-in, registered from Python, or ``module:name``)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ibtpo.config import TESTBED_MODEL
+from ibtpo.profiles import TESTBED as TESTBED_MODEL
 
 TESTBED_POLICY_DIR = Path(__file__).parent / "testbed" / "policy"
 TESTBED_POLICIES = {TESTBED_MODEL: TESTBED_POLICY_DIR, "testbed-chain": TESTBED_POLICY_DIR.with_name("policy_chain")}

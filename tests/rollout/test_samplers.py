@@ -10,7 +10,8 @@ from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
 from ibtpo.rollout.sampling import SamplingParams
 from ibtpo.rollout.steps import StepSplitter
 from ibtpo.tree import Tree
-from ibtpo.training.batch import flatten_paths, token_logprobs
+from ibtpo.lm import token_logprobs
+from ibtpo.training.batch import flatten_paths
 
 SAMPLERS = ["independent", "ib", "entropy", "random", "fixed_width"]
 CAP = 24

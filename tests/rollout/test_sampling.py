@@ -2,7 +2,7 @@ import torch
 
 from ibtpo.rollout.engine import sample
 from ibtpo.rollout.sampling import SamplingParams, filter_logits, left_pad
-from ibtpo.training.batch import token_logprobs
+from ibtpo.lm import token_logprobs
 
 
 def test_filter_logits_top_k_and_top_p():

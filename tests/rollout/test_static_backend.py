@@ -13,7 +13,8 @@ from ibtpo.rollout.static_backend import StaticBackend
 from ibtpo.rollout.static_forward import StaticDecoder, supports
 from ibtpo.rollout.steps import StepSplitter
 from ibtpo.tree import Tree
-from ibtpo.training.batch import flatten_paths, token_logprobs
+from ibtpo.lm import token_logprobs
+from ibtpo.training.batch import flatten_paths
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is as fast and immune to load
 

@@ -5,7 +5,8 @@ import torch
 
 from ibtpo.algos.presets import PRESETS
 from ibtpo.config import build_config
-from ibtpo.training.batch import flatten_paths, token_logprobs
+from ibtpo.lm import token_logprobs
+from ibtpo.training.batch import flatten_paths
 from ibtpo.tree import Tree
 from ibtpo.training.trainer import Trainer
 

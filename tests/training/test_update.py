@@ -10,7 +10,8 @@ from ibtpo.algos.losses import (LOSS_AGG_MODES, POLICY_LOSSES, REGULARIZERS, TOK
                                 agg_denominator, agg_loss)
 from ibtpo.testbed.model import build_tiny_model
 from ibtpo.lm import decoder_and_head
-from ibtpo.training.batch import logprobs_in_chunks, token_logprobs
+from ibtpo.lm import token_logprobs
+from ibtpo.training.batch import logprobs_in_chunks
 from ibtpo.training.update import LogpGap, MiniBatch, accumulate_gradients, truncated_is_weights
 
 ROWS, WIDTH = 6, 14

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from ibtpo.algos.advantages import NodeStats
-from ibtpo.lm import decoder_and_head
+from ibtpo.lm import token_logprobs
 from ibtpo.rollout.sampling import right_pad
 from ibtpo.tree import Node, Tree
 
@@ -149,73 +148,6 @@ def flatten_paths(trees: list[Tree], pad_id: int,
         ancestor_index=ancestor_index,
         extras=extras,
     )
-
-
-LOGITS_CHUNK_BYTES = 512 * 2**20
-"""Default budget of float32 logits materialised at once by :func:`token_logprobs` (0.5 GiB: 880 tokens of a
-151,936-token vocabulary; the whole batch at once for a small vocabulary)."""
-
-
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
-                   embed_offset: torch.Tensor | None = None, offset_start: torch.Tensor | None = None,
-                   chunk_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of each predicted token and the entropy of each next-token distribution, at `temperature`.
-
-    (N, L) ids -> ((N, L-1) logp, (N, L-1) entropy). Gradients flow through both (and into `embed_offset`).
-    embed_offset (N, hidden) is added to the input embeddings of columns >= offset_start (N,): a per-row
-    conditioning vector (IIB-LPO's latent code W z; ``methods.iib_lpo``).
-
-    Memory: when the batch's float32 logits exceed `chunk_tokens` tokens (0 = :data:`LOGITS_CHUNK_BYTES` worth), the
-    decoder runs once and the LM head, log-softmax and entropy run chunk by chunk over tokens, each chunk under
-    activation checkpointing, so peak memory is set by the chunk, not by N x L x vocabulary. Otherwise (small
-    vocabularies) one full forward, as before; both give the same values to float tolerance.
-    """
-    head = model.get_output_embeddings()
-    vocab = head.weight.shape[0] if head is not None else 0
-    chunk = chunk_tokens or max(1, LOGITS_CHUNK_BYTES // (4 * max(1, vocab)))
-    n_tokens = input_ids.shape[0] * (input_ids.shape[1] - 1)
-    parts = decoder_and_head(model) if n_tokens > chunk else None
-    if parts is None:
-        out = model(**_model_inputs(model, input_ids, attention_mask, embed_offset, offset_start))
-        return _head_logprobs(out.logits[:, :-1, :], input_ids[:, 1:], temperature)
-    decoder, head = parts
-    hidden = decoder(**_model_inputs(model, input_ids, attention_mask, embed_offset, offset_start)).last_hidden_state
-    n, width = input_ids.shape[0], input_ids.shape[1] - 1
-    flat_h = hidden[:, :-1, :].reshape(n * width, -1)
-    flat_t = input_ids[:, 1:].reshape(-1)
-    logps, ents = [], []
-    for h, t in zip(flat_h.split(chunk), flat_t.split(chunk)):
-        if torch.is_grad_enabled() and h.requires_grad:
-            lp, ent = checkpoint(_chunk_logprobs, head, h, t, temperature, use_reentrant=False)
-        else:
-            lp, ent = _chunk_logprobs(head, h, t, temperature)
-        logps.append(lp)
-        ents.append(ent)
-    return torch.cat(logps).view(n, width), torch.cat(ents).view(n, width)
-
-
-def _model_inputs(model, input_ids, attention_mask, embed_offset, offset_start) -> dict:
-    if embed_offset is None:
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-    embeds = model.get_input_embeddings()(input_ids)
-    on = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] >= offset_start[:, None]
-    embeds = embeds + on[..., None].to(embeds.dtype) * embed_offset[:, None, :].to(embeds.dtype)
-    return {"inputs_embeds": embeds, "attention_mask": attention_mask, "use_cache": False}
-
-
-def _chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                    temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens, H) hidden states -> ((tokens,) log-prob of `targets`, (tokens,) entropy) through the LM head."""
-    return _head_logprobs(head(hidden), targets, temperature)
-
-
-def _head_logprobs(logits: torch.Tensor, targets: torch.Tensor,
-                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., V) logits and (...) targets -> log-prob of each target and entropy, at `temperature`, in float32."""
-    logp_all = (logits.float() / temperature).log_softmax(-1)
-    logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
 
 
 def padded_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,

@@ -4,7 +4,7 @@ One step:
   1. take ``questions_per_step`` problems from the train stream (data position advances; the stream is endless);
   2. grow one tree per question (independent sampling = depth-one tree of ``num_generations`` leaves);
   3. reward every leaf with the run's reward function (the testbed verifier, math-verify, or a user function);
-     a method's trainer extension may act here (``training/extensions.py``; IIB-LPO fits its CVAE and filters);
+     a method's trainer extension may act here (``extensions.py``; IIB-LPO fits its CVAE and filters);
   4. lay the trees out as a training batch (``flatten_paths``) and compute advantages (registered estimator);
   5. ``ppo_epochs`` passes of mini-batch updates with the registered policy loss (+ k3 KL, - entropy bonus);
   6. log metrics, evaluate every ``eval_every`` steps, checkpoint every ``save_every`` steps, and probe the policy's
@@ -44,7 +44,7 @@ from ibtpo.tasks import build_rewards, build_source
 from ibtpo.training.batch import TrainBatch, flatten_paths, logprobs_in_chunks, padded_logprobs
 from ibtpo.training.checkpoint import (load_trainer_state, resume_point, rng_state, save_checkpoint,
                                        set_rng_state)
-from ibtpo.training.extensions import build_extensions
+from ibtpo.extensions import build_extensions
 from ibtpo.training.metrics import MetricsLogger
 from ibtpo.tree import Tree
 from ibtpo.training.update import LogpGap, MiniBatch, accumulate_gradients, truncated_is_weights

@@ -15,7 +15,8 @@ from ibtpo.rollout.steps import StepSplitter
 from ibtpo.tree import Tree
 from ibtpo.testbed.task import SumTask, sum_reward
 from ibtpo.methods.iib_lpo.extension import latent_row_extras
-from ibtpo.training.batch import flatten_paths, token_logprobs
+from ibtpo.lm import token_logprobs
+from ibtpo.training.batch import flatten_paths
 from ibtpo.components import rollout_sampling, tree_shape
 
 B0, FORKS, Z = 2, 2, 16

@@ -8,7 +8,7 @@ import torch
 from ibtpo.methods.iib_lpo.core import group_zscore
 from ibtpo.methods.iib_lpo.ib_filter import apply_ib_filter
 from ibtpo.methods.iib_lpo.sampler import LatentBranching
-from ibtpo.training.extensions import TrainerExtension, register_extension
+from ibtpo.extensions import TrainerExtension, register_extension
 from ibtpo.tree import Node
 
 

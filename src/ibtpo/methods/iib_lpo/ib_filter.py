@@ -26,7 +26,7 @@ from ibtpo.methods.iib_lpo.core import ib_trajectory_score, keep_top_n
 from ibtpo.correct import is_correct
 from ibtpo.rollout.sampling import right_pad
 from ibtpo.tree import Node, Tree
-from ibtpo.training.batch import token_logprobs
+from ibtpo.lm import token_logprobs
 
 Span = tuple[int, int]
 
