@@ -110,3 +110,13 @@ def test_bad_component_names_fail_in_one_line(tmp_path, capsys, field, value, ex
     rc = main(["train", f"out_dir={tmp_path / 'r'}", f"{field}={value}", *TINY])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and expect in err[0], err
+
+
+def test_components_lists_builtins_and_plugins(tmp_path, capsys):
+    plugin = tmp_path / "more_parts.py"
+    plugin.write_text(textwrap.dedent(PLUGIN))
+    assert main(["components", f"plugins=[{plugin}]"]) == 0
+    out = capsys.readouterr().out
+    for name in ("ib_tpo", "iib_lpo", "fixed_width", "ppo_clip", "kl_cov", "treerl", "plugin_zero", "math"):
+        assert name in out, name
+    assert "lam<-ib_tpo_lambda" in out  # the typed options of an estimator, with their config fields

@@ -17,7 +17,7 @@ LAYERS = [
                     "rollout.node_store", "rollout.render", "rollout.metrics"]),
     ("rollout", ["rollout"]),
     ("methods", ["methods"]),
-    ("run", ["config", "components", "models", "evaluation", "probe", "prompt_fit", "tasks", "testbed.build",
+    ("run", ["config", "components", "catalog", "models", "evaluation", "probe", "prompt_fit", "tasks", "testbed.build",
              "training"]),
     ("drivers", ["training.run", "compare", "api", "cli", ""]),
 ]

@@ -364,6 +364,22 @@ def cmd_pretrain(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def cmd_components(args: argparse.Namespace, rest: list[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ibtpo.catalog import catalog
+
+    build_config(None, parse_overrides(rest))  # imports plugins=[...] and checks the rest
+    table = Table(title="registered components (name them in a config; `module:name` loads your own)")
+    for col in ("kind", "name", "set with", "what", "options <- config field"):
+        table.add_column(col)
+    for row in catalog():
+        table.add_row(row["kind"], row["name"], row["field"], row["summary"], row["options"])
+    Console(width=200).print(table)
+    return 0
+
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -403,12 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     p_cmp.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs only")
     p_cmp.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process with `threads` "
                        "torch threads (keep jobs x threads <= cores; e.g. --jobs 2 threads=1 on 2 cores)")
+    sub.add_parser("components", help="every registered algorithm, sampler, rule, estimator, loss, extension, reward "
+                   "(with plugins=[...]: yours too)")
     p_pre = sub.add_parser("pretrain", help="supervised warm-up that builds the testbed base policy")
     p_pre.add_argument("--out", default="runs/pretrain", help="where to save the policy and tokenizer")
     args, rest = parser.parse_known_args(argv)
     _quiet_transformers()
     handlers = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "compare": cmd_compare,
-                "pretrain": cmd_pretrain}
+                "pretrain": cmd_pretrain, "components": cmd_components}
     try:
         return handlers[args.command](args, rest)
     except (ConfigError, UsageError) as exc:

@@ -145,7 +145,7 @@ def _pg_metrics(loss, clip_active, log_ratio, mask) -> dict[str, float]:
             "actor/ppo_kl": float(masked_mean(-log_ratio.detach(), mask))}
 
 
-@register_policy_loss("ppo_clip")
+@register_policy_loss("ppo_clip", options=LossConfig)
 def ppo_clip_loss(old_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                   cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate (Schulman et al. 2017, arXiv 1707.06347) as used by GRPO, with clip-higher.
@@ -188,7 +188,7 @@ def clip_cov_select(old_logp: torch.Tensor, logp: torch.Tensor, advantages: torc
     return keep.view_as(mask)
 
 
-@register_policy_loss("clip_cov")
+@register_policy_loss("clip_cov", options=LossConfig)
 def clip_cov_loss(old_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                   cfg: LossConfig, select: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Clip-Cov (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", arXiv 2505.22617).
@@ -220,7 +220,7 @@ def kl_cov_select(old_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.
     return selected.view_as(mask)
 
 
-@register_policy_loss("kl_cov")
+@register_policy_loss("kl_cov", options=LossConfig)
 def kl_cov_loss(old_logp: torch.Tensor, logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 cfg: LossConfig, select: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """KL-Cov (Cui et al. 2025, arXiv 2505.22617): the unclipped surrogate -r_t A_t, plus
