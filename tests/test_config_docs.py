@@ -21,7 +21,7 @@ def test_config_page_is_current():
 def test_every_field_and_alias_listed_once():
     text = render()
     for name in TrainConfig.model_fields:
-        rows = re.findall(rf"^\| `{name}` \|", text, flags=re.M)
+        rows = re.findall(rf"^\| `{name}` \|", text, flags=re.MULTILINE)
         assert len(rows) == 1, name
     for alias, field in ALIASES.items():
         assert f"| `{alias}` | `{field}` |" in text

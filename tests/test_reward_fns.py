@@ -203,6 +203,6 @@ def test_math_reward_works_outside_the_main_thread():
     ("7", "Answer: 7 dollars", 1.0),                    # prose after "Answer:": its first number
 ])
 def test_known_math_verify_limits_documented_in_the_readme(gold, completion, expected):
-    """Behaviour of math-verify that users should know about (README, "Rewards and evaluation"); a change in
-    math-verify that fixes one of these shows up here."""
+    """Behaviour of math-verify that users should know about (docs/real_models.md, "Rewards and evaluation"); a
+    change in math-verify that fixes one of these shows up here."""
     assert math_accuracy([""], [completion], None, answer=[gold]) == [expected]

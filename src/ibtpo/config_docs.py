@@ -116,8 +116,8 @@ def render(model: type[BaseModel] = TrainConfig, aliases: dict[str, str] = ALIAS
     """The whole reference page as Markdown (ends with a newline)."""
     resolved = model().model_dump()
     groups = sections(model)
-    out = [HEADER, "Sections: " + ", ".join(f"[{g}](#{g.replace(' ', '-')})" for g in groups) + ", [aliases](#aliases).",
-           ""]
+    links = ", ".join(f"[{g}](#{g.replace(' ', '-')})" for g in groups)
+    out = [HEADER, f"Sections: {links}, [aliases](#aliases).", ""]
     for group, names in groups.items():
         out += [f"## {group}", "", "| field | type / allowed | default | with no arguments | description |",
                 "|---|---|---|---|---|"]
@@ -129,8 +129,8 @@ def render(model: type[BaseModel] = TrainConfig, aliases: dict[str, str] = ALIAS
             out.append(f"| `{name}` | {_cell(allowed(name, model))} | {_cell(_value(default))} | {_cell(differs)} "
                        f"| {_cell(description)} |")
         out.append("")
-    out += ["## aliases", "",
-            "verl and TRL names accepted for ours (in YAML files and on the command line; the saved `config.yaml` "
-            "uses ours):", "", "| alias | field |", "|---|---|"]
+    intro = ("verl and TRL names accepted for ours (in YAML files and on the command line; the saved `config.yaml` "
+             "uses ours):")
+    out += ["## aliases", "", intro, "", "| alias | field |", "|---|---|"]
     out += [f"| `{alias}` | `{field}` |" for alias, field in aliases.items()]
     return "\n".join(out) + "\n"
