@@ -8,7 +8,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from ibtpo.config import ALIASES, TrainConfig
-from ibtpo.config_docs import allowed, render, sections
+from ibtpo.config_docs import allowed, builtin_names, render, sections
+from ibtpo.registry import Registry
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 
@@ -47,11 +48,22 @@ class _Toy(BaseModel):
 
 def test_render_rules_on_a_toy_model():
     assert sections(_Toy) == {"first": ["a", "b"], "second part": ["c", "d"]}
-    assert allowed("a", _Toy) == "int >= 1 <= 9"
-    assert allowed("b", _Toy) == "float or null > 0.0"
-    text = render(_Toy, {"alias_a": "a"})
+    assert allowed("a", _Toy, {}) == "int >= 1 <= 9"
+    assert allowed("b", _Toy, {}) == "float or null > 0.0"
+    text = render(_Toy, {"alias_a": "a"}, registries={})
     assert "| `a` | int >= 1 <= 9 | `3` |  | A count \\| with a pipe. |" in text
     assert "| `b` | float or null > 0.0 | `null` |  | Optional, x\\*y. |" in text
     assert '| `c` | str length >= 1 | `"\\n\\n"` |' in text
     assert "| `d` | list of str | `[]` |" in text
     assert "## second part" in text and "| `alias_a` | `a` |" in text
+
+
+def test_registered_fields_list_builtins_only():
+    registry = Registry("toy", builtins="")
+    registry.register("ours", render)  # a function of the ibtpo package
+    registry.register("theirs", test_render_rules_on_a_toy_model)  # one defined outside it (here: a test)
+    assert builtin_names(registry) == ["ours"]
+    assert allowed("c", _Toy, {"c": registry}) == "a registered name or `module:name`; built in: `ours`"
+    page = render()
+    for name in ("ib_tpo", "grpo", "treerl"):  # the real registries' built-in names reach the page
+        assert f"`{name}`" in page.split("| `adv_estimator` |")[1].split("\n")[0]

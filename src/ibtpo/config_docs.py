@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ibtpo.config import ALIASES, TrainConfig
+from ibtpo.config import ALIASES, REGISTRY_FIELDS, TrainConfig
+from ibtpo.registry import Registry
 
 SECTION = re.compile(r"^\s*#\s*-+\s*(?P<name>[A-Za-z][\w ]*?)\s*-+\s*$")
 FIELD = re.compile(r"^    (?P<name>[a-z]\w*)\s*:")
@@ -56,8 +57,19 @@ def _type_name(ann: Any) -> str:
     return getattr(ann, "__name__", str(ann))
 
 
-def allowed(name: str, model: type[BaseModel] = TrainConfig) -> str:
-    """Type or allowed values of field `name`, with its numeric bounds (e.g. `int >= 1`)."""
+def builtin_names(registry: Registry) -> list[str]:
+    """Names of the components the ibtpo package itself registers (not those a user or a test added)."""
+    return [n for n, obj in registry.items() if str(getattr(obj, "__module__", "")).split(".")[0] == "ibtpo"]
+
+
+def allowed(name: str, model: type[BaseModel] = TrainConfig,
+            registries: dict[str, Registry] | None = None) -> str:
+    """Type or allowed values of field `name`, with its numeric bounds (e.g. `int >= 1`); a field that names a
+    registered component lists the built-in names."""
+    registry = (REGISTRY_FIELDS if registries is None else registries).get(name)
+    if registry is not None:
+        names = ", ".join(f"`{n}`" for n in builtin_names(registry))
+        return f"a registered name or `module:name`; built in: {names}"
     info = model.model_fields[name]
     parts = [_type_name(info.annotation)]
     for meta in info.metadata:
@@ -112,8 +124,11 @@ def _default(name: str, model: type[BaseModel]) -> Any:
     return info.default_factory() if info.default_factory is not None else info.default
 
 
-def render(model: type[BaseModel] = TrainConfig, aliases: dict[str, str] = ALIASES) -> str:
-    """The whole reference page as Markdown (ends with a newline)."""
+def render(model: type[BaseModel] = TrainConfig, aliases: dict[str, str] = ALIASES,
+           registries: dict[str, Registry] | None = None) -> str:
+    """The whole reference page as Markdown (ends with a newline). `registries`: fields that name a registered
+    component (default: the run config's ``REGISTRY_FIELDS``)."""
+    registries = REGISTRY_FIELDS if registries is None else registries
     resolved = model().model_dump()
     groups = sections(model)
     links = ", ".join(f"[{g}](#{g.replace(' ', '-')})" for g in groups)
@@ -126,7 +141,8 @@ def render(model: type[BaseModel] = TrainConfig, aliases: dict[str, str] = ALIAS
             plain = resolved.get(name, default)
             differs = _value(plain) if plain != default else ""
             description = model.model_fields[name].description or ""
-            out.append(f"| `{name}` | {_cell(allowed(name, model))} | {_cell(_value(default))} | {_cell(differs)} "
+            kind = allowed(name, model, registries)
+            out.append(f"| `{name}` | {_cell(kind)} | {_cell(_value(default))} | {_cell(differs)} "
                        f"| {_cell(description)} |")
         out.append("")
     intro = ("verl and TRL names accepted for ours (in YAML files and on the command line; the saved `config.yaml` "
