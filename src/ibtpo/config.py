@@ -132,7 +132,7 @@ class TrainConfig(BaseModel):
     tree_k: int = Field(_shape("k"), ge=1, description="Tree samplers: K, fork points per tree per round.")
     tree_b: int = Field(_shape("b"), ge=1, description="Tree samplers: B, continuations drawn at each fork point.")
     tree_min_room: int = Field(_shape("min_room"), ge=1, description="A fork point needs at least this many tokens left under max_completion_length.")
-    ib_beta: float = Field(IB_DEFAULTS.beta, gt=0.0, description="IB-Score beta (METHOD.md section 3).")
+    ib_beta: float = Field(IB_DEFAULTS.beta, gt=0.0, description="IB-Score beta (docs/ib_score.md; the paper, section 3).")
     ib_conf: Literal["mean", "product"] = Field(IB_DEFAULTS.conf_mode, description="Step confidence: exp(mean token log-prob) or exp(sum).")
     ib_zero_phat: Literal["one", "skip"] = Field(IB_DEFAULTS.zero_phat, description="IB rule at a node with p_hat=0: score it with r=1, or skip it.")
     tree_root_candidate: bool = Field(_shape("root_candidate"), description="Tree rounds may fork from the root (a fresh trajectory).")
@@ -162,7 +162,7 @@ class TrainConfig(BaseModel):
     # --- algorithm -------------------------------------------------------------------------------------------------
     algorithm: str = Field(DEFAULT_ALGORITHM, description="Preset = sampler + advantage estimator + loss (docs/methods; registered name); fields you set yourself win.")
     adv_estimator: str = Field("grpo", description="Advantage estimator (registered name or module:name): grpo, tree_grpo (GRPO over a tree's leaves), treerl, treepo, ib_tpo.")
-    ib_tpo_lambda: float = Field(default_of(IBTPOOptions, "lam"), ge=0.0, description="ib_tpo: weight lambda of the local IB advantage A_IB (METHOD.md section 5).")
+    ib_tpo_lambda: float = Field(default_of(IBTPOOptions, "lam"), ge=0.0, description="ib_tpo: weight lambda of the local IB advantage A_IB (docs/methods/ib_tpo.md).")
     adv_leaf_weight: bool = Field(default_of(IBTPOOptions, "leaf_weight"), description="treerl / ib_tpo: divide each step's advantage by sqrt(leaves under it) (TreeRL).")
     policy_loss: str = Field("ppo_clip", description="Policy loss (registered name or module:name): ppo_clip, clip_cov, kl_cov (arXiv 2505.22617).")
     clip_cov_ratio: float = Field(_loss("clip_cov_ratio"), ge=0.0, le=1.0, description="clip_cov: share of response tokens whose gradient is removed.")

@@ -2,7 +2,7 @@
 the top-N filter and the self-reward. Model-facing code: ``sampler.py`` and
 ``ib_filter.py`` (scoring with the policy).
 
-Reconstructed, since neither METHOD.md nor the authors' released code pins them down (README, "IIB-LPO"):
+Reconstructed, since neither METHOD.md nor the authors' released code pins them down (docs/methods/iib_lpo.md):
 - candidates are positions 1..len-1 of a rollout (position 0 would be an independent sample, as the authors' code
   also skips the first token) that leave ``min_room`` tokens under the cap; the top ``top_frac`` of them by entropy,
   at least one;
