@@ -15,9 +15,10 @@ from ibtpo.methods.iib_lpo import extension, sampler  # noqa: F401  (registratio
 _IIB = {"sampler": "iib", "adv_estimator": "grpo", "policy_loss": "ppo_clip", "tree_b0": 4, "iib_forks": 2,
         "ibro_coef": 0.005}  # 4 rollouts + 2 latent branches each: G = 12, as IB-TPO's; IBRO as in the authors' code
 
-register_preset("iib_lpo", Preset({**_IIB, "iib_latent": "cvae", "iib_keep": 8, "iib_self_reward": 0.1},
-                                  "IIB-LPO: entropy-triggered forks with a CVAE latent code, IB filter (top 8 of 12) + "
-                                  "self-reward, IBRO 0.005", "IIB-LPO, arXiv 2601.05870 (reconstructed: docs/methods/iib_lpo.md)"))
+register_preset("iib_lpo", Preset(
+    {**_IIB, "iib_latent": "cvae", "iib_keep": 8, "iib_self_reward": 0.1},
+    "IIB-LPO: entropy-triggered forks with a CVAE latent code, IB filter (top 8 of 12) + self-reward, IBRO 0.005",
+    "IIB-LPO, arXiv 2601.05870 (reconstructed: docs/methods/iib_lpo.md)"))
 register_preset("iib_lpo_no_latent", Preset(
     {**_IIB, "iib_latent": "none", "iib_keep": 8, "iib_self_reward": 0.1},
     "IIB-LPO without the latent code: plain entropy-triggered forks, IB filter, IBRO",
