@@ -60,7 +60,10 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     if args.resume:
         _check_resume_changes(Path(args.resume), cfg, args.allow_config_change)
     summary = train(cfg, resume=bool(args.resume))
-    print(json.dumps(summary, indent=2))
+    from ibtpo.training.distributed import is_writer
+
+    if is_writer():  # data parallel: rank 0 reports
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -450,6 +453,13 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         if isinstance(exc, OSError):  # an I/O failure outside a run (an output file that cannot be written, ...)
             return _fail(f"{exc.filename or 'I/O'}: {exc.strerror or exc}")
+        from ibtpo.training.distributed import DistError, peer_failure
+
+        if isinstance(exc, DistError):
+            return _fail(str(exc))
+        lost = peer_failure(exc)  # data parallel: another rank died or timed out
+        if lost:
+            return _fail(lost, 1)
         raise
 
 

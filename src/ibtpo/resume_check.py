@@ -16,6 +16,7 @@ HARMLESS = frozenset({
     "out_dir", "overwrite", "progress", "plots", "tensorboard", "keep_checkpoints", "save_every", "eval_every",
     "eval_questions", "eval_k", "eval_temperature", "eval_top_p", "eval_greedy", "eval_batch_questions",
     "eval_samples", "eval_datasets", "ib_probe_every", "ib_probe_questions", "dump_trees", "max_steps", "max_tokens",
+    "data_parallel", "dist_timeout_s",
 })
 """Fields whose change keeps a resumed run an exact continuation."""
 

@@ -18,7 +18,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -136,8 +136,10 @@ def clean_temporary(run_dir: Path) -> list[Path]:
     return removed
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict[str, Any], keep: int = 2) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict[str, Any], keep: int = 2,
+                    write_extra: Callable[[Path], None] | None = None) -> Path:
     """Write checkpoint `step` atomically, point `latest` at it, and prune all but the newest `keep` complete ones.
+    `write_extra(directory)` adds files before the manifest (data-parallel shards: ``training.dist_checkpoint``).
 
     Raises CheckpointError (one line) when the write fails; its temporary directory is removed and the previous
     checkpoint stays the latest."""
@@ -152,6 +154,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
         write_base_reference(tmp, model)  # LoRA: the base model's path relative to the checkpoint
         tokenizer.save_pretrained(tmp)
         torch.save(trainer_state, tmp / "trainer_state.pt")
+        if write_extra is not None:
+            write_extra(tmp)
         for f in _files(tmp):
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

@@ -12,6 +12,7 @@ from ibtpo.config import TrainConfig
 from ibtpo.rollout.samplers import SAMPLERS
 from ibtpo.progress import binding_budget, phase, run_progress
 from ibtpo.training.checkpoint import clean_temporary, latest_checkpoint
+from ibtpo.training.distributed import is_writer
 from ibtpo.training.lock import RunLock
 from ibtpo.training.metrics import read_metrics
 from ibtpo.training.reference import lookup
@@ -43,6 +44,8 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     checkpoint write are removed first, and a failed write (full disk, read-only file system) ends the run with a
     one-line RunIOError that names the path and the checkpoint kept."""
     console = console or Console(stderr=True)
+    if not is_writer():  # data parallel: rank 0 locks the run directory, cleans it up and reports
+        return _train(cfg, resume, Console(quiet=True))
     run_dir = Path(cfg.out_dir)
     try:
         lock = RunLock(run_dir).acquire()
@@ -133,6 +136,8 @@ def _train(cfg: TrainConfig, resume: bool, console: Console) -> dict:
     if ref is not None and acc_key in last_eval:
         summary["grpo_reference"] = {"mean": ref["mean"], "ci95": ref["ci95"], "seeds": ref["seeds"],
                                      "difference": last_eval[acc_key] - ref["mean"], "source": ref["source"]}
+    if not is_writer():
+        return summary
     (trainer.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if acc_key in summary.get("initial", {}) and acc_key in last_eval:
         before, after = summary["initial"][acc_key], last_eval[acc_key]

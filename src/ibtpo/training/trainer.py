@@ -45,6 +45,8 @@ from ibtpo.training.batch import TrainBatch, flatten_paths, logprobs_in_chunks, 
 from ibtpo.training.checkpoint import (load_trainer_state, resume_point, rng_state, save_checkpoint,
                                        set_rng_state)
 from ibtpo.extensions import build_extensions
+from ibtpo.training.dist_checkpoint import rank_rng, restore_optimizer, save_data_parallel
+from ibtpo.training.distributed import DataParallel, NullLogger, is_writer, rank_device
 from ibtpo.training.metrics import MetricsLogger
 from ibtpo.tree import Tree
 from ibtpo.training.update import LogpGap, MiniBatch, accumulate_gradients, truncated_is_weights
@@ -76,7 +78,10 @@ class Trainer:
         ckpt, self.resume_note = resume_point(self.run_dir, resume, cfg.overwrite)  # nothing deleted yet
         self.policy, self.tokenizer = load_policy(str(ckpt) if ckpt else cfg.model, cfg.dtype,
                                                   cfg.gradient_checkpointing)
-        self.device = resolve_device(cfg.device)
+        self.device = rank_device(resolve_device(cfg.device))
+        self.dp = DataParallel.from_env(cfg, self.device)  # launched on several ranks: this rank's share of the work
+        if self.dp is not None and not self.dp.exact:  # rank r grows its own trees: its own sampling streams
+            self.generator.manual_seed(cfg.seed + 1_000_033 * self.dp.rank)
         self.policy.to(self.device)
         if cfg.lora_rank:
             self.policy = add_lora(self.policy, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
@@ -88,8 +93,11 @@ class Trainer:
         if cfg.beta > 0 and not is_lora(self.policy):  # frozen reference for the KL term (LoRA: adapters disabled)
             self.ref, _ = load_policy(cfg.model, cfg.dtype)
             self.ref.to(self.device).eval().requires_grad_(False)
+            if self.dp is not None:  # FSDP2: sharded like the policy
+                self.ref = self.dp.shard_frozen(self.ref)
         self.extensions = build_extensions(self)  # a method's hooks (e.g. IIB-LPO), before the optimizer
-        self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.train_model = self.dp.wrap(self.policy, self.device) if self.dp else self.policy  # DDP, FSDP2
+        self.params = [p for p in self.train_model.parameters() if p.requires_grad]
         for ext in self.extensions:
             self.params += ext.parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -105,15 +113,18 @@ class Trainer:
         self.step, self.tokens, self.data_pos = 0, 0, 0
         if ckpt is not None:
             state = load_trainer_state(ckpt)
-            self.optimizer.load_state_dict(state["optimizer"])
+            restore_optimizer(ckpt, state, self.train_model, self.optimizer, self.dp)  # full or sharded (FSDP2)
             self.scheduler.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"], self.generator)
+            set_rng_state(rank_rng(ckpt, state, self.dp), self.generator)
             self.step, self.tokens, self.data_pos = state["step"], state["tokens"], state["data_pos"]
             for ext in self.extensions:
                 if ext.state_key:
                     ext.load_state_dict(state[ext.state_key])
-        if ckpt is None:  # a fresh run: everything loaded, so an overwritten run's checkpoints can go now
+        if ckpt is None and is_writer():  # a fresh run: everything loaded, an overwritten run's checkpoints can go
             shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
+        if not is_writer():  # data parallel: rank 0 writes metrics and config
+            self.logger = NullLogger(self.run_dir / "metrics.jsonl")
+            return
         self.logger = MetricsLogger(self.run_dir, cfg.tensorboard, resume_step=self.step if ckpt else None)
         save_config(cfg, self.run_dir / "config.yaml")
 
@@ -147,6 +158,8 @@ class Trainer:
         cfg = self.cfg
         problems = [self.source.train_problem(self.data_pos + i) for i in range(cfg.questions_per_step)]
         self.data_pos += len(problems)
+        if self.dp is not None and not self.dp.exact:  # this rank's block of the global batch
+            problems = problems[self.dp.share(len(problems))]
         # tie-breaking and node draws of the tree rules come from the run's generator (checkpointed with it)
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
         return grow_problem_trees(cfg.sampler, self.policy, self.tokenizer, problems, self.reward_fn, self.shape,
@@ -196,20 +209,31 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         for epoch in range(cfg.ppo_epochs):
-            order = (torch.randperm(batch.size, generator=self.generator) if mb < batch.size
-                     else torch.arange(batch.size))
-            for rows in order.split(mb):
+            if self.dp is None:
+                order = (torch.randperm(batch.size, generator=self.generator) if mb < batch.size
+                         else torch.arange(batch.size))
+                chunks = order.split(mb)
+            else:  # this rank's rows of each global mini-batch (none: one zero-weight row, to take part)
+                chunks = self.dp.minibatches(batch.size, cfg.mini_batch_size, self.generator)
+            for rows in chunks:
+                has_rows = rows.numel() > 0
+                rows = rows if has_rows else torch.zeros(1, dtype=torch.long)
                 dev = self.device
                 minibatch = MiniBatch(mask=batch.response_mask[rows].to(dev), old_logp=old_logp[rows].to(dev),
                                       advantages=advantages[rows].to(dev), pg_advantages=pg_advantages[rows].to(dev),
                                       ref_logp=None if ref_logp is None else ref_logp[rows].to(dev))
+                if not has_rows:
+                    minibatch.mask = minibatch.mask * 0
+                dp_args = {} if self.dp is None else self.dp.accumulate_args(
+                    minibatch.mask, cfg.loss_agg_mode, cfg.max_completion_length, cfg.micro_batch_size, has_rows)
                 # without a recompute pass, the first mini-batch's forward (weights not yet updated) gives the gap
                 first = not gap.count and epoch == 0 and count == 0
                 self.optimizer.zero_grad(set_to_none=True)
                 m = accumulate_gradients(self._forward_rows(batch, rows), minibatch, self.loss_fn, self.regularizers,
                                          self.loss_cfg, cfg.micro_batch_size, TOKEN_SELECTORS.get(cfg.policy_loss),
-                                         self._gap_probe(gap, batch, rows) if first else None)
-                m["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+                                         self._gap_probe(gap, batch, rows) if first else None, **dp_args)
+                m["actor/grad_norm"] = (self.dp.clip_grad_norm(self.params, cfg.max_grad_norm) if self.dp else
+                                        float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)))
                 m["actor/lr"] = self.optimizer.param_groups[0]["lr"]
                 self.optimizer.step()
                 self.scheduler.step()
@@ -221,6 +245,9 @@ class Trainer:
         out.update(extra)
         if ref_logp is None:
             out["actor/kl"] = 0.0
+        if self.dp is not None:  # metrics of all ranks; FSDP2: the rollout policy gets the new weights
+            out = self.dp.combine(out, float(batch.response_mask.sum()))
+            self.dp.sync_policy()
         return out
 
     def _forward_rows(self, batch: TrainBatch, rows: torch.Tensor):
@@ -230,8 +257,9 @@ class Trainer:
 
         def forward(sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             picked = rows[sub]
-            return padded_logprobs(self.policy, batch.input_ids, batch.attention_mask, picked, cfg.temperature, dev,
-                                   cfg.logits_chunk_tokens, **self.forward_kwargs(batch, picked))
+            chunk = cfg.logits_chunk_tokens if self.dp is None else 2**62  # wrappers: through their own forward
+            return padded_logprobs(self.train_model, batch.input_ids, batch.attention_mask, picked, cfg.temperature,
+                                   dev, chunk, **self.forward_kwargs(batch, picked))
 
         return forward
 
@@ -244,6 +272,9 @@ class Trainer:
     def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         """Token log-probs (N, T) under the frozen reference: the base model (LoRA: adapters disabled); no grad,
         ``micro_batch_size`` rows per pass, on CPU."""
+        if self.ref is not None and self.dp is not None and self.dp.kind == "fsdp2":  # passes in lockstep
+            return self.dp.sharded_logprobs(self.ref, batch.input_ids, batch.attention_mask, self.cfg.temperature,
+                                            self.cfg.micro_batch_size, self.device)
         if self.ref is not None:
             return self.batch_logprobs(self.ref, batch, offsets=False)
         with self.policy.disable_adapter():
@@ -257,10 +288,16 @@ class Trainer:
         records = [] if cfg.eval_samples else None
         sets = {name: problems[:cfg.eval_questions] for name, problems in self.source.test_sets.items()}
         bar = (lambda name, total: phase(f"evaluation {name}", total)) if phase else None  # noqa: E731
-        results = evaluate_sets(cfg, self.policy, self.tokenizer, self.rewards, sets, bar, records)
-        if records is not None:
+        if self.dp is not None and not self.dp.exact:  # each rank evaluates its blocks, with its own draws
+            out, records = self.dp.evaluate_sharded(
+                lambda c, s, r: evaluate_sets(c, self.policy, self.tokenizer, self.rewards, s, bar, r), cfg, sets,
+                records)
+        else:
+            results = evaluate_sets(cfg, self.policy, self.tokenizer, self.rewards, sets, bar, records)
+            out = {f"val/{name}/{k}": v for name, res in results.items() for k, v in res.items()}
+        if records is not None and is_writer():
             write_samples(self.run_dir / "eval_samples" / f"step_{self.step:06d}.jsonl", records)
-        return {f"val/{name}/{k}": v for name, res in results.items() for k, v in res.items()}
+        return out
 
     def probe(self, phase=None) -> dict[str, float]:
         """IB probe of the current policy (``probe/*``); in independent-sampling runs also its ``ib/*`` metrics.
@@ -268,14 +305,19 @@ class Trainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         problems = list(self.source.test_sets[self.source.name][:cfg.ib_probe_questions])
+        shard = self.dp is not None and not self.dp.exact  # each rank probes its block, with its own draws
+        if shard:
+            problems = problems[self.dp.share(len(problems))]
         bar = phase("IB probe", len(problems)) if phase else None
-        trees = grow_probe(self.policy, self.tokenizer, problems, self.rewards.check, tree_shape(cfg, "ib"),
-                           self.sampling, self.splitter, seed=cfg.seed + PROBE_SEED_OFFSET,
-                           batch_questions=min(len(problems), cfg.eval_batch_questions),
-                           prefix_reuse=cfg.prefix_reuse, on_batch=bar.on_batch if bar else None,
-                           backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
+        trees = [] if not problems else grow_probe(
+            self.policy, self.tokenizer, problems, self.rewards.check, tree_shape(cfg, "ib"), self.sampling,
+            self.splitter, seed=cfg.seed + PROBE_SEED_OFFSET + (1_000_033 * self.dp.rank if shard else 0),
+            batch_questions=min(len(problems), cfg.eval_batch_questions), prefix_reuse=cfg.prefix_reuse,
+            on_batch=bar.on_batch if bar else None, backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
         if bar:
             bar.close()
+        if shard:  # every rank's trees, in question order
+            trees = [t for part in self.dp.gather_objects(trees) for t in part]
         out = probe_metrics(trees, cfg.ib_beta, cfg.ib_conf)
         if not SAMPLERS.get(cfg.sampler).branches:
             out.update({k: out[f"probe/{k}"] for k in IB_KEYS if f"probe/{k}" in out})
@@ -289,6 +331,10 @@ class Trainer:
         for ext in self.extensions:
             if ext.state_key:
                 state[ext.state_key] = ext.state_dict()
+        if self.dp is not None:  # every rank: sharded optimizer state, its RNG states; rank 0 the rest
+            save_data_parallel(self.run_dir, self.step, self.policy, self.tokenizer, state, self.dp, self.optimizer,
+                               self.generator, self.cfg.keep_checkpoints)
+            return
         save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, keep=self.cfg.keep_checkpoints)
 
     def dump_trees(self, trees: list[Tree], step: int) -> Path:
@@ -328,12 +374,17 @@ class Trainer:
         if SAMPLERS.get(self.cfg.sampler).branches:  # IB monitoring from the step's own trees (else: the probe)
             ib = tree_ib_stats(trees, self.cfg.ib_beta, self.cfg.ib_conf)
             metrics.update({k: v for k, v in ib.items() if not math.isnan(v)})
-        if self.cfg.dump_trees and (self.step + 1) % self.cfg.dump_trees == 0:
+        new_tokens = sum(t.new_tokens for t in trees)
+        if self.dp is not None and not self.dp.exact:  # rollout metrics and token count of every rank's trees
+            metrics, new_tokens = self.dp.combine_rollout(metrics, trees), int(self.dp.all_sum(new_tokens))
+        elif self.dp is not None:  # dp_exact: every rank grew every tree; it trains on its questions' rows
+            keep = self.dp.keep_rows(batch.group_ids, len(trees))
+            batch, advantages = batch.select(keep), advantages[keep]
+        if self.cfg.dump_trees and (self.step + 1) % self.cfg.dump_trees == 0 and is_writer():
             self.dump_trees(trees, self.step + 1)
         t1 = time.perf_counter()
         metrics.update(self.update(batch, advantages))
         t_update = time.perf_counter() - t1
-        new_tokens = sum(t.new_tokens for t in trees)
         self.step += 1
         self.tokens += new_tokens
         dt = time.perf_counter() - t0
@@ -341,6 +392,7 @@ class Trainer:
                         "perf/step_time_s": dt, "perf/rollout_time_s": t_roll,
                         "perf/tokens_per_s": new_tokens / max(t_roll, 1e-9), "perf/update_time_s": t_update,
                         "perf/train_tokens_per_s": float(batch.attention_mask.sum()) * self.cfg.ppo_epochs / t_update,
-                        "critic/advantages/mean": float(masked_mean(advantages, batch.response_mask))})
+                        "critic/advantages/mean": float(masked_mean(advantages, batch.response_mask)) if self.dp is None
+                        else self.dp.masked_mean(advantages, batch.response_mask)})
         return metrics
 

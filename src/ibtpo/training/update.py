@@ -15,8 +15,9 @@ same as one pass over the whole mini-batch:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -48,36 +49,54 @@ class MiniBatch:
 
 def accumulate_gradients(forward: Forward, mb: MiniBatch, loss_fn, regularizers: list, cfg: LossConfig,
                          micro_size: int, selector: Callable | None = None,
-                         on_logp: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, float]:
+                         on_logp: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+                         denominator: torch.Tensor | None = None, n_parts: int | None = None, loss_scale: float = 1.0,
+                         sync: Callable[[bool], Any] | None = None,
+                         global_select: Callable | None = None) -> dict[str, float]:
     """Backward the mini-batch loss in micro-batches of `micro_size` rows (0 = one pass); returns its metrics.
 
     Gradients are added to the parameters' ``.grad`` (zero them before). `selector`: the loss's whole-mini-batch token
     selection (``TOKEN_SELECTORS``), used when the mini-batch is split. `on_logp(rows, logp)` sees each micro-batch's
     detached log-probs (e.g. to measure the behaviour/training gap). Metrics add ``actor/loss``.
+
+    Data-parallel runs (``training.distributed``) pass the GLOBAL `denominator` of the mini-batch, `n_parts` (every
+    rank runs as many micro-batches; missing ones are zero-weight passes over row 0), `loss_scale` (backward of
+    loss x world size, undoing the wrapper's gradient mean), `sync(last)`, the context of each pass, and
+    `global_select(selector, old_logp, logp, advantages, mask, cfg)`: this rank's rows of the token selection made
+    over every rank's rows of the mini-batch.
     """
     parts = list(torch.arange(mb.size).split(micro_size or mb.size))
+    real = len(parts)
+    parts += [torch.zeros(1, dtype=torch.long)] * ((n_parts or real) - real)  # zero-weight passes (data parallel)
     select = None
-    if len(parts) > 1:
+    if denominator is not None:
+        cfg = replace(cfg, agg_denominator=denominator)
+    elif len(parts) > 1:
         cfg = replace(cfg, agg_denominator=agg_denominator(mb.mask, cfg.loss_agg_mode, cfg.norm_length))
-        if selector is not None:
-            with torch.no_grad():
-                logp_all = torch.cat([forward(rows)[0] for rows in parts])
+    if selector is not None and (len(parts) > 1 or global_select is not None):
+        with torch.no_grad():
+            logps = [forward(rows)[0] for rows in parts]  # every part: sharded models forward in lockstep
+        logp_all = torch.cat(logps[:real])
+        if global_select is not None:
+            select = global_select(selector, mb.old_logp, logp_all, mb.pg_advantages, mb.mask, cfg)
+        else:
             select = selector(mb.old_logp, logp_all, mb.pg_advantages, mb.mask, cfg)
     collected = []
     total = 0.0
-    for rows in parts:
-        logp, entropy = forward(rows)
-        if on_logp is not None:
-            on_logp(rows, logp.detach())
-        mask = mb.mask[rows]
-        kwargs = {} if select is None else {"select": select[rows]}
-        loss, metrics = loss_fn(mb.old_logp[rows], logp, mb.pg_advantages[rows], mask, cfg, **kwargs)
-        for reg in regularizers:
-            ref = None if mb.ref_logp is None else mb.ref_logp[rows]
-            term, reg_metrics = reg(logp, entropy, mb.advantages[rows], mask, ref, cfg)
-            loss = loss + term
-            metrics.update(reg_metrics)
-        loss.backward()
+    for i, rows in enumerate(parts):
+        with sync(i == len(parts) - 1) if sync is not None else contextlib.nullcontext():
+            logp, entropy = forward(rows)
+            if on_logp is not None and i < real:
+                on_logp(rows, logp.detach())
+            mask = mb.mask[rows] if i < real else torch.zeros_like(mb.mask[rows])
+            kwargs = {} if select is None else {"select": select[rows]}
+            loss, metrics = loss_fn(mb.old_logp[rows], logp, mb.pg_advantages[rows], mask, cfg, **kwargs)
+            for reg in regularizers:
+                ref = None if mb.ref_logp is None else mb.ref_logp[rows]
+                term, reg_metrics = reg(logp, entropy, mb.advantages[rows], mask, ref, cfg)
+                loss = loss + term
+                metrics.update(reg_metrics)
+            (loss * loss_scale if loss_scale != 1.0 else loss).backward()
         total += float(loss.detach())
         collected.append((metrics, float(mask.sum())))
     out = combine_micro_metrics(collected)
