@@ -35,8 +35,9 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
-SUMMED_KEYS = ("actor/loss", "actor/pg_loss", "actor/kl", "actor/entropy_bonus", "actor/ibro_term",
-               "reward/errors", "reward/none")
+from ibtpo.algos.losses import SUMMED_METRICS
+
+SUMMED_KEYS = ("actor/loss", *SUMMED_METRICS, "reward/errors", "reward/none")
 """Metrics whose per-rank values add up to the global value (loss terms divided by a global count, counts)."""
 SAME_KEYS = ("actor/grad_norm", "actor/lr", "train/tokens", "train/questions")
 """Metrics every rank computes identically (taken from rank 0)."""
