@@ -46,7 +46,7 @@ class ChainTask(GeneratedTask):
     """Fewest operations in a problem (a solution has one step per operation plus the answer step)."""
     max_ops: int = 11
     """Most operations in a problem."""
-    max_operand: int = 30
+    max_operand: int = 9
     """Operands are drawn uniformly from 1..max_operand."""
     max_total: int = 99
     """Start value and every running total lie in 0..max_total."""
