@@ -88,3 +88,22 @@ def test_step_verdicts_judge_each_step_given_its_own_carried_total():
     assert check_steps(prompt, ["a+10=61", "b-5=56", "c+7=63", "A:63"]) == [False, True, True, True]
     # a misread operation, a skipped label, an answer that does not repeat the total, a step after the answer
     assert check_steps(prompt, ["a+11=61", "c+7=68", "b-5=63", "A:60", "A:60"]) == [False, False, False, False, False]
+
+
+def test_shipped_policy_was_warmed_up_on_the_default_task_and_left_room_for_rl():
+    """The shipped chain policy's record names the generator settings it learned from: they must be the task's and
+    the run config's defaults (else task=chain would train it on a distribution it never saw); and it is
+    deliberately under-trained (the issue's rule), so well below perfect on the test split."""
+    import dataclasses
+    import json
+
+    from ibtpo.config import build_config
+    from ibtpo.models import TESTBED_POLICIES
+
+    summary = json.loads((TESTBED_POLICIES["testbed-chain"] / "pretrain_summary.json").read_text())
+    assert summary["task"] == dataclasses.asdict(ChainTask())
+    cfg = build_config(None, {"task": "chain"})
+    assert (cfg.chain_min_ops, cfg.chain_max_ops, cfg.chain_max_operand, cfg.chain_max_total) == tuple(
+        summary["task"][k] for k in ("min_ops", "max_ops", "max_operand", "max_total"))
+    assert summary["pretrain_config"]["task"] == "chain"
+    assert 0.05 <= summary["test_sampled_avg@4_T1"] <= 0.6

@@ -1,23 +1,25 @@
 """The long testbed task: a chain of additions and subtractions carried forward, one operation per step.
 
-A problem is a start number followed by ``num_ops`` operations, e.g. ``Q:37+15-8+23-31+4+19-26+9``. A solution
-applies the operations left to right, carrying each intermediate result into the next step; every step ends with the
+A problem is a start number followed by ``num_ops`` labelled operations, e.g. ``Q:53a-4b-6c+2d-9e+3``. A
+solution applies them in label order, carrying each intermediate result into the next step; every step ends with the
 delimiter "\\n\\n" and the last step is the final answer::
 
-    Q:37+15-8+23-31+4+19-26+9\\n\\n    <- prompt
-    37+15=52\\n\\n                     <- step 1
-    52-8=44\\n\\n                      <- step 2: carries 52 forward, reads the next operation from the prompt
+    Q:53a-4b-6c+2d-9e+3\\n\\n    <- prompt
+    a-4=49\\n\\n                 <- step 1
+    b-6=43\\n\\n                 <- step 2: carries 49 forward, reads operation b from the prompt
     ...
-    57+9=66\\n\\n                      <- step 8
-    A:66<eos>                        <- final answer, checked exactly
+    e+3=39\\n\\n                 <- step 5
+    A:39<eos>                  <- final answer, checked exactly
 
-Why it suits tree rollouts: solutions have ``num_ops + 1`` steps (9 to 11 with the defaults) and about 90 generated
+Why it suits tree rollouts: solutions have ``num_ops + 1`` steps (10 to 12 with the defaults) and about 91 generated
 tokens, and a mistake can happen at every step (a carry or a borrow, reading the wrong operation from the prompt,
 copying the running total wrongly), so the steps a policy is unsure about are spread along the whole trajectory
 instead of sitting at its start. One wrong step makes the final answer wrong (the error is carried forward), so a
 prefix that is still right is worth re-sampling from. Every running total stays in 0..``max_total`` (an operation's
-sign is flipped when it would leave that range), so every step is the same kind of two-digit arithmetic whatever
-its depth.
+sign is flipped when it would leave that range), so every step is the same kind of arithmetic (a two-digit total
+plus or minus a one-digit operand with the defaults) whatever its depth. The default operand range (1..9) is what
+lets a 5-minute warm-up reach a base policy with a usable reward signal (12% sampled accuracy; with 1..30 the same
+warm-up reached 5%).
 
 The reward is 1 if the final answer equals the exact result, else 0 (the steps are not checked, as in outcome-reward
 math RL). Splits: as for the sum task, problems are generated from (seed, split, index); the train and warm-up
