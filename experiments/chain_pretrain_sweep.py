@@ -2,7 +2,7 @@
 
     python experiments/chain_pretrain_sweep.py OUT_DIR [task.KEY=V ...] [KEY=V ...] [--threads 1]
 
-``task.*`` keys set the ChainTask generator (min_ops, max_ops, max_operand, max_total); the others are PretrainConfig
+``task.*`` keys set the ChainTask generator (min_ops, max_ops, max_operand, max_total, start_last); the others are PretrainConfig
 fields (steps, num_examples, batch_size, learning_rate, ...). Writes the policy and its ``pretrain_summary.json`` to
 OUT_DIR (``ibtpo.testbed.build.build_base_policy``). Used to choose the shipped chain policy's settings.
 """
@@ -27,7 +27,8 @@ def main() -> None:
     task_kw, pre_kw = {}, {"task": "chain"}
     for item in args.kv:
         key, val = item.split("=", 1)
-        num = float(val) if "." in val or "e" in val else int(val)
+        num = {"true": True, "false": False}.get(val.lower()) if val.lower() in ("true", "false") else (
+            float(val) if "." in val or "e" in val else int(val))
         (task_kw if key.startswith("task.") else pre_kw)[key.removeprefix("task.")] = num
     summary = build_base_policy(PretrainConfig(**pre_kw), Path(args.out), task=ChainTask(**task_kw),
                                 threads=args.threads, progress=False)

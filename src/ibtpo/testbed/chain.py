@@ -56,6 +56,9 @@ class ChainTask(GeneratedTask):
     """Seed of the problem generator (independent of the training seed)."""
     test_size: int = 512
     """Number of problems in the fixed test split."""
+    start_last: bool = False
+    """Write the start value after the operations, on its own line just before the first step (``S=53``), instead
+    of right after ``Q:``: step 1 then finds the total it carries where every later step does (on the line above)."""
 
     max_tokens: ClassVar[int] = 128
     """A length cap (tokens) that every gold solution fits in with room to spare."""
@@ -80,12 +83,14 @@ class ChainTask(GeneratedTask):
                 sign = "-" if sign == "+" else "+"  # the other sign stays in range since d <= max_total // 2
             ops.append((sign, d))
             total = total + d if sign == "+" else total - d
-        return self.make(start, ops, pid)
+        return self.make(start, ops, pid, self.start_last)
 
     @staticmethod
-    def make(start: int, ops: list[tuple[str, int]], pid: str) -> Problem:
+    def make(start: int, ops: list[tuple[str, int]], pid: str, start_last: bool = False) -> Problem:
         """Build a problem from its start value and operations; the gold solution applies them in label order."""
-        prompt = "Q:" + str(start) + "".join(f"{k}{s}{d}" for k, (s, d) in zip(LABELS, ops)) + STEP_DELIMITER
+        written = "".join(f"{k}{s}{d}" for k, (s, d) in zip(LABELS, ops))
+        prompt = ("Q:" + written + STEP_DELIMITER + f"S={start}" if start_last else "Q:" + str(start) + written) \
+            + STEP_DELIMITER
         total, steps = start, []
         for k, (sign, d) in zip(LABELS, ops):
             total = total + d if sign == "+" else total - d
@@ -103,8 +108,9 @@ def check_steps(prompt: str, steps: list[str]) -> list[bool]:
     the k-th labelled operation of the prompt to the total carried from step k-1 (the start for step 1); the answer
     step "A:<int>" is right iff it repeats the carried total. A step after the answer step is wrong."""
     body = prompt.removeprefix("Q:").strip()
-    start = re.match(r"\d+", body)
-    ops = _PROMPT_OP.findall(body[start.end():]) if start else []
+    head, sep, tail = body.partition(STEP_DELIMITER + "S=")  # the start_last layout: "Q:<ops>\n\nS=<start>"
+    start = re.fullmatch(r"\d+", tail) if sep else re.match(r"\d+", body)
+    ops = _PROMPT_OP.findall(head if sep else body[start.end():]) if start else []
     total = int(start.group(0)) if start else None
     out, done = [], False
     for k, text in enumerate(s.strip() for s in steps):
