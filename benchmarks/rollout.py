@@ -1,7 +1,7 @@
 """Tree rollouts against independent sampling on the shipped base policy, at the paper's group sizes.
 
     python benchmarks/rollout.py [--task sum|chain] [--configs NAME ...] [--repeats 3] [--questions 64] [--batch 16]
-                                 [--threads 2] [--json out.json]
+                                 [--threads 2] [--json out.json] [KEY=VALUE ...]
 
 For each sampler, the same fixed test questions (the first --questions of the task's test split, in rollout batches
 of --batch, T=1, the task's length cap: 48 for sum, 128 for chain) are grown into trees by the task's shipped
@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from ibtpo.config import build_config
+from ibtpo.config import build_config, parse_overrides
 from ibtpo.models import load_policy
 from ibtpo.rewards import reward_leaves
 from ibtpo.rollout.engine import Engine
@@ -144,12 +144,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-reuse", action="store_true", help="re-encode prefixes instead of reusing their cache")
     ap.add_argument("--json", help="also write the raw per-repeat numbers here")
+    ap.add_argument("overrides", nargs="*", help="run-config settings KEY=VALUE (e.g. model=DIR chain_start_last=true)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    cfg = build_config(None, {"task": args.task})
+    cfg = build_config(None, {"task": args.task, **parse_overrides(args.overrides)})
     cap, reward_fn = cfg.max_completion_length, build_rewards(cfg).check
     model, tok = load_policy(cfg.model)
     model.eval()

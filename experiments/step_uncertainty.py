@@ -1,6 +1,6 @@
 """Where along a trajectory a policy is unsure, and where it goes wrong: per step depth, on a built-in task.
 
-    python experiments/step_uncertainty.py [MODEL] [--task chain] [--questions 128] [--samples 8] [--json OUT]
+    python experiments/step_uncertainty.py [MODEL] [--task chain] [--questions 128] [--samples 8] [--json OUT] [--set KEY=VALUE ...]
 
 Samples `--samples` independent trajectories (T=1, the task's length cap) per test question, splits them into steps
 (the run's delimiter) and reports per step depth d (1 = first step): how many trajectories reach it, the mean token
@@ -22,7 +22,7 @@ from collections import defaultdict
 
 import torch
 
-from ibtpo.config import build_config
+from ibtpo.config import build_config, parse_overrides
 from ibtpo.models import load_policy
 from ibtpo.rollout.grow import grow_problem_trees
 from ibtpo.rollout.samplers import TreeShape
@@ -32,9 +32,10 @@ from ibtpo.tasks import build_rewards, build_task
 from ibtpo.testbed.chain import check_steps
 
 
-def step_table(model_name: str, task: str, questions: int, samples: int, seed: int = 0) -> dict:
+def step_table(model_name: str, task: str, questions: int, samples: int, seed: int = 0,
+               settings: dict | None = None) -> dict:
     """Per-depth rows (see the module doc) and trajectory-level totals."""
-    cfg = build_config(None, {"task": task, "model": model_name} if model_name else {"task": task})
+    cfg = build_config(None, {"task": task, **({"model": model_name} if model_name else {}), **(settings or {})})
     model, tok = load_policy(cfg.model)
     problems = list(build_task(cfg).test_problems[:questions])
     prompt_of = {p.id: p.prompt for p in problems}
@@ -94,9 +95,11 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="also write the table as JSON here")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="run-config settings of the task (e.g. chain_start_last=true)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    res = step_table(args.model, args.task, args.questions, args.samples)
+    res = step_table(args.model, args.task, args.questions, args.samples, settings=parse_overrides(args.set))
     print(render(res))
     if args.json:
         with open(args.json, "w") as fh:

@@ -7,10 +7,10 @@ TOKENS=${TOKENS:?set TOKENS}
 IBTPO=${IBTPO:-ibtpo}
 OUT=reports/compare_chain
 for s in 0 1 2; do
-  nice -n 19 $IBTPO compare --variants reports/ablations.yaml --presets grpo ib_tpo --seeds $s \
+  nice -n "${NICE:-19}" $IBTPO compare --variants reports/ablations.yaml --presets grpo ib_tpo --seeds $s \
       --tokens "$TOKENS" --out $OUT --jobs 2 task=chain threads=1 progress=false
 done
 for s in 0 1 2; do
-  nice -n 19 $IBTPO compare --variants reports/ablations.yaml --presets ibtree_grpo treerl random_tree \
+  nice -n "${NICE:-19}" $IBTPO compare --variants reports/ablations.yaml --presets ibtree_grpo treerl random_tree \
       ib_tpo_no_root --seeds $s --tokens "$TOKENS" --out $OUT --jobs 2 task=chain threads=1 progress=false
 done

@@ -104,6 +104,7 @@ class TrainConfig(BaseModel):
     chain_min_ops: int = Field(9, ge=1, le=16, description="chain task: fewest operations of a problem (one step each, plus the answer step).")
     chain_max_ops: int = Field(11, ge=1, le=16, description="chain task: most operations of a problem.")
     chain_max_operand: int = Field(9, ge=1, le=999, description="chain task: operands are drawn from 1..chain_max_operand (at most chain_max_total // 2).")
+    chain_start_last: bool = Field(False, description="chain task: write the start value on the line before step 1 (S=53) instead of right after Q:.")
     chain_max_total: int = Field(99, ge=2, le=9999, description="chain task: the start value and every running total lie in 0..chain_max_total.")
     task_seed: int = Field(1234, ge=0, description="Seed of the problem generator (fixes the test split).")
     test_size: int = Field(512, ge=1, description="Problems in the held-out test split (built-in task; a dataset without eval_datasets holds out this many rows).")

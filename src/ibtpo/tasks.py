@@ -42,7 +42,8 @@ def build_task(cfg):
 
     if cfg.task == "chain":
         return ChainTask(min_ops=cfg.chain_min_ops, max_ops=cfg.chain_max_ops, max_operand=cfg.chain_max_operand,
-                         max_total=cfg.chain_max_total, seed=cfg.task_seed, test_size=cfg.test_size)
+                         max_total=cfg.chain_max_total, seed=cfg.task_seed, test_size=cfg.test_size,
+                         start_last=cfg.chain_start_last)
     return SumTask(min_terms=cfg.task_min_terms, max_terms=cfg.task_max_terms, max_value=cfg.task_max_value,
                    seed=cfg.task_seed, test_size=cfg.test_size)
 
