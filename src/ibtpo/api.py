@@ -39,14 +39,11 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, **settings: Any)
 def _load(cfg: TrainConfig):
     import torch
 
-    from ibtpo.models import load_policy, resolve_device
-    from ibtpo.training.checkpoint import latest_checkpoint
+    from ibtpo.models import resolve_device
+    from ibtpo.training.checkpoint import load_run_policy
 
     torch.set_num_threads(cfg.threads)
-    source = cfg.model
-    if Path(source).is_dir() and (Path(source) / "checkpoints").is_dir():  # a run directory: its newest checkpoint
-        source = str(latest_checkpoint(Path(source)))
-    model, tokenizer = load_policy(source, cfg.dtype)
+    model, tokenizer = load_run_policy(cfg.model, cfg.dtype)
     model.to(resolve_device(cfg.device))
     return model, tokenizer
 

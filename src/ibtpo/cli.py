@@ -97,34 +97,6 @@ def _check_resume_changes(run_dir: Path, cfg, allowed: bool) -> None:
               file=sys.stderr)
 
 
-def _resolve_eval_model(name: str) -> str:
-    from ibtpo.training.checkpoint import latest_checkpoint
-
-    p = Path(name)
-    if (p / "checkpoints").is_dir():  # a run directory: take its latest checkpoint
-        ckpt = latest_checkpoint(p)
-        if ckpt is None:
-            raise UsageError(f"model={name}: run directory has no complete checkpoint")
-        return str(ckpt)
-    return name
-
-
-def _load_eval_policy(name: str, dtype: str):
-    """The policy `name` names (a run directory: its newest complete checkpoint). A run that is training may prune
-    that checkpoint between finding and loading it: then the newer one is taken (a few tries)."""
-    from ibtpo.models import ModelLoadError, load_policy
-
-    tries = 3
-    while True:
-        path = _resolve_eval_model(name)
-        try:
-            return load_policy(path, dtype)
-        except ModelLoadError:
-            tries -= 1
-            if path == name or Path(path).exists() or tries == 0:
-                raise
-
-
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     import torch
     from rich.console import Console
@@ -136,12 +108,13 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from ibtpo.progress import PhaseBar
     from ibtpo.prompt_fit import fit_prompts
     from ibtpo.tasks import build_rewards, build_source
+    from ibtpo.training.checkpoint import load_run_policy
 
     path, rest = _split_config_path(rest)
     cfg = build_config(path, parse_overrides(rest))
     torch.set_num_threads(cfg.threads)
     rewards = build_rewards(cfg)
-    model, tok = _load_eval_policy(cfg.model, cfg.dtype)
+    model, tok = load_run_policy(cfg.model, cfg.dtype)
     model.to(resolve_device(cfg.device))
     sets = {name: qs[:cfg.eval_questions] for name, qs in build_source(cfg, tok).test_sets.items()}
     fit_prompts(cfg, sets, tok, model)
@@ -216,6 +189,7 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     from ibtpo.rollout.steps import StepSplitter
     from ibtpo.tasks import build_rewards
     from ibtpo.components import rollout_sampling, tree_shape
+    from ibtpo.training.checkpoint import load_run_policy
 
     path, rest = _split_config_path(rest)
     cfg = build_config(path, parse_overrides(rest))
@@ -226,7 +200,7 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
         if value is not None and value < 1:
             raise UsageError(f"{flag}: must be >= 1, got {value}")
     torch.set_num_threads(cfg.threads)
-    model, tok = _load_eval_policy(cfg.model, cfg.dtype)
+    model, tok = load_run_policy(cfg.model, cfg.dtype)
     model.to(resolve_device(cfg.device))
     if args.dataset != "sum":  # the file is scored as an evaluation set (its layout, reward_fn auto = math)
         cfg = cfg.model_copy(update={"eval_datasets": [args.dataset], "dataset": None})

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ibtpo.models import write_base_reference
+from ibtpo.models import ModelLoadError, load_policy, write_base_reference
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -262,3 +262,23 @@ def resume_point(run_dir: Path, resume: bool, overwrite: bool) -> tuple[Path | N
         raise CheckpointError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pass "
                               f"overwrite=true or another out_dir")
     return None, ""
+
+
+def load_run_policy(name: str, dtype: str):
+    """(model, tokenizer) that `name` names: a model directory, hub id or 'testbed', or a run directory (its newest
+    complete checkpoint; CheckpointError when it has none). A run that is training may prune that checkpoint between
+    finding and loading it: then the newer one is taken (a few tries)."""
+    tries = 3
+    while True:
+        path = name
+        if (Path(name) / "checkpoints").is_dir():  # a run directory: its latest checkpoint
+            ckpt = latest_checkpoint(Path(name))
+            if ckpt is None:
+                raise CheckpointError(f"model={name}: run directory has no complete checkpoint")
+            path = str(ckpt)
+        try:
+            return load_policy(path, dtype)
+        except ModelLoadError:
+            tries -= 1
+            if path == name or Path(path).exists() or tries == 0:
+                raise
