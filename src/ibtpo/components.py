@@ -11,13 +11,13 @@ import torch
 from ibtpo.algos.advantages import ADV_ESTIMATORS
 from ibtpo.algos.losses import LossConfig, POLICY_LOSSES
 from ibtpo.registry import options_from
-from ibtpo.rollout.samplers import TreeShape, sampler_shape
+from ibtpo.rollout.samplers import SAMPLERS, TreeShape
 from ibtpo.rollout.sampling import SamplingParams
 
 
 def tree_shape(cfg: Any, sampler: str | None = None) -> TreeShape:
     """The tree shape the named sampler (default: the run's) draws with this config."""
-    return sampler_shape(cfg, sampler)
+    return SAMPLERS.get(sampler or cfg.sampler).shape(cfg)
 
 
 def rollout_sampling(cfg: Any) -> SamplingParams:

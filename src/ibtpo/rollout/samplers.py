@@ -138,11 +138,6 @@ def register_sampler(name: str, grow: SamplerFn | None = None, **spec: Any):
     return add if grow is None else add(grow)
 
 
-def sampler_shape(cfg: Any, name: str | None = None) -> TreeShape:
-    """The tree shape sampler `name` (default: the run's ``cfg.sampler``) draws under run config `cfg`."""
-    return SAMPLERS.get(name or cfg.sampler).shape(cfg)
-
-
 def grow_trees(name: str, ctx: GrowContext, prompts: list[list[int]], question_ids: list[str],
                columns: list[dict]) -> list[Tree]:
     """One rewarded tree per prompt, grown by the named sampler. The backend's per-node caches are released after."""

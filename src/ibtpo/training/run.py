@@ -152,5 +152,5 @@ def _train(cfg: TrainConfig, resume: bool, console: Console) -> dict:
     if cfg.plots:
         from ibtpo.plots import plot_run
 
-        plot_run(trainer.run_dir, read_metrics(trainer.logger.path))
+        plot_run(trainer.run_dir, records)
     return summary
