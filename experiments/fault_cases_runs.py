@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -203,37 +204,38 @@ def _efbig(ws: Workspace):
     return proc, None if again.returncode == 0 else f"re-run failed: {again.stderr[-300:]}"
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
-
-
-def _umount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+@contextmanager
+def _tmpfs(ws: Workspace, size: str):
+    """A fresh tmpfs of `size` mounted at WORKSPACE/mnt for the block (None when this machine cannot mount one)."""
+    mnt = ws.path / "mnt"
+    mnt.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        yield None
+        return
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 @case("disks", "real full disk (small tmpfs) during a checkpoint", fragment="No space left on device")
 def _tmpfs_full(ws: Workspace):
-    mnt = ws.path / "mnt"
-    if not _mount_tmpfs(mnt, "4m"):
-        return _skip("cannot mount a tmpfs here")
-    try:
+    with _tmpfs(ws, "4m") as mnt:
+        if mnt is None:
+            return _skip("cannot mount a tmpfs here")
         r = mnt / "run"
         proc = ibtpo([*T, f"out_dir={r}", "max_steps=1"])
         left = [p.name for p in (r / "checkpoints").glob(".tmp-*")] if (r / "checkpoints").exists() else []
         problem = f"temporary checkpoint left: {left}" if left else None
         return proc, problem
-    finally:
-        _umount(mnt)
 
 
 @case("disks", "real read-only remount mid-run", fragment="Read-only file system")
 def _tmpfs_ro(ws: Workspace):
-    mnt = ws.path / "mnt"
-    if not _mount_tmpfs(mnt, "200m"):
-        return _skip("cannot mount a tmpfs here")
-    try:
+    with _tmpfs(ws, "200m") as mnt:
+        if mnt is None:
+            return _skip("cannot mount a tmpfs here")
         r = mnt / "run"
         p = popen([*T, f"out_dir={r}", "max_steps=50", "save_every=2"])
         _wait_for(lambda: (r / "checkpoints" / "latest").exists(), 240)
@@ -243,8 +245,6 @@ def _tmpfs_ro(ws: Workspace):
         subprocess.run(["mount", "-o", "remount,rw", str(mnt)], capture_output=True)
         again = ibtpo(["train", "--resume", str(r), "max_steps=5"])
         return proc, None if again.returncode == 0 else f"resume after remount failed: {again.stderr[-300:]}"
-    finally:
-        _umount(mnt)
 
 
 # --- kills --------------------------------------------------------------------------------------------------------
