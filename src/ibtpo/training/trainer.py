@@ -231,23 +231,27 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 m = accumulate_gradients(self._forward_rows(batch, rows), minibatch, self.loss_fn, self.regularizers,
                                          self.loss_cfg, cfg.micro_batch_size, TOKEN_SELECTORS.get(cfg.policy_loss),
-                                         self._gap_probe(gap, batch, rows) if first else None, **dp_args)
+                                         self._gap_probe(gap, batch, rows) if first else None, **dp_args,
+                                         on_policy=epoch == 0 and count == 0 and cfg.old_logp != "sampler")
                 m["actor/grad_norm"] = (self.dp.clip_grad_norm(self.params, cfg.max_grad_norm) if self.dp else
                                         float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)))
                 m["actor/lr"] = self.optimizer.param_groups[0]["lr"]
+                if self.dp is not None:  # this mini-batch's metrics over every rank's rows, as one process has them
+                    m = self.dp.combine(m, float(minibatch.mask.sum()))
                 self.optimizer.step()
                 self.scheduler.step()
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
         out = {k: v / count for k, v in sums.items()}
-        out.update(gap.metrics())
-        out.update(extra)
+        batch_metrics = {**gap.metrics(), **extra}  # token means over this rank's whole batch
+        if self.dp is not None:  # of all ranks; FSDP2: the rollout policy gets the new weights
+            batch_metrics = self.dp.combine(batch_metrics, float(batch.response_mask.sum()),
+                                            {k: gap.count for k in gap.metrics()})
+            self.dp.sync_policy()
+        out.update(batch_metrics)
         if ref_logp is None:
             out["actor/kl"] = 0.0
-        if self.dp is not None:  # metrics of all ranks; FSDP2: the rollout policy gets the new weights
-            out = self.dp.combine(out, float(batch.response_mask.sum()))
-            self.dp.sync_policy()
         return out
 
     def _forward_rows(self, batch: TrainBatch, rows: torch.Tensor):

@@ -52,12 +52,18 @@ def accumulate_gradients(forward: Forward, mb: MiniBatch, loss_fn, regularizers:
                          on_logp: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
                          denominator: torch.Tensor | None = None, n_parts: int | None = None, loss_scale: float = 1.0,
                          sync: Callable[[bool], Any] | None = None,
-                         global_select: Callable | None = None) -> dict[str, float]:
+                         global_select: Callable | None = None, on_policy: bool = False) -> dict[str, float]:
     """Backward the mini-batch loss in micro-batches of `micro_size` rows (0 = one pass); returns its metrics.
 
     Gradients are added to the parameters' ``.grad`` (zero them before). `selector`: the loss's whole-mini-batch token
     selection (``TOKEN_SELECTORS``), used when the mini-batch is split. `on_logp(rows, logp)` sees each micro-batch's
     detached log-probs (e.g. to measure the behaviour/training gap). Metrics add ``actor/loss``.
+
+    `on_policy`: the weights are still those `mb.old_logp` stands for (the first mini-batch of a rollout batch). The
+    old log-probs are then this forward's own detached log-probs (TRL and verl do the same on-policy), equal to
+    ``mb.old_logp`` in exact arithmetic, so the ratio is exactly 1 and nothing depends on float noise between the
+    sampler's or recompute pass's layout and this one (KL-Cov's |log ratio| penalty, whose gradient is the sign of
+    that noise, has zero gradient as in exact arithmetic; any split into micro-batches or ranks gives the same step).
 
     Data-parallel runs (``training.distributed``) pass the GLOBAL `denominator` of the mini-batch, `n_parts` (every
     rank runs as many micro-batches; missing ones are zero-weight passes over row 0), `loss_scale` (backward of
@@ -77,10 +83,11 @@ def accumulate_gradients(forward: Forward, mb: MiniBatch, loss_fn, regularizers:
         with torch.no_grad():
             logps = [forward(rows)[0] for rows in parts]  # every part: sharded models forward in lockstep
         logp_all = torch.cat(logps[:real])
+        old_all = logp_all if on_policy else mb.old_logp
         if global_select is not None:
-            select = global_select(selector, mb.old_logp, logp_all, mb.pg_advantages, mb.mask, cfg)
+            select = global_select(selector, old_all, logp_all, mb.pg_advantages, mb.mask, cfg)
         else:
-            select = selector(mb.old_logp, logp_all, mb.pg_advantages, mb.mask, cfg)
+            select = selector(old_all, logp_all, mb.pg_advantages, mb.mask, cfg)
     collected = []
     total = 0.0
     for i, rows in enumerate(parts):
@@ -90,7 +97,8 @@ def accumulate_gradients(forward: Forward, mb: MiniBatch, loss_fn, regularizers:
                 on_logp(rows, logp.detach())
             mask = mb.mask[rows] if i < real else torch.zeros_like(mb.mask[rows])
             kwargs = {} if select is None else {"select": select[rows]}
-            loss, metrics = loss_fn(mb.old_logp[rows], logp, mb.pg_advantages[rows], mask, cfg, **kwargs)
+            old = logp.detach() if on_policy else mb.old_logp[rows]
+            loss, metrics = loss_fn(old, logp, mb.pg_advantages[rows], mask, cfg, **kwargs)
             for reg in regularizers:
                 ref = None if mb.ref_logp is None else mb.ref_logp[rows]
                 term, reg_metrics = reg(logp, entropy, mb.advantages[rows], mask, ref, cfg)
