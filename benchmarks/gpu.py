@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ibtpo.config import build_config, group_size, parse_overrides  # noqa: E402
-from ibtpo.evaluation import evaluate  # noqa: E402
-from ibtpo.lm import token_logprobs  # noqa: E402
+from ibtpo.config.schema import build_config, group_size, parse_overrides  # noqa: E402
+from ibtpo.evaluation.heldout import evaluate  # noqa: E402
+from ibtpo.core.lm import token_logprobs  # noqa: E402
 from ibtpo.training.batch import TrainBatch  # noqa: E402
 from ibtpo.training.trainer import Trainer  # noqa: E402
 from model_shapes import add_step_bias, build_model  # noqa: E402

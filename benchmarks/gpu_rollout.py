@@ -35,13 +35,13 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_shapes import DELIMITER, add_step_bias, build_model, parameter_bytes  # noqa: E402
 
-from ibtpo.rollout.backend import make_backend, release_static  # noqa: E402
-from ibtpo.rollout.engine import Request  # noqa: E402
+from ibtpo.backends.factory import make_backend, release_static  # noqa: E402
+from ibtpo.backends.contract import Request  # noqa: E402
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees  # noqa: E402
-from ibtpo.rollout.sampling import SamplingParams, left_pad  # noqa: E402
-from ibtpo.rollout.static_backend import StaticBackend  # noqa: E402
-from ibtpo.rollout.steps import StepSplitter  # noqa: E402
-from ibtpo.tree import Tree  # noqa: E402
+from ibtpo.core.sampling import SamplingParams, left_pad  # noqa: E402
+from ibtpo.backends.static import StaticBackend  # noqa: E402
+from ibtpo.core.steps import StepSplitter  # noqa: E402
+from ibtpo.core.tree import Tree  # noqa: E402
 
 SAMPLERS = {"independent": ("independent", TreeShape(b0=8, rounds=1)),
             "ib": ("ib", TreeShape(b0=4, rounds=9, k=1, b=1))}
@@ -136,7 +136,7 @@ def micro_step(model, tok, params, rows: int, ctx: int, steps: int, bandwidth: f
     backend._ensure(rows, ctx + steps + 2)
     rows = bs = backend.slots  # fewer when the KV budget holds fewer
     width = backend.max_ctx
-    from ibtpo.rollout.static_store import ctx_bucket
+    from ibtpo.backends.static_store import ctx_bucket
 
     cols = ctx_bucket(ctx + steps + 1, backend.ctx_step, width)
     backend.out_tok = torch.zeros((rows, steps + 2), dtype=torch.long, device=device)

@@ -28,14 +28,14 @@ import time
 
 import torch
 
-from ibtpo.config import build_config, parse_overrides
-from ibtpo.models import load_policy
-from ibtpo.rewards import reward_leaves
-from ibtpo.rollout.engine import Engine
+from ibtpo.config.schema import build_config, parse_overrides
+from ibtpo.training.models import load_policy
+from ibtpo.rewards.scoring import reward_leaves
+from ibtpo.backends.eager import Engine
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
-from ibtpo.rollout.sampling import SamplingParams
-from ibtpo.rollout.steps import StepSplitter
-from ibtpo.tasks import build_rewards, build_task
+from ibtpo.core.sampling import SamplingParams
+from ibtpo.core.steps import StepSplitter
+from ibtpo.data.tasks import build_rewards, build_task
 # name -> (sampler, shape, reuse prefix caches)
 CONFIGS = {
     "independent G=8": ("independent", TreeShape(b0=8, rounds=1), True),

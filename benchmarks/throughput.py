@@ -19,13 +19,14 @@ import torch
 
 from ibtpo.algos.advantages import get_adv_estimator
 from ibtpo.algos.losses import LossConfig, get_policy_loss
-from ibtpo.models import load_policy
-from ibtpo.rollout.engine import Engine, sample
+from ibtpo.training.models import load_policy
+from ibtpo.backends.eager import Engine
+from ibtpo.backends.factory import sample
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
-from ibtpo.rollout.sampling import SamplingParams
-from ibtpo.rollout.steps import StepSplitter
+from ibtpo.core.sampling import SamplingParams
+from ibtpo.core.steps import StepSplitter
 from ibtpo.testbed.task import SumTask
-from ibtpo.lm import token_logprobs
+from ibtpo.core.lm import token_logprobs
 from ibtpo.training.batch import flatten_paths
 
 

@@ -4,7 +4,7 @@
 
 ``task.*`` keys set the ChainTask generator (min_ops, max_ops, max_operand, max_total, start_last); the others are PretrainConfig
 fields (steps, num_examples, batch_size, learning_rate, ...). Writes the policy and its ``pretrain_summary.json`` to
-OUT_DIR (``ibtpo.testbed.build.build_base_policy``). Used to choose the shipped chain policy's settings.
+OUT_DIR (``ibtpo.training.testbed_policy.build_base_policy``). Used to choose the shipped chain policy's settings.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ibtpo.testbed.build import build_base_policy
+from ibtpo.training.testbed_policy import build_base_policy
 from ibtpo.testbed.chain import ChainTask
 from ibtpo.testbed.pretrain import PretrainConfig
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from ibtpo.compare import ci95
-from ibtpo.config import TrainConfig
-from ibtpo.models import load_policy
-from ibtpo.rollout.engine import sample
-from ibtpo.rollout.sampling import SamplingParams
-from ibtpo.tasks import build_rewards, build_source
+from ibtpo.config.schema import TrainConfig
+from ibtpo.training.models import load_policy
+from ibtpo.backends.factory import sample
+from ibtpo.core.sampling import SamplingParams
+from ibtpo.data.tasks import build_rewards, build_source
 from ibtpo.training.checkpoint import latest_checkpoint
 
 RUNS = Path("reports/compare/runs")

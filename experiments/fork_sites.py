@@ -13,13 +13,13 @@ import argparse
 
 import torch
 
-from ibtpo.config import build_config
-from ibtpo.models import load_policy
-from ibtpo.probe import grow_probe
-from ibtpo.rollout.steps import StepSplitter
-from ibtpo.tasks import BuiltinSource, build_rewards
+from ibtpo.config.schema import build_config
+from ibtpo.training.models import load_policy
+from ibtpo.evaluation.probe import grow_probe
+from ibtpo.core.steps import StepSplitter
+from ibtpo.data.tasks import BuiltinSource, build_rewards
 from ibtpo.training.checkpoint import latest_checkpoint
-from ibtpo.components import rollout_sampling, tree_shape
+from ibtpo.config.components import rollout_sampling, tree_shape
 
 
 def fork_sites(name: str | None, questions: int, task: str = "sum") -> str:

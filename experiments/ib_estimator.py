@@ -16,7 +16,7 @@ import numpy as np
 
 from ibtpo.methods.ib_tpo import cov_conf_gain, ib_score
 from ibtpo.algos.synthetic_steps import StepProcess
-from ibtpo.tree import compute_p_hat
+from ibtpo.core.tree import compute_p_hat
 
 
 def main() -> None:

@@ -12,14 +12,14 @@ import random
 
 import torch
 
-from ibtpo.config import TrainConfig
-from ibtpo.models import load_policy
+from ibtpo.config.schema import TrainConfig
+from ibtpo.training.models import load_policy
 from ibtpo.rollout.grow import grow_problem_trees
 from ibtpo.methods.iib_lpo.sampler import LatentBranching
-from ibtpo.rollout.steps import StepSplitter
-from ibtpo.tree import Tree
-from ibtpo.tasks import build_rewards, build_source
-from ibtpo.components import rollout_sampling, tree_shape
+from ibtpo.core.steps import StepSplitter
+from ibtpo.core.tree import Tree
+from ibtpo.data.tasks import build_rewards, build_source
+from ibtpo.config.components import rollout_sampling, tree_shape
 
 
 def main() -> None:

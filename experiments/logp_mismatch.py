@@ -14,8 +14,8 @@ import argparse
 
 import torch
 
-from ibtpo.config import build_config
-from ibtpo.lm import token_logprobs
+from ibtpo.config.schema import build_config
+from ibtpo.core.lm import token_logprobs
 from ibtpo.training.batch import flatten_paths
 from ibtpo.training.trainer import Trainer
 

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 
 from ibtpo.compare import ci95, run_dir
-from ibtpo.config import build_config
+from ibtpo.config.schema import build_config
 from ibtpo.training.reference import REFERENCE_PATH, shared_settings
 
 

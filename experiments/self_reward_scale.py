@@ -15,7 +15,7 @@ import torch
 
 from ibtpo.methods.grpo import grpo_advantage
 from ibtpo.methods.iib_lpo.core import group_zscore
-from ibtpo.config import TrainConfig
+from ibtpo.config.schema import TrainConfig
 from ibtpo.training.batch import flatten_paths
 from ibtpo.methods.iib_lpo.ib_filter import apply_ib_filter
 from ibtpo.training.trainer import Trainer

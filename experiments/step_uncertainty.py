@@ -22,13 +22,13 @@ from collections import defaultdict
 
 import torch
 
-from ibtpo.config import build_config, parse_overrides
-from ibtpo.models import load_policy
+from ibtpo.config.schema import build_config, parse_overrides
+from ibtpo.training.models import load_policy
 from ibtpo.rollout.grow import grow_problem_trees
 from ibtpo.rollout.samplers import TreeShape
-from ibtpo.rollout.sampling import SamplingParams
-from ibtpo.rollout.steps import StepSplitter
-from ibtpo.tasks import build_rewards, build_task
+from ibtpo.core.sampling import SamplingParams
+from ibtpo.core.steps import StepSplitter
+from ibtpo.data.tasks import build_rewards, build_task
 from ibtpo.testbed.chain import check_steps
 
 

@@ -1,4 +1,4 @@
-"""Write docs/config.md from the config model (``ibtpo.config_docs.render``).
+"""Write docs/config.md from the config model (``ibtpo.config.docs.render``).
 
     python scripts/gen_config_docs.py          # rewrite docs/config.md
     python scripts/gen_config_docs.py --check  # exit 1 if docs/config.md is stale
@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ibtpo.config_docs import render
+from ibtpo.config.docs import render
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 

@@ -49,7 +49,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def testbed():
     """The shipped testbed policy (eval mode) and its tokenizer."""
-    from ibtpo.models import load_policy
+    from ibtpo.training.models import load_policy
 
     model, tokenizer = load_policy("testbed", "float32", False)
     return model.eval(), tokenizer

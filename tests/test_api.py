@@ -19,10 +19,11 @@ TINY = ["max_steps=1", "questions_per_step=4", "num_generations=4", "eval_questi
 @pytest.fixture(autouse=True)
 def fresh_registries(monkeypatch):
     """What a test registers is gone after it (registries are process-wide)."""
-    from ibtpo import reward_fns
+    from ibtpo.rewards import functions as reward_fns
     from ibtpo.algos.advantages import ADV_ESTIMATORS
 
     ADV_ESTIMATORS.names()  # the built-ins first
+    reward_fns.known_rewards()
     monkeypatch.setattr(ADV_ESTIMATORS, "_items", dict(ADV_ESTIMATORS._items))
     monkeypatch.setattr(ADV_ESTIMATORS, "_options", dict(ADV_ESTIMATORS._options))
     monkeypatch.setattr(reward_fns, "REWARD_FUNCTIONS", dict(reward_fns.REWARD_FUNCTIONS))
@@ -41,7 +42,7 @@ def test_docs_example_runs_a_user_estimator_and_reward_end_to_end(tmp_path):
     namespace = {"OUT_DIR": str(tmp_path / "run")}
     exec(compile(code, str(DOCS), "exec"), namespace)
     from ibtpo.algos.advantages import ADV_ESTIMATORS
-    from ibtpo import reward_fns
+    from ibtpo.rewards import functions as reward_fns
 
     assert ADV_ESTIMATORS.get("centred_only") is namespace["centred_only"]
     assert reward_fns.REWARD_FUNCTIONS["any_digit"] is namespace["any_digit"]

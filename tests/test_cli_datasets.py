@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ibtpo.cli import main
-from ibtpo.tiny_models import save_tiny_model
+from ibtpo.core.tiny_models import save_tiny_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "math"
 SMALL = ["questions_per_step=5", "num_generations=3", "max_completion_length=8", "eval_k=2", "eval_questions=3",
@@ -35,7 +35,7 @@ def test_train_on_chat_data_with_lora_then_eval_per_dataset(tmp_path, qwen3_dir,
     evals = f"eval_datasets=[{FIXTURES / 'math500.jsonl'},gsm={FIXTURES / 'gsm8k.jsonl'}]"
     assert main(["train", f"model={qwen3_dir}", f"dataset={FIXTURES / 'dapo.jsonl'}", evals, "algorithm=ib_tpo",
                  "tree_b0=2", "tree_l=2", "tree_min_room=2", "lora_rank=4", "max_steps=2", "max_tokens=0",
-                 "reward_fn=tests.test_models:parity_reward", f"out_dir={run}", *SMALL]) == 0
+                 "reward_fn=tests.training.test_models:parity_reward", f"out_dir={run}", *SMALL]) == 0
     recs = _metrics(run)
     assert {"val/math500/avg@2", "val/math500/maj@2", "val/gsm/pass@2", "val/gsm/greedy_acc"} <= set(recs[-1])
     assert recs[-1]["reward/errors"] == 0 and recs[-1]["rollout/trajectories_per_question"] == 3

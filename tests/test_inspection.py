@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 
 from ibtpo.cli import main
-from ibtpo.data import PROMPT_PRESETS, describe_prompting, load_questions
-from ibtpo.evaluation import evaluate
-from ibtpo.models import load_policy
-from ibtpo.reward_fns import GuardedReward, math_accuracy
-from ibtpo.config import build_config
-from ibtpo.tasks import build_source
-from ibtpo.tiny_models import save_tiny_model
+from ibtpo.data.datasets import PROMPT_PRESETS, describe_prompting, load_questions
+from ibtpo.evaluation.heldout import evaluate
+from ibtpo.training.models import load_policy
+from ibtpo.rewards.functions import GuardedReward, math_accuracy
+from ibtpo.config.schema import build_config
+from ibtpo.data.tasks import build_source
+from ibtpo.core.tiny_models import save_tiny_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "math"
 GSM = FIXTURES / "gsm8k.jsonl"

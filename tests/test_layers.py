@@ -9,18 +9,19 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "ibtpo"
 
 LAYERS = [
-    ("core", ["registry", "correct", "tree_stats", "tree", "answers", "lm", "layouts", "profiles", "progress",
-              "watch", "plots", "resume_check", "tiny_models", "rollout.sampling", "rollout.steps",
-              "rollout.static_forward", "training.lock", "training.metrics", "testbed.task", "testbed.model",
-              "testbed.tokenizer", "methods.iib_lpo.core", "methods.iib_lpo.latent"]),
-    ("algorithms", ["algos", "rewards", "reward_fns", "data", "testbed.chain", "testbed.pretrain", "extensions",
-                    "rollout.node_store", "rollout.render", "rollout.metrics"]),
+    ("core", ["core", "reporting"]),
+    ("algorithms", ["algos", "rewards"]),
+    ("testbed", ["testbed"]),
+    ("data", ["data"]),
+    ("backends", ["backends"]),
     ("rollout", ["rollout"]),
     ("methods", ["methods"]),
-    ("run", ["config", "components", "catalog", "models", "evaluation", "probe", "prompt_fit", "tasks", "testbed.build",
-             "training"]),
-    ("drivers", ["training.run", "compare", "api", "cli", ""]),
+    ("config", ["config"]),
+    ("evaluation", ["evaluation"]),
+    ("training", ["training"]),
+    ("drivers", [""]),
 ]
+"""Bottom to top; each entry names folders of src/ibtpo (the package root, "", holds the drivers: api, cli, compare)."""
 
 
 def _module(path: Path) -> str:

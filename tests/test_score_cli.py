@@ -3,7 +3,7 @@
 import json
 
 from ibtpo.cli import main
-from ibtpo.config import build_config
+from ibtpo.config.schema import build_config
 from ibtpo.training.trainer import Trainer
 
 SMALL = ["tree_b0=2", "tree_l=3", "tree_min_room=2", "--questions", "4", "--batch", "3"]

@@ -11,6 +11,7 @@ The public API (imported lazily, so ``import ibtpo`` is cheap)::
     ibtpo.Tree, ibtpo.TreeShape, ibtpo.ib_score(node), ibtpo.tree_ib_stats(trees)
     ibtpo.register_estimator / register_loss / register_sampler / register_branch_rule / register_preset /
     register_extension / register_reward
+    ibtpo.config_field / options_from          (typed component options read from the run config)
 
 Registered components are then named in a config like the built-ins (``adv_estimator=my_name``); a module that
 registers them can be given as ``plugins=[my_package.my_module]``, or a component directly as ``module:name``.
@@ -26,8 +27,8 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "configure": "ibtpo.api", "train": "ibtpo.api", "evaluate": "ibtpo.api", "score": "ibtpo.api",
-    "TrainConfig": "ibtpo.config", "ConfigError": "ibtpo.config", "build_config": "ibtpo.config",
-    "Tree": "ibtpo.tree", "Node": "ibtpo.tree",
+    "TrainConfig": "ibtpo.config.schema", "ConfigError": "ibtpo.config.schema", "build_config": "ibtpo.config.schema",
+    "Tree": "ibtpo.core.tree", "Node": "ibtpo.core.tree",
     "TreeShape": "ibtpo.rollout.samplers", "register_sampler": "ibtpo.rollout.samplers",
     "grow_trees": ("ibtpo.rollout.grow", "grow_problem_trees"),
     "ib_score": "ibtpo.methods.ib_tpo", "tree_ib_stats": "ibtpo.methods.ib_tpo",
@@ -35,8 +36,9 @@ _EXPORTS = {
     "register_loss": ("ibtpo.algos.losses", "register_policy_loss"),
     "register_branch_rule": ("ibtpo.rollout.rules", "BRANCH_RULES"),
     "register_preset": "ibtpo.algos.presets", "Preset": "ibtpo.algos.presets",
-    "register_extension": "ibtpo.extensions", "TrainerExtension": "ibtpo.extensions",
-    "register_reward": "ibtpo.reward_fns",
+    "register_extension": "ibtpo.algos.extensions", "TrainerExtension": "ibtpo.algos.extensions",
+    "register_reward": "ibtpo.rewards.functions",
+    "config_field": "ibtpo.core.registry", "options_from": "ibtpo.core.registry",
 }
 __all__ = ["__version__", *_EXPORTS]
 

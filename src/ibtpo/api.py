@@ -1,6 +1,6 @@
 """The Python entry points: build a config, train, evaluate, score a policy's IB-Score, grow trees.
 
-Each takes a :class:`~ibtpo.config.TrainConfig` or the same ``key=value`` settings the CLI takes, as keywords::
+Each takes a :class:`~ibtpo.config.schema.TrainConfig` or the same ``key=value`` settings the CLI takes, as keywords::
 
     import ibtpo
     summary = ibtpo.train(out_dir="runs/nb", algorithm="ib_tpo", max_tokens=200_000)
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ibtpo.config import TrainConfig, build_config
+from ibtpo.config.schema import TrainConfig, build_config
 
 
 def configure(path: str | Path | None = None, **settings: Any) -> TrainConfig:
@@ -39,7 +39,7 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, **settings: Any)
 def _load(cfg: TrainConfig):
     import torch
 
-    from ibtpo.models import resolve_device
+    from ibtpo.training.models import resolve_device
     from ibtpo.training.checkpoint import load_run_policy
 
     torch.set_num_threads(cfg.threads)
@@ -51,9 +51,9 @@ def _load(cfg: TrainConfig):
 def evaluate(cfg: TrainConfig | None = None, **settings: Any) -> dict[str, dict[str, float]]:
     """avg@k, pass@k, maj@k, greedy accuracy, length and cap-hit rate of ``model`` (a model dir, hub id in the cache,
     'testbed', or a run directory) on each evaluation set (``ibtpo eval``): {set name: metrics}."""
-    from ibtpo.evaluation import evaluate_sets
-    from ibtpo.prompt_fit import fit_prompts
-    from ibtpo.tasks import build_rewards, build_source
+    from ibtpo.evaluation.heldout import evaluate_sets
+    from ibtpo.data.prompt_fit import fit_prompts
+    from ibtpo.data.tasks import build_rewards, build_source
 
     cfg = _cfg(cfg, settings)
     model, tokenizer = _load(cfg)
@@ -65,11 +65,11 @@ def evaluate(cfg: TrainConfig | None = None, **settings: Any) -> dict[str, dict[
 def score(cfg: TrainConfig | None = None, questions: int = 32, **settings: Any) -> tuple[list, dict]:
     """Grow IBTrees (the run's tree_b0/l/k/b) on the first `questions` evaluation questions and read the policy's
     IB-Score (``ibtpo score``): (trees, summary with "aggregate" and per-question readings)."""
-    from ibtpo.components import rollout_sampling, tree_shape
-    from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, summarize
-    from ibtpo.prompt_fit import fit_prompts
-    from ibtpo.rollout.steps import StepSplitter
-    from ibtpo.tasks import build_rewards, build_source
+    from ibtpo.config.components import rollout_sampling, tree_shape
+    from ibtpo.evaluation.probe import PROBE_SEED_OFFSET, grow_probe, summarize
+    from ibtpo.data.prompt_fit import fit_prompts
+    from ibtpo.core.steps import StepSplitter
+    from ibtpo.data.tasks import build_rewards, build_source
 
     cfg = _cfg(cfg, settings)
     model, tokenizer = _load(cfg)

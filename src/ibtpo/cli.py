@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from ibtpo.config import (ConfigError, build_config, check_training, config_help, load_yaml_mapping,  # noqa: E402
+from ibtpo.config.schema import (ConfigError, build_config, check_training, config_help, load_yaml_mapping,  # noqa: E402
                           parse_overrides)
 
 
@@ -69,8 +69,8 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _print_setup(console, cfg, tokenizer) -> None:
     """The start-of-work lines: real-model defaults applied, and how prompts reach the model."""
-    from ibtpo.data import describe_prompting
-    from ibtpo.profiles import describe_profile
+    from ibtpo.data.datasets import describe_prompting
+    from ibtpo.config.profiles import describe_profile
 
     line = describe_profile(cfg._profile)
     if line:
@@ -83,7 +83,7 @@ def _check_resume_changes(run_dir: Path, cfg, allowed: bool) -> None:
     """Refuse settings that break an exact continuation of the run in `run_dir` unless `allowed` (names them)."""
     import yaml
 
-    from ibtpo.resume_check import config_changes
+    from ibtpo.config.resume_check import config_changes
 
     saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     breaking, harmless = config_changes(saved, cfg.model_dump())
@@ -103,11 +103,11 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from ibtpo.evaluation import evaluate_sets, write_samples
-    from ibtpo.models import resolve_device
-    from ibtpo.progress import PhaseBar
-    from ibtpo.prompt_fit import fit_prompts
-    from ibtpo.tasks import build_rewards, build_source
+    from ibtpo.evaluation.heldout import evaluate_sets, write_samples
+    from ibtpo.training.models import resolve_device
+    from ibtpo.reporting.progress import PhaseBar
+    from ibtpo.data.prompt_fit import fit_prompts
+    from ibtpo.data.tasks import build_rewards, build_source
     from ibtpo.training.checkpoint import load_run_policy
 
     path, rest = _split_config_path(rest)
@@ -161,7 +161,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _score_questions(args: argparse.Namespace, cfg, tokenizer) -> tuple[list, str]:
     """The question set of `ibtpo score` and its name (`cfg`: a file's path is in ``eval_datasets``)."""
-    from ibtpo.tasks import SumSource, build_source
+    from ibtpo.data.tasks import SumSource, build_source
 
     if args.dataset == "sum":
         task = SumSource(cfg)
@@ -182,13 +182,13 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from ibtpo.evaluation import write_samples
-    from ibtpo.models import resolve_device
-    from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, plot_summary, summarize, tree_samples
-    from ibtpo.prompt_fit import fit_prompts
-    from ibtpo.rollout.steps import StepSplitter
-    from ibtpo.tasks import build_rewards
-    from ibtpo.components import rollout_sampling, tree_shape
+    from ibtpo.evaluation.heldout import write_samples
+    from ibtpo.training.models import resolve_device
+    from ibtpo.evaluation.probe import PROBE_SEED_OFFSET, grow_probe, plot_summary, summarize, tree_samples
+    from ibtpo.data.prompt_fit import fit_prompts
+    from ibtpo.core.steps import StepSplitter
+    from ibtpo.data.tasks import build_rewards
+    from ibtpo.config.components import rollout_sampling, tree_shape
     from ibtpo.training.checkpoint import load_run_policy
 
     path, rest = _split_config_path(rest)
@@ -323,7 +323,7 @@ def cmd_compare(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_pretrain(args: argparse.Namespace, rest: list[str]) -> int:
     from pydantic import TypeAdapter, ValidationError
 
-    from ibtpo.testbed.build import build_base_policy
+    from ibtpo.training.testbed_policy import build_base_policy
     from ibtpo.testbed.pretrain import PretrainConfig
 
     overrides = parse_overrides(rest)
@@ -345,7 +345,7 @@ def cmd_components(args: argparse.Namespace, rest: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ibtpo.catalog import catalog
+    from ibtpo.config.catalog import catalog
 
     build_config(None, parse_overrides(rest))  # imports plugins=[...] and checks the rest
     table = Table(title="registered components (name them in a config; `module:name` loads your own)")
@@ -414,9 +414,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"the run called exit({exc.code!r}) (a reward function or other user code must return, not exit);"
                      f" the last checkpoint is kept")
     except Exception as exc:  # known one-line failures
-        from ibtpo.data import DataError
-        from ibtpo.models import ModelLoadError
-        from ibtpo.reward_fns import RewardError
+        from ibtpo.data.datasets import DataError
+        from ibtpo.training.models import ModelLoadError
+        from ibtpo.rewards.functions import RewardError
         from ibtpo.training.checkpoint import CheckpointError
         from ibtpo.training.lock import RunLockedError
         from ibtpo.training.metrics import MetricsError

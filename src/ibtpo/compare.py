@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-from ibtpo.plots import moving_average, series
+from ibtpo.reporting.plots import moving_average, series
 from ibtpo.training.metrics import read_metrics
 
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -202,7 +202,7 @@ def plot_comparison(out: Path, runs: dict[str, dict[int, dict]]) -> Path:
 
 def _train_quietly(cfg_dict: dict, resume: bool) -> dict:
     """One run in a worker process (no progress bar: several runs share the terminal)."""
-    from ibtpo.config import TrainConfig
+    from ibtpo.config.schema import TrainConfig
     from ibtpo.training.run import train
 
     cfg = TrainConfig(**{**cfg_dict, "progress": False})

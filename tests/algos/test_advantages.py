@@ -5,7 +5,7 @@ import torch
 
 import functools
 
-from ibtpo.registry import options_from
+from ibtpo.core.registry import options_from
 from ibtpo.algos.advantages import ADV_ESTIMATORS, get_adv_estimator, group_stats
 
 
@@ -45,7 +45,7 @@ def test_unknown_estimator_names_known_ones():
 
 def _hand_tree():
     """root -> A (2 tokens, p=.5 each) -> {A1 (R=1), A2 (R=0)};  root -> B (p=.25) -> B1 (p=1, R=1)."""
-    from ibtpo.tree import Tree, compute_p_hat
+    from ibtpo.core.tree import Tree, compute_p_hat
 
     t = Tree(question_id="q", prompt_ids=[1, 2])
     a = t.root.add_child([5, 6], [math.log(0.5)] * 2, [0.0, 0.0])
@@ -110,7 +110,7 @@ def test_ib_tpo_hand_computed():
 
 
 def test_ib_tpo_zero_when_all_rewards_equal_and_grpo_at_lambda_zero():
-    from ibtpo.tree import Tree, compute_p_hat
+    from ibtpo.core.tree import Tree, compute_p_hat
     from ibtpo.training.batch import flatten_paths
     from types import SimpleNamespace
 
@@ -155,7 +155,7 @@ def test_ib_tpo_equals_grpo_at_lambda_zero_with_non_binary_rewards():
     reward as GRPO does, while p_hat (the IB term's input) counts only correct answers (reward >= 1)."""
     from types import SimpleNamespace
 
-    from ibtpo.tree import Tree, compute_p_hat
+    from ibtpo.core.tree import Tree, compute_p_hat
     from ibtpo.training.batch import flatten_paths
 
     trees = []

@@ -9,7 +9,7 @@ import pytest
 from ibtpo.methods.ib_tpo import (cov_conf_gain, cov_from_values, ib_from_values, ib_score, tree_ib_stats,
                                   tsallis2_from_values)
 from ibtpo.algos.synthetic_steps import StepProcess
-from ibtpo.tree import Tree, compute_p_hat
+from ibtpo.core.tree import Tree, compute_p_hat
 
 
 def test_decomposition_ib_equals_scaled_tsallis_objective():

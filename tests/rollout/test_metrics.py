@@ -2,7 +2,7 @@
 
 import pytest
 
-from ibtpo.tree import Tree
+from ibtpo.core.tree import Tree
 from ibtpo.testbed.task import extract_answer
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from ibtpo.methods.ib_tpo import ib_score, node_gain
 from ibtpo.rollout.rules import BRANCH_RULES, RuleContext, node_candidates
-from ibtpo.tree import Tree, compute_p_hat
+from ibtpo.core.tree import Tree, compute_p_hat
 
 
 def lp(conf, n=1):

@@ -5,12 +5,12 @@ import random
 import pytest
 import torch
 
-from ibtpo.rollout.engine import Engine
+from ibtpo.backends.eager import Engine
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
-from ibtpo.rollout.sampling import SamplingParams
-from ibtpo.rollout.steps import StepSplitter
-from ibtpo.tree import Tree
-from ibtpo.lm import token_logprobs
+from ibtpo.core.sampling import SamplingParams
+from ibtpo.core.steps import StepSplitter
+from ibtpo.core.tree import Tree
+from ibtpo.core.lm import token_logprobs
 from ibtpo.training.batch import flatten_paths
 
 SAMPLERS = ["independent", "ib", "entropy", "random", "fixed_width"]
@@ -120,7 +120,8 @@ def test_reused_cache_matches_re_encoding(tiny_model, tokenizer, sampler):
 
 def test_fork_logits_from_cache_equal_re_encoding(tiny_model, tokenizer):
     """Directly: the next-token logits at a fork point, from a stored prefix cache and from re-encoding."""
-    from ibtpo.rollout.engine import KVStore, Request
+    from ibtpo.backends.contract import Request
+    from ibtpo.backends.eager import KVStore
 
     prompt = tokenizer("Q:3+4+5\n\n", add_special_tokens=False)["input_ids"]
     eng = Engine(tiny_model, SamplingParams(max_new_tokens=CAP, greedy=True), tokenizer.eos_token_id,

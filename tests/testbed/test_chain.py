@@ -97,8 +97,8 @@ def test_shipped_policy_was_warmed_up_on_the_default_task_and_left_room_for_rl()
     import dataclasses
     import json
 
-    from ibtpo.config import build_config
-    from ibtpo.models import TESTBED_POLICIES
+    from ibtpo.config.schema import build_config
+    from ibtpo.training.models import TESTBED_POLICIES
 
     summary = json.loads((TESTBED_POLICIES["testbed-chain"] / "pretrain_summary.json").read_text())
     expected = dataclasses.asdict(ChainTask())  # a key the record lacks was added later, at its default

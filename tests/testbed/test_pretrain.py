@@ -16,7 +16,7 @@ def test_build_base_policy_warms_up_on_the_chosen_task_and_records_it(tmp_path, 
     """task=chain: the warm-up reads the chain stream, evaluation uses the chain cap and reward, the summary says so."""
     import json
 
-    from ibtpo.testbed import build
+    from ibtpo.training import testbed_policy as build
     from ibtpo.testbed.chain import ChainTask
 
     seen = {}

@@ -2,7 +2,7 @@
 
 import json
 
-from ibtpo.config import build_config
+from ibtpo.config.schema import build_config
 from ibtpo.training.reference import lookup, shared_settings
 
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from ibtpo.algos.presets import PRESETS
-from ibtpo.config import build_config
-from ibtpo.lm import token_logprobs
+from ibtpo.config.schema import build_config
+from ibtpo.core.lm import token_logprobs
 from ibtpo.training.batch import flatten_paths
-from ibtpo.tree import Tree
+from ibtpo.core.tree import Tree
 from ibtpo.training.trainer import Trainer
 
 VARIANTS = [

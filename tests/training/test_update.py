@@ -9,8 +9,8 @@ import torch
 from ibtpo.algos.losses import (LOSS_AGG_MODES, POLICY_LOSSES, REGULARIZERS, TOKEN_SELECTORS, LossConfig,
                                 agg_denominator, agg_loss)
 from ibtpo.testbed.model import build_tiny_model
-from ibtpo.lm import decoder_and_head
-from ibtpo.lm import token_logprobs
+from ibtpo.core.lm import decoder_and_head
+from ibtpo.core.lm import token_logprobs
 from ibtpo.training.batch import logprobs_in_chunks
 from ibtpo.training.update import LogpGap, MiniBatch, accumulate_gradients, truncated_is_weights
 
@@ -108,7 +108,7 @@ def test_chunked_logprobs_have_the_same_gradient(model, tokenizer):
 
 
 def test_chunked_logprobs_with_lora(tiny_model_dir, tokenizer):
-    from ibtpo.models import add_lora, load_policy
+    from ibtpo.training.models import add_lora, load_policy
     policy, _ = load_policy(str(tiny_model_dir), "float32")
     policy = add_lora(policy, 4, 8.0, 0.0, "all-linear")
     ids, attn, *_ = _batch(len(tokenizer), seed=3)

@@ -2,11 +2,11 @@
 
 Every estimator is a pure tensor function called with keyword arguments and returning advantages of shape (bs, T):
 
-- ``rewards``: (bs,) float, the outcome reward of each sequence.
+- ``rewards.scoring``: (bs,) float, the outcome reward of each sequence.
 - ``response_mask``: (bs, T) float/bool, 1 on generated (trained) tokens.
 - ``group_ids``: (bs,) long, sequences with the same id answer the same question (one tree / one group).
 - ``options``: the estimator's options dataclass (registered with it; built from the run config by
-  ``registry.options_from``), e.g. ``IBTPOOptions`` of ``ib_tpo``.
+  ``core.registry.options_from``), e.g. ``IBTPOOptions`` of ``ib_tpo``.
 
 Tree-aware estimators also receive the tree structure, as tensors (built by ``training.batch.flatten_paths``):
 
@@ -26,8 +26,8 @@ from typing import Callable
 
 import torch
 
-from ibtpo.registry import Registry
-from ibtpo.tree_stats import step_confidence
+from ibtpo.core.registry import Registry
+from ibtpo.core.tree_stats import step_confidence
 
 AdvantageFn = Callable[..., torch.Tensor]
 ADV_ESTIMATORS: Registry[AdvantageFn] = Registry("advantage estimator")

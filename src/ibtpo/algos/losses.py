@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from ibtpo.registry import Registry, config_field
+from ibtpo.core.registry import Registry, config_field
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
@@ -20,7 +20,7 @@ LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"
 @dataclass(frozen=True)
 class LossConfig:
     """Options shared by the policy losses and regularisers (the typed options of ``POLICY_LOSSES``); a field takes
-    the run-config field of its name, or the one ``config_field`` names (``registry.options_from``)."""
+    the run-config field of its name, or the one ``config_field`` names (``core.registry.options_from``)."""
 
     epsilon: float = 0.2
     """Lower clip range: the ratio is clipped below at 1 - epsilon."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ibtpo.registry import Registry
+from ibtpo.core.registry import Registry
 
 
 @dataclass(frozen=True)

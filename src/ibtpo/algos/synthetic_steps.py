@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ibtpo.tree import Tree
-from ibtpo.tree_stats import IB_DEFAULTS
+from ibtpo.core.tree import Tree
+from ibtpo.core.tree_stats import IB_DEFAULTS
 
 State = tuple[int, ...]
 

@@ -10,7 +10,7 @@
 =================  ===============================================================================================
 
 A method module registers what it brings (estimator, branch rule, sampler, preset, trainer extension) in the open
-registries (``ibtpo.registry``), exactly as a user's module would.
+registries (``ibtpo.core.registry``), exactly as a user's module would.
 """
 
 from ibtpo.methods import grpo, ib_tpo, iib_lpo, random_tree, treepo, treerl  # noqa: F401  (registration)

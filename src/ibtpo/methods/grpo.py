@@ -15,7 +15,7 @@ import torch
 
 from ibtpo.algos.advantages import group_stats, register_adv_est
 from ibtpo.algos.presets import Preset, register_preset
-from ibtpo.registry import config_field
+from ibtpo.core.registry import config_field
 
 
 @dataclass(frozen=True)

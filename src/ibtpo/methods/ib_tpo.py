@@ -7,7 +7,7 @@ is the method end to end:
 
        IB(v) = (1 + beta) / B * sum_c conf(c) * ( r(c) - (1 + 1/beta) ),     r(c) = p_hat(c) / p_hat(v)
 
-   p_hat: share of correct leaves; conf: step confidence; r = 1 where p_hat(v) = 0 [choice] (``tree_stats``).
+   p_hat: share of correct leaves; conf: step confidence; r = 1 where p_hat(v) = 0 [choice] (``core.tree_stats``).
    Exactly, IB(v) = (1 + beta)/beta * (H2_hat + beta * Cov_hat - 1) with the Tsallis-2 step entropy
    H2_hat = 1 - mean_c conf(c) and Cov_hat = mean_c conf(c) * (r(c) - 1): the node's Tsallis IB objective up to a
    positive scale and a constant (tested). A chain node (one child) has r = 1, so among unbranched nodes the least
@@ -32,11 +32,11 @@ import torch
 
 from ibtpo.algos.advantages import LEAF_WEIGHT, NodeStats, per_token, register_adv_est
 from ibtpo.algos.presets import TREE_SHAPE, Preset, register_preset
-from ibtpo.registry import config_field
+from ibtpo.core.registry import config_field
 from ibtpo.rollout.rules import BRANCH_RULES, ForkPoint, RuleContext, node_candidates, top_k
 from ibtpo.rollout.samplers import register_rule_sampler
-from ibtpo.tree import Node, Tree, compute_p_hat
-from ibtpo.tree_stats import IB_DEFAULTS, ib_term, info_gain
+from ibtpo.core.tree import Node, Tree, compute_p_hat
+from ibtpo.core.tree_stats import IB_DEFAULTS, ib_term, info_gain
 
 # --- 1. the IB-Score ---------------------------------------------------------------------------------------------
 
@@ -145,7 +145,7 @@ def ib_tpo_advantage(*, response_mask: torch.Tensor, node_index: torch.Tensor, n
         A_IB(s) = conf_ref(s) * (p_hat(s) / p_hat(p) - (1 + 1/beta))   local: does this step raise p(a*)?
         A(s)    = A_GL(s) + lambda * A_IB(s)
 
-    V = mean leaf reward under a node, which is p_hat (share of correct leaves, ``ibtpo.correct``) for 0/1 rewards;
+    V = mean leaf reward under a node, which is p_hat (share of correct leaves, ``ibtpo.core.correct``) for 0/1 rewards;
     with other rewards (a format bonus, partial credit) the global term follows the reward as GRPO does [choice], and
     the local IB term keeps p_hat, the chance of a correct answer.
     sigma = unbiased std of the tree's leaf rewards (GRPO's group std); a tree with sigma = 0 gets A = 0 [choice];

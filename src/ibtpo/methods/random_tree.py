@@ -11,7 +11,7 @@ import random
 from ibtpo.algos.presets import TREE_SHAPE, Preset, register_preset
 from ibtpo.rollout.rules import BRANCH_RULES, ForkPoint, RuleContext, node_candidates
 from ibtpo.rollout.samplers import register_rule_sampler
-from ibtpo.tree import Tree
+from ibtpo.core.tree import Tree
 
 
 @BRANCH_RULES.register("random")

@@ -12,9 +12,9 @@ import torch
 
 from ibtpo.algos.advantages import NodeStats, group_stats, register_adv_est
 from ibtpo.algos.presets import TREE_SHAPE, Preset, register_preset
-from ibtpo.rollout.engine import Request
+from ibtpo.backends.contract import Request
 from ibtpo.rollout.samplers import GrowContext, TreeShape, expand_and_attach, register_sampler, score_new
-from ibtpo.tree import Node, Tree
+from ibtpo.core.tree import Node, Tree
 
 
 def grow_fixed_width(ctx: GrowContext, trees: list[Tree]) -> None:

@@ -15,10 +15,10 @@ import torch
 
 from ibtpo.algos.advantages import LEAF_WEIGHT, NodeStats, per_token, register_adv_est
 from ibtpo.algos.presets import TREE_SHAPE, Preset, register_preset
-from ibtpo.registry import config_field
+from ibtpo.core.registry import config_field
 from ibtpo.rollout.rules import BRANCH_RULES, ForkPoint, RuleContext, top_k
 from ibtpo.rollout.samplers import register_rule_sampler
-from ibtpo.tree import Tree
+from ibtpo.core.tree import Tree
 
 
 @BRANCH_RULES.register("entropy")

@@ -11,12 +11,12 @@ from typing import Any, Callable
 
 import torch
 
-from ibtpo.rewards import RewardFn, reward_columns, reward_leaves
-from ibtpo.rollout.backend import make_backend
+from ibtpo.rewards.scoring import RewardFn, reward_columns, reward_leaves
+from ibtpo.backends.factory import make_backend
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
-from ibtpo.rollout.sampling import SamplingParams
-from ibtpo.rollout.steps import StepSplitter
-from ibtpo.tree import Tree
+from ibtpo.core.sampling import SamplingParams
+from ibtpo.core.steps import StepSplitter
+from ibtpo.core.tree import Tree
 
 
 def grow_problem_trees(sampler: str, model, tokenizer, problems: list, reward_fn: RewardFn, shape: TreeShape,
@@ -30,7 +30,7 @@ def grow_problem_trees(sampler: str, model, tokenizer, problems: list, reward_fn
     The model is put in eval mode while sampling and restored afterwards. Token draws come from `generator`,
     the tree rules' node draws and tie-breaks from `rng`. `extras`: what a method's sampler reads besides the
     usual context (``GrowContext.extras``, e.g. IIB-LPO's latent codes). `backend`: the rollout backend ('auto',
-    'eager', 'static'; ``rollout.backend``), `slots_gib` its KV slot budget (static only; 0 = auto).
+    'eager', 'static'; ``backends.factory``), `slots_gib` its KV slot budget (static only; 0 = auto).
     """
     prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
     prompt_text = {p.id: p.prompt for p in problems}

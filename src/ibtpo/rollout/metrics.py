@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from statistics import mean
 
-from ibtpo.tree import Tree
+from ibtpo.core.tree import Tree
 
 
 def rollout_metrics(trees: list[Tree]) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ibtpo.tree import Node, Tree, compute_p_hat
+from ibtpo.core.tree import Node, Tree, compute_p_hat
 
 
 def render_tree(tree: Tree, tokenizer, width: int = 40) -> str:

@@ -16,9 +16,9 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from ibtpo.registry import Registry
-from ibtpo.tree import Node, Tree
-from ibtpo.tree_stats import IB_DEFAULTS
+from ibtpo.core.registry import Registry
+from ibtpo.core.tree import Node, Tree
+from ibtpo.core.tree_stats import IB_DEFAULTS
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,14 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ibtpo.registry import Registry, config_field, options_from
-from ibtpo.rollout.backend import RolloutBackend
-from ibtpo.rollout.engine import Request
-from ibtpo.rollout.sampling import Generation
+from ibtpo.core.registry import Registry, config_field, options_from
+from ibtpo.backends.contract import RolloutBackend
+from ibtpo.backends.contract import Request
+from ibtpo.core.sampling import Generation
 from ibtpo.rollout.rules import BRANCH_RULES, RuleContext
-from ibtpo.rollout.steps import StepSplitter
-from ibtpo.tree import Node, Tree, compute_p_hat
-from ibtpo.tree_stats import IB_DEFAULTS
+from ibtpo.core.steps import StepSplitter
+from ibtpo.core.tree import Node, Tree, compute_p_hat
+from ibtpo.core.tree_stats import IB_DEFAULTS
 
 ScoreFn = Callable[[Tree, list[Node]], None]
 """Sets ``reward`` on the given new leaves of a tree."""
@@ -81,7 +81,7 @@ class TreeShape:
 @dataclass
 class GrowContext:
     engine: RolloutBackend
-    """The rollout backend that decodes the requests (``rollout.backend``)."""
+    """The rollout backend that decodes the requests (``backends.factory``)."""
     splitter: StepSplitter
     shape: TreeShape
     cap: int

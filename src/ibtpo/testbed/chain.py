@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ibtpo.testbed.task import STEP_DELIMITER, GeneratedTask, Problem, extract_answer
+from ibtpo.rewards.functions import register_reward
 
 LABELS = string.ascii_lowercase
 """Labels of the operations, in order."""
@@ -129,6 +130,7 @@ def check_steps(prompt: str, steps: list[str]) -> list[bool]:
     return out
 
 
+@register_reward("chain")
 def chain_reward(prompts: list[str], completions: list[str], completion_ids=None, answer=None, **_) -> list[float]:
     """Exact-match outcome reward (TRL signature): 1.0 when the final "A:<int>" equals the reference, else 0.0."""
     return [1.0 if extract_answer(c) == a else 0.0 for c, a in zip(completions, answer)]

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar
 
+from ibtpo.rewards.functions import register_reward
+
 STEP_DELIMITER = "\n\n"
 _ANSWER_RE = re.compile(r"A:(-?\d+)\s*$")
 
@@ -116,6 +118,7 @@ def extract_answer(completion: str) -> str | None:
     return m.group(1) if m else None
 
 
+@register_reward("sum")
 def sum_reward(prompts: list[str], completions: list[str], completion_ids=None, answer=None, **_) -> list[float]:
     """Exact-match outcome reward (TRL signature): 1.0 when the final answer equals the reference, else 0.0."""
     return [1.0 if extract_answer(c) == a else 0.0 for c, a in zip(completions, answer)]

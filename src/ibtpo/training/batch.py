@@ -17,9 +17,9 @@ from typing import Callable
 import torch
 
 from ibtpo.algos.advantages import NodeStats
-from ibtpo.lm import token_logprobs
-from ibtpo.rollout.sampling import right_pad
-from ibtpo.tree import Node, Tree
+from ibtpo.core.lm import token_logprobs
+from ibtpo.core.sampling import right_pad
+from ibtpo.core.tree import Node, Tree
 
 
 @dataclass

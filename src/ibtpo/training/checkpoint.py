@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ibtpo.models import ModelLoadError, load_policy, write_base_reference
+from ibtpo.training.models import ModelLoadError, load_policy, write_base_reference
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -37,7 +37,7 @@ class CheckpointError(RuntimeError):
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
     """All RNG states of the process (CUDA's too, when there is a GPU) plus the run's generator.
 
-    Draws on a GPU come from generators seeded from the run's (CPU) generator (``rollout.engine.device_generator``),
+    Draws on a GPU come from generators seeded from the run's (CPU) generator (``backends.eager.device_generator``),
     so its state covers them; the CUDA states cover what uses the global CUDA RNG (e.g. dropout on the GPU)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
              "sampler": generator.get_state()}

@@ -342,8 +342,8 @@ class DataParallel:
     def evaluate_sharded(self, run_eval, cfg, sets: dict[str, list], records: list | None
                          ) -> tuple[dict[str, float], list | None]:
         """Evaluation of a run without ``dp_exact``: each rank evaluates its block of every set, sampling with its
-        own seed (``run_eval(cfg, sets, records) -> {set: metrics}``, e.g. ``evaluation.evaluate_sets``); returns
-        the question-weighted ``val/<set>/<metric>`` means over the ranks and every rank's records (or None)."""
+        own seed (``run_eval(cfg, sets, records) -> {set: metrics}``, e.g. ``evaluation.heldout.evaluate_sets``);
+        returns the question-weighted ``val/<set>/<metric>`` means over the ranks and every rank's records (or None)."""
         blocks = {name: problems[self.share(len(problems))] for name, problems in sets.items()}
         mine = {name: problems for name, problems in blocks.items() if problems}
         seeded = cfg.model_copy(update={"seed": cfg.seed + 1_000_033 * self.rank})  # rank 0: the run's draws
@@ -379,7 +379,7 @@ class DataParallel:
 
 
 class _PolicyDDP(torch.nn.parallel.DistributedDataParallel):
-    """DDP whose unknown attributes (``get_output_embeddings``, ``config``, ...) are the wrapped model's, so code
+    """DDP whose unknown attributes (``get_output_embeddings``, ``config.schema``, ...) are the wrapped model's, so code
     written for a transformers model runs on it; the forward still goes through DDP."""
 
     def __getattr__(self, name: str):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ibtpo.config import TrainConfig
+from ibtpo.config.schema import TrainConfig
 
 REFERENCE_PATH = Path(__file__).parents[1] / "testbed" / "grpo_reference.json"
 SHARED_FIELDS = ("model", "dtype", "task", "task_min_terms", "task_max_terms", "task_max_value", "task_seed",

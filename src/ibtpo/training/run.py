@@ -8,22 +8,22 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ibtpo.config import TrainConfig
+from ibtpo.config.schema import TrainConfig
 from ibtpo.rollout.samplers import SAMPLERS
-from ibtpo.progress import binding_budget, phase, run_progress
+from ibtpo.reporting.progress import binding_budget, phase, run_progress
 from ibtpo.training.checkpoint import clean_temporary, latest_checkpoint
 from ibtpo.training.distributed import is_writer
 from ibtpo.training.lock import RunLock
 from ibtpo.training.metrics import read_metrics
 from ibtpo.training.reference import lookup
 from ibtpo.training.trainer import Trainer
-from ibtpo.watch import EarlyWarnings
+from ibtpo.reporting.watch import EarlyWarnings
 
 
 def _print_setup(console: Console, trainer: Trainer) -> None:
-    """Real-model defaults applied (ibtpo.profiles) and how prompts reach the model."""
-    from ibtpo.data import describe_prompting
-    from ibtpo.profiles import describe_profile
+    """Real-model defaults applied (ibtpo.config.profiles) and how prompts reach the model."""
+    from ibtpo.data.datasets import describe_prompting
+    from ibtpo.config.profiles import describe_profile
 
     cfg = trainer.cfg
     line = describe_profile(cfg._profile)
@@ -150,7 +150,7 @@ def _train(cfg: TrainConfig, resume: bool, console: Console) -> dict:
                       f"{100 * g['mean']:.1f}% +/- {100 * g['ci95']:.1f}; this run ({cfg.algorithm}): "
                       f"{100 * last_eval[acc_key]:.1f}% ({100 * g['difference']:+.1f} points)[/bold]")
     if cfg.plots:
-        from ibtpo.plots import plot_run
+        from ibtpo.reporting.plots import plot_run
 
         plot_run(trainer.run_dir, records)
     return summary

@@ -4,11 +4,12 @@ One step:
   1. take ``questions_per_step`` problems from the train stream (data position advances; the stream is endless);
   2. grow one tree per question (independent sampling = depth-one tree of ``num_generations`` leaves);
   3. reward every leaf with the run's reward function (the testbed verifier, math-verify, or a user function);
-     a method's trainer extension may act here (``extensions.py``; IIB-LPO fits its CVAE and filters);
+     a method's trainer extension may act here (``algos/extensions.py``; IIB-LPO fits its CVAE and filters);
   4. lay the trees out as a training batch (``flatten_paths``) and compute advantages (registered estimator);
   5. ``ppo_epochs`` passes of mini-batch updates with the registered policy loss (+ k3 KL, - entropy bonus);
   6. log metrics, evaluate every ``eval_every`` steps, checkpoint every ``save_every`` steps, and probe the policy's
-     IB-Score on fixed test questions every ``ib_probe_every`` steps (``probe``; the cadence lives in ``run.py``).
+     IB-Score on fixed test questions every ``ib_probe_every`` steps (``evaluation.probe``; the cadence lives in
+     ``run.py``).
 
 Simplified on purpose: one process; the behaviour log-probs recorded at sampling time serve as the "old" log-probs
 (sampling and training use the same weights and temperature, so they agree to float tolerance).
@@ -28,27 +29,27 @@ import numpy as np
 import torch
 
 from ibtpo.algos.losses import REGULARIZERS, TOKEN_SELECTORS, get_policy_loss, masked_mean
-from ibtpo.components import advantage_estimator, loss_config, rollout_sampling, tree_shape
-from ibtpo.config import ConfigError, TrainConfig, check_training, save_config
-from ibtpo.evaluation import evaluate_sets, write_samples
+from ibtpo.config.components import advantage_estimator, loss_config, rollout_sampling, tree_shape
+from ibtpo.config.schema import ConfigError, TrainConfig, check_training, save_config
+from ibtpo.evaluation.heldout import evaluate_sets, write_samples
 from ibtpo.methods.ib_tpo import tree_ib_stats
-from ibtpo.models import add_lora, is_lora, load_policy, resolve_device
-from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, probe_metrics
-from ibtpo.prompt_fit import fit_prompts, run_question_sets
+from ibtpo.training.models import add_lora, is_lora, load_policy, resolve_device
+from ibtpo.evaluation.probe import PROBE_SEED_OFFSET, grow_probe, probe_metrics
+from ibtpo.data.prompt_fit import fit_prompts, run_question_sets
 from ibtpo.rollout.grow import grow_problem_trees
 from ibtpo.rollout.metrics import diversity_metrics, rollout_metrics
 from ibtpo.rollout.render import render_tree
 from ibtpo.rollout.samplers import SAMPLERS
-from ibtpo.rollout.steps import StepSplitter
-from ibtpo.tasks import build_rewards, build_source
+from ibtpo.core.steps import StepSplitter
+from ibtpo.data.tasks import build_rewards, build_source
 from ibtpo.training.batch import TrainBatch, flatten_paths, logprobs_in_chunks, padded_logprobs
 from ibtpo.training.checkpoint import (load_trainer_state, resume_point, rng_state, save_checkpoint,
                                        set_rng_state)
-from ibtpo.extensions import build_extensions
+from ibtpo.algos.extensions import build_extensions
 from ibtpo.training.dist_checkpoint import rank_rng, restore_optimizer, save_data_parallel
 from ibtpo.training.distributed import DataParallel, NullLogger, is_writer, rank_device
 from ibtpo.training.metrics import MetricsLogger
-from ibtpo.tree import Tree
+from ibtpo.core.tree import Tree
 from ibtpo.training.update import LogpGap, MiniBatch, accumulate_gradients, truncated_is_weights
 
 IB_KEYS = ("ib/score_mean", "ib/cov_conf_gain", "ib/step_entropy", "ib/branching_nodes")
@@ -286,7 +287,7 @@ class Trainer:
 
     def evaluate(self, phase=None) -> dict[str, float]:
         """avg@k, pass@k, maj@k, greedy accuracy, length and cap-hit rate on every evaluation set
-        (``val/<set>/<metric>``). `phase(label, total)`: a progress bar factory (``ibtpo.progress.phase``).
+        (``val/<set>/<metric>``). `phase(label, total)`: a progress bar factory (``ibtpo.reporting.progress.phase``).
         With ``eval_samples`` every completion goes to RUN_DIR/eval_samples/step_NNNNNN.jsonl."""
         cfg = self.cfg
         records = [] if cfg.eval_samples else None
@@ -305,7 +306,7 @@ class Trainer:
 
     def probe(self, phase=None) -> dict[str, float]:
         """IB probe of the current policy (``probe/*``); in independent-sampling runs also its ``ib/*`` metrics.
-        `phase(label, total)`: a progress bar factory (``ibtpo.progress.phase``)."""
+        `phase(label, total)`: a progress bar factory (``ibtpo.reporting.progress.phase``)."""
         cfg = self.cfg
         t0 = time.perf_counter()
         problems = list(self.source.test_sets[self.source.name][:cfg.ib_probe_questions])

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ibtpo.reward_fns import extract_math_answer
-from ibtpo.tree import Tree, compute_p_hat
+from ibtpo.rewards.functions import extract_math_answer
+from ibtpo.core.tree import Tree, compute_p_hat
 from ibtpo.testbed.task import extract_answer
 from ibtpo.training.batch import flatten_paths
 from ibtpo.methods.iib_lpo.ib_filter import apply_ib_filter, score_trajectories, span_logprobs, split_reasoning

@@ -7,17 +7,17 @@ import pytest
 import torch
 
 from ibtpo.methods.iib_lpo.core import fork_candidates
-from ibtpo.config import TrainConfig
+from ibtpo.config.schema import TrainConfig
 from ibtpo.methods.iib_lpo import sampler as latent_fork
 from ibtpo.rollout.grow import grow_problem_trees
 from ibtpo.methods.iib_lpo.sampler import LatentBranching, hidden_cumsums
-from ibtpo.rollout.steps import StepSplitter
-from ibtpo.tree import Tree
+from ibtpo.core.steps import StepSplitter
+from ibtpo.core.tree import Tree
 from ibtpo.testbed.task import SumTask, sum_reward
 from ibtpo.methods.iib_lpo.extension import latent_row_extras
-from ibtpo.lm import token_logprobs
+from ibtpo.core.lm import token_logprobs
 from ibtpo.training.batch import flatten_paths
-from ibtpo.components import rollout_sampling, tree_shape
+from ibtpo.config.components import rollout_sampling, tree_shape
 
 B0, FORKS, Z = 2, 2, 16
 

@@ -6,7 +6,7 @@ import pydantic
 import pytest
 import torch
 
-from ibtpo.config import ConfigError, TrainConfig, build_config
+from ibtpo.config.schema import ConfigError, TrainConfig, build_config
 from ibtpo.training.trainer import Trainer
 
 CVAE_KEYS = {"cvae/loss", "cvae/recon", "cvae/kl", "cvae/pairs"}

@@ -8,8 +8,8 @@ import torch
 from ibtpo.methods.iib_lpo.core import group_zscore
 from ibtpo.methods.iib_lpo.ib_filter import apply_ib_filter
 from ibtpo.methods.iib_lpo.sampler import LatentBranching
-from ibtpo.extensions import TrainerExtension, register_extension
-from ibtpo.tree import Node
+from ibtpo.algos.extensions import TrainerExtension, register_extension
+from ibtpo.core.tree import Node
 
 
 def latent_row_extras(rows: list[tuple[int, list[Node]]]) -> dict[str, torch.Tensor]:

@@ -23,10 +23,10 @@ from __future__ import annotations
 import torch
 
 from ibtpo.methods.iib_lpo.core import ib_trajectory_score, keep_top_n
-from ibtpo.correct import is_correct
-from ibtpo.rollout.sampling import right_pad
-from ibtpo.tree import Node, Tree
-from ibtpo.lm import token_logprobs
+from ibtpo.core.correct import is_correct
+from ibtpo.core.sampling import right_pad
+from ibtpo.core.tree import Node, Tree
+from ibtpo.core.lm import token_logprobs
 
 Span = tuple[int, int]
 

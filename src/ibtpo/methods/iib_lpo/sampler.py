@@ -18,12 +18,12 @@ import torch
 
 from ibtpo.methods.iib_lpo.core import draw_fork_positions, fork_candidates
 from ibtpo.methods.iib_lpo.latent import ConditionalVAE, LatentInjector
-from ibtpo.correct import is_correct
-from ibtpo.lm import last_hidden_states
-from ibtpo.rollout.engine import Request
-from ibtpo.rollout.sampling import right_pad
+from ibtpo.core.correct import is_correct
+from ibtpo.core.lm import last_hidden_states
+from ibtpo.backends.contract import Request
+from ibtpo.core.sampling import right_pad
 from ibtpo.rollout.samplers import GrowContext, TreeShape, attach, grow_independent, register_sampler, score_new
-from ibtpo.tree import Node, Tree
+from ibtpo.core.tree import Node, Tree
 
 
 class LatentBranching:

@@ -1,0 +1,50 @@
+"""A run config -> its parts: each sampler's tree shape, the estimator with its typed options, the loss options."""
+
+import pytest
+
+from ibtpo.config.components import advantage_estimator, loss_config, tree_shape
+from ibtpo.config.schema import build_config, group_size
+
+
+@pytest.mark.parametrize("algorithm, g", [("grpo", 8), ("ib_tpo", 12), ("treerl", 12), ("treepo", 12),
+                                          ("random_tree", 12), ("iib_lpo", 12)])
+def test_group_sizes(algorithm, g):
+    cfg = build_config(overrides={"algorithm": algorithm})
+    assert tree_shape(cfg).group_size == group_size(cfg) == g
+
+
+def test_shapes_follow_the_config():
+    cfg = build_config(overrides={"algorithm": "ib_tpo", "tree_b0": 2, "tree_l": 3, "tree_k": 2, "tree_b": 2,
+                                  "ib_beta": 2.0, "tree_root_candidate": False})
+    shape = tree_shape(cfg)
+    assert (shape.b0, shape.rounds, shape.k, shape.b, shape.beta, shape.root_candidate) == (2, 3, 2, 2, 2.0, False)
+    assert shape.group_size == 2 + 2 * 2 * 2
+    assert tree_shape(cfg, "independent").group_size == cfg.num_generations
+    iib = tree_shape(build_config(overrides={"algorithm": "iib_lpo", "iib_forks": 3}))
+    assert (iib.b0, iib.rounds, iib.group_size) == (4, 4, 16)
+
+
+def test_estimator_options_come_from_the_config():
+    import torch
+
+    from ibtpo.training.batch import flatten_paths
+    from ibtpo.core.tree import Tree
+
+    t = Tree(question_id="q", prompt_ids=[1, 2])
+    s = t.root.add_child([3, 4], [-0.1, -0.2], [0, 0])
+    for r in (1.0, 0.0, 1.0):
+        s.add_child([5], [-0.5], [0]).reward = r
+    from ibtpo.core.tree import compute_p_hat
+    compute_p_hat(t.root)
+    batch = flatten_paths([t], pad_id=0)
+    kw = dict(rewards=batch.rewards, response_mask=batch.response_mask, group_ids=batch.group_ids,
+              node_index=batch.node_index, nodes=batch.nodes, ancestor_index=batch.ancestor_index)
+    base = advantage_estimator(build_config(overrides={"adv_estimator": "ib_tpo", "ib_tpo_lambda": 0.0}))(**kw)
+    more = advantage_estimator(build_config(overrides={"adv_estimator": "ib_tpo", "ib_tpo_lambda": 1.0}))(**kw)
+    assert not torch.allclose(base, more)  # lambda reaches the estimator through its options
+
+
+def test_loss_options_map_config_names():
+    cfg = build_config(overrides={"beta": 0.01, "max_completion_length": 33, "epsilon_high": 0.28})
+    lc = loss_config(cfg)
+    assert (lc.kl_coef, lc.norm_length, lc.epsilon_high, lc.epsilon) == (0.01, 33, 0.28, cfg.epsilon)
