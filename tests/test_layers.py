@@ -13,7 +13,7 @@ LAYERS = [
               "watch", "plots", "resume_check", "tiny_models", "rollout.sampling", "rollout.steps",
               "rollout.static_forward", "training.lock", "training.metrics", "testbed.task", "testbed.model",
               "testbed.tokenizer", "methods.iib_lpo.core", "methods.iib_lpo.latent"]),
-    ("algorithms", ["algos", "rewards", "reward_fns", "data", "testbed.chain", "testbed.pretrain", "extensions",
+    ("algorithms", ["algos", "rewards", "reward_fns", "data", "word_problems", "testbed.chain", "testbed.pretrain", "extensions",
                     "rollout.node_store", "rollout.render", "rollout.metrics"]),
     ("rollout", ["rollout"]),
     ("methods", ["methods"]),

@@ -97,7 +97,7 @@ class TrainConfig(BaseModel):
     lora_target_modules: str | list[str] = Field("all-linear", description="Modules that get adapters: 'all-linear' or a list of module names (e.g. [q_proj, v_proj]).")
 
     # --- task --------------------------------------------------------------------------------------------------------
-    task: Literal["sum", "chain"] = Field("sum", description="Built-in task: 'sum' (multi-term sums, any order, ~4 steps) or 'chain' (labelled +/- chains carried forward, ~11 steps / ~90 tokens; brings model=testbed-chain and max_completion_length=128 unless set).")
+    task: Literal["sum", "chain", "arith"] = Field("sum", description="Built-in task: 'sum' (multi-term sums, any order, ~4 steps), 'chain' (labelled +/- chains carried forward, ~11 steps / ~90 tokens; brings model=testbed-chain and max_completion_length=128 unless set) or 'arith' (one- and two-step arithmetic word problems for real models, math reward, strict and lenient accuracy in evaluation).")
     task_min_terms: int = Field(3, ge=2, le=8, description="Fewest terms of a sum problem.")
     task_max_terms: int = Field(4, ge=2, le=8, description="Most terms of a sum problem.")
     task_max_value: int = Field(30, ge=2, le=999, description="Terms are drawn from 1..task_max_value.")
