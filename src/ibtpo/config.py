@@ -78,7 +78,8 @@ class TrainConfig(BaseModel):
     threads: int = Field(2, ge=1, description="CPU threads for torch.")
     tensorboard: bool = Field(True, description="Write TensorBoard event files in the run directory.")
     plots: bool = Field(True, description="Draw PNG plots of the run at the end.")
-    progress: bool = Field(True, description="Show a progress bar.")
+    progress: bool = Field(True, description="Show a progress bar (when the output is not a terminal, e.g. a log file: plain progress lines instead).")
+    progress_every: int = Field(0, ge=0, description="Output not a terminal: a progress line every N steps, and at each evaluation and the last step (0 = whenever 30 s have passed).")
     overwrite: bool = Field(False, description="Allow a new run in an out_dir that already holds checkpoints (they are deleted).")
     plugins: list[str] = Field(default_factory=list, description="Python modules (pkg.module) or files (path/file.py) imported first: they register your own estimators, samplers, branch rules, losses, presets or trainer extensions (or name one directly as module:name).")
 
@@ -190,6 +191,7 @@ class TrainConfig(BaseModel):
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch (TRL: num_iterations).")
     mini_batch_size: int = Field(0, ge=0, description="Sequences per optimizer step (0 = the whole rollout batch).")
     micro_batch_size: int = Field(0, ge=0, description="Sequences per forward/backward pass; gradients accumulate over a mini-batch, with the same result (0 = the whole mini-batch in one pass). Also the rows per pass of the no-grad passes (reference, recomputed old log-probs).")
+    update_memory_gib: float = Field(0.0, ge=0.0, description="GiB for the activations and logits of one forward/backward pass: micro_batch_size (when 0), logits_chunk_tokens (when 0) and gradient_checkpointing (when not set) are chosen to fit it, the plan is printed at the start, and a run that cannot fit stops (0 = no budget; the real-model profile sets 2).")
     logits_chunk_tokens: int = Field(0, ge=0, description="Tokens whose full-vocabulary logits are materialised at once when computing log-probs (0 = auto: 0.5 GiB of float32 logits).")
     old_logp: Literal["auto", "sampler", "recompute"] = Field("auto", description="Old log-probs of the ratio: the sampler's (no extra pass; equal to a training forward only in float32 on a CPU), a no-grad training forward before the updates (verl; ratio exactly 1 on the first update), or auto = sampler on a CPU in float32, recompute otherwise.")
     tis_cap: float | None = Field(None, gt=0.0, description="Truncated importance sampling: weight each token's policy-gradient term by min(pi_old / pi_behaviour, tis_cap) (needs recomputed old log-probs; null = off).")

@@ -32,7 +32,7 @@ from ibtpo.components import advantage_estimator, loss_config, rollout_sampling,
 from ibtpo.config import ConfigError, TrainConfig, check_training, save_config
 from ibtpo.evaluation import evaluate_sets, write_samples
 from ibtpo.methods.ib_tpo import tree_ib_stats
-from ibtpo.models import add_lora, is_lora, load_policy, resolve_device
+from ibtpo.models import add_lora, enable_checkpointing, is_lora, load_policy, resolve_device
 from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, probe_metrics
 from ibtpo.prompt_fit import fit_prompts, run_question_sets
 from ibtpo.rollout.grow import grow_problem_trees
@@ -47,6 +47,7 @@ from ibtpo.training.checkpoint import (load_trainer_state, resume_point, rng_sta
 from ibtpo.extensions import build_extensions
 from ibtpo.training.dist_checkpoint import rank_rng, restore_optimizer, save_data_parallel
 from ibtpo.training.distributed import DataParallel, NullLogger, is_writer, rank_device
+from ibtpo.training.memory import MemoryPlanError, plan_run
 from ibtpo.training.metrics import MetricsLogger
 from ibtpo.tree import Tree
 from ibtpo.training.update import LogpGap, MiniBatch, accumulate_gradients, truncated_is_weights
@@ -88,7 +89,10 @@ class Trainer:
                                    cfg.lora_target_modules)
         self.policy.train()
         self.source = build_source(cfg, self.tokenizer)
-        fit_prompts(cfg, run_question_sets(self.source, cfg.questions_per_step), self.tokenizer, self.policy)
+        longest = fit_prompts(cfg, run_question_sets(self.source, cfg.questions_per_step), self.tokenizer, self.policy)
+        self.memory_plan = None
+        if cfg.update_memory_gib > 0:  # micro-batches (and checkpointing) sized from the budget, before any work
+            self.cfg = cfg = self._apply_memory_plan(cfg, longest)
         self.ref = None
         if cfg.beta > 0 and not is_lora(self.policy):  # frozen reference for the KL term (LoRA: adapters disabled)
             self.ref, _ = load_policy(cfg.model, cfg.dtype)
@@ -127,6 +131,23 @@ class Trainer:
             return
         self.logger = MetricsLogger(self.run_dir, cfg.tensorboard, resume_step=self.step if ckpt else None)
         save_config(cfg, self.run_dir / "config.yaml")
+
+    def _apply_memory_plan(self, cfg: TrainConfig, longest_prompt: int) -> TrainConfig:
+        """Plan the update's memory (``training.memory``); the config with the chosen micro-batch settings."""
+        group = SAMPLERS.get(cfg.sampler).shape(cfg).group_size
+        reference = cfg.beta > 0 and not is_lora(self.policy)
+        try:
+            plan = plan_run(cfg, self.policy, longest_prompt, group, self.device, reference)
+        except MemoryPlanError as exc:
+            raise ConfigError(str(exc)) from None
+        if plan.gradient_checkpointing and not cfg.gradient_checkpointing:
+            enable_checkpointing(self.policy)
+        self.memory_plan = plan
+        chosen = {"micro_batch_size": plan.micro_batch_size, "gradient_checkpointing": plan.gradient_checkpointing,
+                  "logits_chunk_tokens": plan.logits_chunk_tokens}
+        updated = cfg.model_copy(update=chosen)
+        updated._profile = cfg._profile
+        return updated
 
     # ----------------------------------------------------------------------------------------------------------------
     def _lr_factor(self, opt_step: int) -> float:
