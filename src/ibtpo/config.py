@@ -72,6 +72,7 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, ge=0, description="Seed of sampling, data order and every RNG of the run.")
     max_steps: int = Field(100_000, ge=1, description="Stop after this many RL steps (a cap: the main job stops on max_tokens).")
     max_tokens: int = Field(1_500_000, ge=0, description="Stop once this many new tokens were generated in training: the budget every algorithm is compared at (0 = no limit).")
+    max_train_time_s: float = Field(0.0, ge=0.0, description="Stop once the run has taken this many seconds (this process, evaluations included; the final evaluation still runs; 0 = no limit).")
     eval_every: int = Field(50, ge=0, description="Evaluate every N steps, plus before the first and after the last (0 = only those).")
     save_every: int = Field(50, ge=0, description="Write a checkpoint every N steps, plus at the end (0 = only at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")

@@ -23,12 +23,12 @@ import re
 from dataclasses import dataclass
 
 from ibtpo.answers import find_final_answer
+from ibtpo.data import PROMPT_PRESETS
 from ibtpo.reward_fns import math_accuracy
 from ibtpo.testbed.task import GeneratedTask, Problem
 
-INSTRUCTION = ("{prompt}\nSolve the problem step by step. The last line of your response must be of the form "
-               "'Answer: X', where X is the final answer alone.")
-"""Default prompt template of the task (the ``answer_line`` preset's words)."""
+INSTRUCTION = PROMPT_PRESETS["answer_line"]
+"""Default prompt template of the task (the ``answer_line`` preset)."""
 
 NAMES = ("Mia", "Leo", "Ava", "Noah", "Zoe", "Omar", "Lena", "Ravi", "Sara", "Tom", "Ines", "Kai")
 ITEMS = ("marbles", "apples", "stickers", "pencils", "cookies", "books", "stamps", "shells", "cards", "beads")

@@ -30,7 +30,8 @@ def _print_setup(console: Console, trainer: Trainer) -> None:
     if line:
         console.print(line, soft_wrap=True)
     if cfg.dataset or cfg.eval_datasets or cfg.task == "arith":
-        console.print(describe_prompting(cfg.chat_template, cfg.prompt_template, trainer.tokenizer), soft_wrap=True)
+        template = cfg.prompt_template or ("answer_line" if cfg.task == "arith" and not cfg.dataset else None)
+        console.print(describe_prompting(cfg.chat_template, template, trainer.tokenizer), soft_wrap=True)
     if trainer.memory_plan is not None:
         console.print(trainer.memory_plan.describe(), soft_wrap=True, markup=False)
 

@@ -61,6 +61,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         self.cfg = check_training(cfg)
+        self.started, self.time_up = time.perf_counter(), False  # max_train_time_s counts from here
         self.run_dir = Path(cfg.out_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(cfg.threads)
@@ -171,6 +172,8 @@ class Trainer:
 
     def done(self) -> bool:
         cfg = self.cfg
+        if self.time_up:  # max_train_time_s, read once at the end of each step
+            return True
         return self.step >= cfg.max_steps or (cfg.max_tokens > 0 and self.tokens >= cfg.max_tokens)
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -408,6 +411,8 @@ class Trainer:
         t_update = time.perf_counter() - t1
         self.step += 1
         self.tokens += new_tokens
+        limit = self.cfg.max_train_time_s
+        self.time_up = limit > 0 and time.perf_counter() - self.started >= limit
         dt = time.perf_counter() - t0
         metrics.update({"train/tokens": self.tokens, "train/questions": self.data_pos,
                         "perf/step_time_s": dt, "perf/rollout_time_s": t_roll,
