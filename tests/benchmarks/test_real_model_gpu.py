@@ -81,7 +81,7 @@ def test_the_driver_runs_both_methods_on_a_tiny_chat_model(tmp_path):
     model = save_tiny_model("qwen3", tmp_path / "m")
     out = tmp_path / "results"
     sets = ["max_completion_length=8", "questions_per_step=2", "eval_questions=2", "eval_k=2", "test_size=4",
-            "threads=1", "max_steps=2", "tree_min_room=2", "eval_every=1"]
+            "threads=1", "max_steps=2", "tree_min_room=2", "eval_every=1", "mini_batch_size=0"]
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "real_model_gpu.py"), "--model", str(model),
                            "--device", "cpu", "--run-budget-s", "120", "--runs-dir", str(tmp_path / "runs"),
                            "--out", str(out), "--set", *sets], capture_output=True, text=True, timeout=600,
@@ -94,3 +94,20 @@ def test_the_driver_runs_both_methods_on_a_tiny_chat_model(tmp_path):
     assert res["grpo"]["tokens"] >= res["ib_tpo"]["tokens"] or res["grpo"]["steps"] == 2
     assert "[ib_tpo] step 1/2" in proc.stdout and "| ib_tpo |" in proc.stdout
     assert next(out.glob("real_model_*.png")).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_shell_command_stores_part_one_and_sets_up_without_parts(tmp_path):
+    parts_dir, store = tmp_path / "parts", tmp_path / "store"
+    parts_dir.mkdir()
+    (parts_dir / "part1").write_bytes(b"p" * 1000)
+    env = {**__import__("os").environ, "PARTS_DIR": str(parts_dir), "STORE": str(store), "PYTHON": sys.executable,
+           "OUT": str(tmp_path / "out"), "WHEELS": str(tmp_path / "no-wheels"), "PARTS": ""}
+    call1 = subprocess.run(["bash", str(ROOT / "benchmarks" / "real_model_gpu.sh"), "store"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert call1.returncode == 0 and (store / "part1").read_bytes() == b"p" * 1000, call1.stderr
+    call2 = subprocess.run(["bash", str(ROOT / "benchmarks" / "real_model_gpu.sh"), "run"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert call2.returncode == 0, call2.stdout + call2.stderr
+    assert "setup done" in call2.stdout and "== done" in call2.stdout and "transformers" in call2.stdout
+    assert (tmp_path / "out" / "real_model_gpu.log").exists()

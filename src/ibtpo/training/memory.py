@@ -152,6 +152,27 @@ def plan_memory(shape: ModelShape, elem: int, n_params: int, n_trainable: int, r
     return plan
 
 
+MMAP_THRESHOLD = 4 * 2**20
+"""CPU: allocations above this many bytes get their own memory map, returned to the system when freed."""
+
+
+def return_freed_buffers(threshold: int = MMAP_THRESHOLD) -> bool:
+    """On glibc, fix malloc's mmap threshold at `threshold` bytes (``mallopt(M_MMAP_THRESHOLD)``).
+
+    By default glibc raises that threshold (up to 32 MiB) each time a large buffer is freed, so later activation
+    buffers come from its heap, which it rarely gives back: a CPU update's resident memory then grows to several times
+    the tensors alive at once (measured: 4.3 vs 2.0 GiB peak for a 16-row forward/backward of SmolLM2-135M). A fixed
+    threshold returns every buffer over it on free, for a few percent more time. Returns whether it was set."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD = -3
+    except (OSError, AttributeError):  # not glibc (macOS, musl): leave the allocator as it is
+        return False
+
+
 def plan_run(cfg, policy, longest_prompt: int, group: int, device, reference: bool) -> MemoryPlan:
     """:func:`plan_memory` for a run: its config (settings the user gave are kept), its policy (trainable parameters
     after LoRA), the longest prompt in tokens, the group size G and whether a reference copy is kept."""

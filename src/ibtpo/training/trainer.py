@@ -47,7 +47,7 @@ from ibtpo.training.checkpoint import (load_trainer_state, resume_point, rng_sta
 from ibtpo.extensions import build_extensions
 from ibtpo.training.dist_checkpoint import rank_rng, restore_optimizer, save_data_parallel
 from ibtpo.training.distributed import DataParallel, NullLogger, is_writer, rank_device
-from ibtpo.training.memory import MemoryPlanError, plan_run
+from ibtpo.training.memory import MemoryPlanError, plan_run, return_freed_buffers
 from ibtpo.training.metrics import MetricsLogger
 from ibtpo.tree import Tree
 from ibtpo.training.update import LogpGap, MiniBatch, accumulate_gradients, truncated_is_weights
@@ -143,6 +143,8 @@ class Trainer:
             raise ConfigError(str(exc)) from None
         if plan.gradient_checkpointing and not cfg.gradient_checkpointing:
             enable_checkpointing(self.policy)
+        if self.device.type == "cpu":  # freed activation buffers go back to the system (glibc)
+            return_freed_buffers()
         self.memory_plan = plan
         chosen = {"micro_batch_size": plan.micro_batch_size, "gradient_checkpointing": plan.gradient_checkpointing,
                   "logits_chunk_tokens": plan.logits_chunk_tokens}
