@@ -14,7 +14,8 @@
 #   real    benchmarks/real_model_gpu.py: IB-TPO, then GRPO with the same generated-token budget, from the same base
 #           (each run $RUN_BUDGET_S seconds, default 130), held-out strict/lenient accuracy before, during, after;
 #   ibtree  benchmarks/gpu_rollout.py at the recipe's scale: IBTree (4,9,1,1) vs independent G=8, 128 questions,
-#           rollout_max_rows 128, Qwen3-1.7B shape (random weights), and the 128-row decode step vs its bound;
+#           rollout_max_rows 128, Qwen3-1.7B shape (random weights), and the 128-row decode step vs its bound
+#           (at most 180 s; no phase of it starts after 100 s);
 #   packed  benchmarks/packed_update.py, when that file exists.
 # PARTS="real ibtree packed" picks the parts; every part stops at its own time limit, and the whole command
 # stops starting parts after $DEADLINE_S seconds (default 540). Results: benchmarks/results/ and $OUT.
@@ -84,10 +85,10 @@ for part in $PARTS; do
     cp benchmarks/results/real_model_*.{md,json,png} "$OUT"/ 2>/dev/null
     ;;
   ibtree)
-    limit=$(( remaining < 170 ? remaining - 10 : 160 ))
+    limit=$(( remaining < 190 ? remaining - 10 : 180 ))
     echo "== IBTree at the recipe's scale (limit ${limit} s)"
     timeout "$limit" $PY benchmarks/gpu_rollout.py --plan static:independent:128,static:ib:128 --max-rows 128 \
-      --micro-rows 128 --no-fp32-check --greedy-prompts 2 --time-limit $((limit - 100)) \
+      --micro-rows 128 --no-fp32-check --greedy-prompts 2 --time-limit $((limit - 80)) \
       --json benchmarks/results/gpu_rollout_recipe_scale.json ${ROLLOUT_ARGS:-} 2>&1 | grep -v "it/s" | tail -25
     cp benchmarks/results/gpu_rollout_recipe_scale.json "$OUT"/ 2>/dev/null
     ;;
