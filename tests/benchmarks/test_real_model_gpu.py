@@ -110,4 +110,5 @@ def test_the_shell_command_stores_part_one_and_sets_up_without_parts(tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert call2.returncode == 0, call2.stdout + call2.stderr
     assert "setup done" in call2.stdout and "== done" in call2.stdout and "transformers" in call2.stdout
+    assert "IBTree" not in call2.stdout and "== real" not in call2.stdout  # PARTS="" runs no part
     assert (tmp_path / "out" / "real_model_gpu.log").exists()
