@@ -287,6 +287,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mean-length", type=float, default=300.0, help="target mean completion length (EOS bias)")
     ap.add_argument("--mean-step", type=float, default=40.0, help="target mean step length (delimiter bias)")
     ap.add_argument("--slots-gib", type=float, default=0.0, help="static backend: GiB of KV slots (0 = auto)")
+    ap.add_argument("--max-rows", type=int, default=0,
+                    help="rows decoded at once (the run config's rollout_max_rows; the recipe: 128; 0 = all)")
     ap.add_argument("--greedy-prompts", type=int, default=4)
     ap.add_argument("--greedy-cap", type=int, default=96)
     ap.add_argument("--no-fp32-check", action="store_true", help="skip the float32 greedy check (it builds a copy)")
@@ -345,7 +347,8 @@ def main(argv=None) -> int:
             print(f"[{label}] {time.perf_counter() - t0:.1f} s", flush=True)
             save()
 
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.cap)
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.cap,
+                            max_rows=args.max_rows)
     built = phase("build", lambda: build_model(args.shape, device, dtype, args.seed))
     if built is None:
         return 1

@@ -15,7 +15,7 @@ def test_gpu_rollout_smoke(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_rollout.py"), "--shape", "tiny", "--device", "cpu",
            "--dtype", "bfloat16", "--cap", "12", "--greedy-prompts", "2", "--greedy-cap", "8", "--micro-rows", "2,4",
            "--micro-ctx", "16", "--plan", "static:independent:2,static:ib:2,eager:independent:2,generate:independent:2",
-           "--json", str(out)]
+           "--max-rows", "3", "--json", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())

@@ -60,3 +60,20 @@ def test_two_lora_steps_then_eval_of_the_run(tmp_path):
     assert (ckpt / "adapter_config.json").exists() and (ckpt / "base_model.json").exists()
     assert main(["eval", f"model={run}", f"eval_datasets=[{GSM}]", "eval_questions=1", "eval_k=1",
                  "max_completion_length=32", "--json", str(tmp_path / "after.json")]) == 0
+
+
+def test_two_steps_on_the_arith_task_with_the_memory_plan_and_log_lines(tmp_path, capsys):
+    run = tmp_path / "arith"
+    assert main(["train", f"model={MODEL}", "task=arith", "test_size=2", "algorithm=grpo", "lora_rank=8",
+                 "max_steps=2", "questions_per_step=2", "num_generations=2", "max_completion_length=48",
+                 "eval_questions=2", "eval_k=1", f"out_dir={run}", "tensorboard=false", "plots=false",
+                 "threads=1"]) == 0
+    err = capsys.readouterr().err
+    assert "memory plan (update_memory_gib=2)" in err and "prompt_template=answer_line" in err
+    assert [line.split()[1] for line in err.splitlines() if line.startswith("step ")] == ["0/2", "1/2", "2/2"]
+    records = _lines(run / "metrics.jsonl")
+    assert [r["step"] for r in records if "train/tokens" in r] == [1, 2]
+    final = records[-1]
+    for key in ("strict_avg@1", "lenient_avg@1", "strict_greedy_acc", "lenient_greedy_acc"):
+        assert 0.0 <= final[f"val/arith/{key}"] <= 1.0
+    assert final["val/arith/strict_avg@1"] <= final["val/arith/avg@1"]  # strict is the math check plus the format

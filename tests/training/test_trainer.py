@@ -78,6 +78,13 @@ def test_token_budget_stops_run(tmp_path, tiny_model_dir):
     assert trainer.tokens - 30 < 3 * 4 * 12  # stopped within one step of the budget
 
 
+def test_time_limit_stops_run_after_the_step_that_reached_it(tmp_path, tiny_model_dir):
+    trainer = _trainer(tmp_path, tiny_model_dir, max_train_time_s=1e-6, max_steps=100)
+    assert not trainer.done()  # checked at the end of each step, never before the first
+    trainer.train_step()
+    assert trainer.done() and trainer.step == 1
+
+
 def test_tree_rollout_metrics_and_dump(tmp_path, tiny_model_dir):
     import json
 

@@ -22,6 +22,7 @@ REAL_MODEL_PROFILE: dict[str, Any] = {
     "ib_probe_every": 0,  # the IB probe is monitoring only; tree samplers read IB metrics off their own trees
     "lr_scheduler": "cosine",
     "warmup_steps": 5,
+    "update_memory_gib": 2.0,  # micro-batches (and checkpointing where it pays) sized to this; training.memory
 }
 """Fields set for a real model when not given."""
 

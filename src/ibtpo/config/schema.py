@@ -72,13 +72,15 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, ge=0, description="Seed of sampling, data order and every RNG of the run.")
     max_steps: int = Field(100_000, ge=1, description="Stop after this many RL steps (a cap: the main job stops on max_tokens).")
     max_tokens: int = Field(1_500_000, ge=0, description="Stop once this many new tokens were generated in training: the budget every algorithm is compared at (0 = no limit).")
+    max_train_time_s: float = Field(0.0, ge=0.0, description="Stop once the run has taken this many seconds (this process, evaluations included; the final evaluation still runs; 0 = no limit).")
     eval_every: int = Field(50, ge=0, description="Evaluate every N steps, plus before the first and after the last (0 = only those).")
     save_every: int = Field(50, ge=0, description="Write a checkpoint every N steps, plus at the end (0 = only at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
     threads: int = Field(2, ge=1, description="CPU threads for torch.")
     tensorboard: bool = Field(True, description="Write TensorBoard event files in the run directory.")
     plots: bool = Field(True, description="Draw PNG plots of the run at the end.")
-    progress: bool = Field(True, description="Show a progress bar.")
+    progress: bool = Field(True, description="Show a progress bar (when the output is not a terminal, e.g. a log file: plain progress lines instead).")
+    progress_every: int = Field(0, ge=0, description="Output not a terminal: a progress line every N steps, and at each evaluation and the last step (0 = whenever 30 s have passed).")
     overwrite: bool = Field(False, description="Allow a new run in an out_dir that already holds checkpoints (they are deleted).")
     plugins: list[str] = Field(default_factory=list, description="Python modules (pkg.module) or files (path/file.py) imported first: they register your own estimators, samplers, branch rules, losses, presets or trainer extensions (or name one directly as module:name).")
 
@@ -97,7 +99,7 @@ class TrainConfig(BaseModel):
     lora_target_modules: str | list[str] = Field("all-linear", description="Modules that get adapters: 'all-linear' or a list of module names (e.g. [q_proj, v_proj]).")
 
     # --- task --------------------------------------------------------------------------------------------------------
-    task: Literal["sum", "chain"] = Field("sum", description="Built-in task: 'sum' (multi-term sums, any order, ~4 steps) or 'chain' (labelled +/- chains carried forward, ~11 steps / ~90 tokens; brings model=testbed-chain and max_completion_length=128 unless set).")
+    task: Literal["sum", "chain", "arith"] = Field("sum", description="Built-in task: 'sum' (multi-term sums, any order, ~4 steps), 'chain' (labelled +/- chains carried forward, ~11 steps / ~90 tokens; brings model=testbed-chain and max_completion_length=128 unless set) or 'arith' (one- and two-step arithmetic word problems for real models, math reward, strict and lenient accuracy in evaluation).")
     task_min_terms: int = Field(3, ge=2, le=8, description="Fewest terms of a sum problem.")
     task_max_terms: int = Field(4, ge=2, le=8, description="Most terms of a sum problem.")
     task_max_value: int = Field(30, ge=2, le=999, description="Terms are drawn from 1..task_max_value.")
@@ -190,6 +192,7 @@ class TrainConfig(BaseModel):
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch (TRL: num_iterations).")
     mini_batch_size: int = Field(0, ge=0, description="Sequences per optimizer step (0 = the whole rollout batch).")
     micro_batch_size: int = Field(0, ge=0, description="Sequences per forward/backward pass; gradients accumulate over a mini-batch, with the same result (0 = the whole mini-batch in one pass). Also the rows per pass of the no-grad passes (reference, recomputed old log-probs).")
+    update_memory_gib: float = Field(0.0, ge=0.0, description="GiB for the activations and logits of one forward/backward pass: micro_batch_size (when 0), logits_chunk_tokens (when 0) and gradient_checkpointing (when not set) are chosen to fit it, the plan is printed at the start, and a run that cannot fit stops (0 = no budget; the real-model profile sets 2).")
     logits_chunk_tokens: int = Field(0, ge=0, description="Tokens whose full-vocabulary logits are materialised at once when computing log-probs (0 = auto: 0.5 GiB of float32 logits).")
     old_logp: Literal["auto", "sampler", "recompute"] = Field("auto", description="Old log-probs of the ratio: sampler = the sampler's everywhere (no extra pass; equal to a training forward only to float noise); recompute = a no-grad training forward before the updates (verl); auto = sampler on a CPU in float32, recompute otherwise. Under auto and recompute the first mini-batch of a batch uses its own forward's log-probs (exactly on-policy, ratio 1, layout-independent).")
     tis_cap: float | None = Field(None, gt=0.0, description="Truncated importance sampling: weight each token's policy-gradient term by min(pi_old / pi_behaviour, tis_cap) (needs recomputed old log-probs; null = off).")

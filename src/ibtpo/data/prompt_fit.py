@@ -21,19 +21,19 @@ def context_window(model) -> int | None:
     return int(n) if isinstance(n, int) and n > 0 else None
 
 
-def fit_prompts(cfg, question_sets: dict[str, Iterable], tokenizer, model) -> None:
+def fit_prompts(cfg, question_sets: dict[str, Iterable], tokenizer, model) -> int:
     """Make sure every question fits the model's context window with a full completion, tokenizing each prompt once.
 
     When the completion cap came from the real-model profile (the user did not set it) and leaves no room for the
     longest prompt, the cap is lowered to what fits (recorded in ``cfg._profile``, so the start line shows it).
     Otherwise raise DataError (one line naming the set and question id) for the first question whose prompt plus
     ``cfg.max_completion_length`` exceeds the window. `question_sets`: name -> objects with ``id`` and ``prompt``
-    (rendered text)."""
+    (rendered text). Returns the longest prompt's length in tokens."""
     window = context_window(model)
-    if window is None:
-        return
     lengths = list(_prompt_lengths(question_sets, tokenizer))
     longest = max((n for *_, n in lengths), default=0)
+    if window is None:
+        return longest
     if ("max_completion_length" in cfg._profile and longest + cfg.max_completion_length > window
             and window - longest >= 1):
         cfg.max_completion_length = window - longest
@@ -50,6 +50,7 @@ def fit_prompts(cfg, question_sets: dict[str, Iterable], tokenizer, model) -> No
                             f"{n + max_completion_length:,} positions, but the model's context window "
                             f"is {window:,} (max_position_embeddings); shorten or drop the question, or lower "
                             f"max_completion_length")
+    return longest
 
 
 def _prompt_lengths(question_sets: dict[str, Iterable], tokenizer):

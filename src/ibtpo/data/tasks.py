@@ -37,10 +37,14 @@ class PromptedQuestion:
 
 
 def build_task(cfg):
-    """The built-in task generator of ``cfg.task``: sum (``ibtpo.testbed.task``) or chain (``ibtpo.testbed.chain``)."""
+    """The built-in task generator of ``cfg.task``: sum (``ibtpo.testbed.task``), chain (``ibtpo.testbed.chain``) or
+    arith (word problems for real models, ``ibtpo.data.word_problems``)."""
     from ibtpo.testbed.chain import ChainTask
     from ibtpo.testbed.task import SumTask
+    from ibtpo.data.word_problems import WordProblemTask
 
+    if cfg.task == "arith":
+        return WordProblemTask(seed=cfg.task_seed, test_size=cfg.test_size)
     if cfg.task == "chain":
         return ChainTask(min_ops=cfg.chain_min_ops, max_ops=cfg.chain_max_ops, max_operand=cfg.chain_max_operand,
                          max_total=cfg.chain_max_total, seed=cfg.task_seed, test_size=cfg.test_size,
@@ -50,15 +54,31 @@ def build_task(cfg):
 
 
 class BuiltinSource:
-    """A built-in CPU testbed task (``task=sum`` or ``task=chain``): one test split named after the task."""
+    """A built-in task (``task=sum``, ``chain`` or ``arith``): one test split named after the task.
 
-    def __init__(self, cfg):
+    The testbed tasks' prompts are used as they are. ``arith`` is for real models: its questions get
+    ``prompt_template`` (default: the task's "Answer: X" instruction) and the chat template (``chat_template``)
+    when a tokenizer is given."""
+
+    def __init__(self, cfg, tokenizer=None):
         self.name = cfg.task
         self.task = build_task(cfg)
+        self._render = None
+        if cfg.task == "arith":
+            from ibtpo.data.datasets import resolve_prompt_template
+            from ibtpo.data.word_problems import INSTRUCTION
 
-    @staticmethod
-    def _prompt(p) -> PromptedQuestion:
-        return PromptedQuestion(p.id, p.prompt, p.answer)
+            template = resolve_prompt_template(cfg.prompt_template) or INSTRUCTION
+            chat = cfg.chat_template
+
+            def render(text: str) -> str:
+                prompt = template.replace("{prompt}", text)
+                return prompt if tokenizer is None else render_prompt(prompt, tokenizer, chat)
+
+            self._render = render
+
+    def _prompt(self, p) -> PromptedQuestion:
+        return PromptedQuestion(p.id, self._render(p.prompt) if self._render else p.prompt, p.answer)
 
     def train_problem(self, index: int) -> PromptedQuestion:
         return self._prompt(self.task.train_problem(index))
@@ -142,7 +162,7 @@ SumSource = BuiltinSource
 def build_source(cfg, tokenizer) -> BuiltinSource | FileSource:
     """The question source of a run: dataset files when ``dataset`` or ``eval_datasets`` is set, else the built-in
     task (``eval_datasets`` alone serves ``ibtpo eval``; training needs ``dataset``)."""
-    return FileSource(cfg, tokenizer) if cfg.dataset or cfg.eval_datasets else SumSource(cfg)
+    return FileSource(cfg, tokenizer) if cfg.dataset or cfg.eval_datasets else BuiltinSource(cfg, tokenizer)
 
 
 @dataclass
@@ -155,6 +175,8 @@ class Rewards:
     """The answer check alone, what evaluation scores (a completion with reward >= 1 counts as correct)."""
     extract: Any
     """Final answer of a completion as a comparable string, for maj@k (None: no answer)."""
+    formats: dict = field(default_factory=dict)
+    """Extra evaluation scores, name -> fn(completion text, answer) -> bool (``task=arith``: strict and lenient)."""
 
 
 def build_rewards(cfg) -> Rewards:
@@ -162,12 +184,15 @@ def build_rewards(cfg) -> Rewards:
     questions come from dataset files, for training or evaluation) and ``format_reward_weight``."""
     from ibtpo.rewards.functions import GuardedReward, extract_math_answer, load_reward_fn, weighted_sum
     from ibtpo.testbed.task import extract_answer
+    from ibtpo.data.word_problems import FORMAT_SCORES
 
-    name = cfg.reward_fn if cfg.reward_fn != "auto" else ("math" if cfg.dataset or cfg.eval_datasets else cfg.task)
+    files = bool(cfg.dataset or cfg.eval_datasets)
+    name = cfg.reward_fn if cfg.reward_fn != "auto" else ("math" if files or cfg.task == "arith" else cfg.task)
     check = load_reward_fn(name)
     train = check
     if cfg.format_reward_weight > 0:
         train = weighted_sum([check, load_reward_fn("format")], [1.0, cfg.format_reward_weight])
     return Rewards(train=GuardedReward(train, name, on_error=cfg.reward_errors),
                    check=GuardedReward(check, name, on_error=cfg.reward_errors),
-                   extract=extract_answer if name in ("sum", "chain") else extract_math_answer)
+                   extract=extract_answer if name in ("sum", "chain") else extract_math_answer,
+                   formats=dict(FORMAT_SCORES) if cfg.task == "arith" and not files else {})

@@ -58,7 +58,7 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
              extract: Callable[[str], str | None] | None = None,
              on_batch: Callable[[int], None] | None = None, top_p: float = 1.0,
              samples: list[dict] | None = None, max_rows: int = 0, backend: str = "auto",
-             slots_gib: float = 0.0) -> dict[str, float]:
+             slots_gib: float = 0.0, formats: dict[str, Callable[[str, str], bool]] | None = None) -> dict[str, float]:
     """Sample k completions per problem (and one greedy) and score them; returns avg@k, pass@k, maj@k, greedy acc,
     the mean sampled length and ``cap_hit_rate`` (share of all completions, sampled and greedy, that reached
     `max_new_tokens` without an end-of-sequence token).
@@ -69,7 +69,8 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
     (auto: static on CUDA, eager elsewhere; ``backends.factory``) and `slots_gib` its KV slots.
     `samples`, when given, receives one record per completion (question id, sample index or "greedy", answer,
     completion, extracted answer, score, tokens, hit_cap, prompt). Completions end at the tokenizer's EOS or any
-    EOS id of the model's generation config.
+    EOS id of the model's generation config. `formats` (name -> fn(completion, answer) -> bool) adds, per name,
+    ``NAME_avg@k`` (share of the sampled completions it accepts) and ``NAME_greedy_acc`` (of the greedy ones).
     """
     was_training = model.training
     model.eval()
@@ -91,6 +92,8 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
         capped += sum(not g.finished for g in gens)
         if samples is not None:
             samples += _records(chunk, flat, gens, scores, k, extract, lambda j: j)
+        for name, fn in (formats or {}).items():
+            totals[f"{name}_avg"] += sum(fn(t, chunk[j // k].answer) for j, t in enumerate(flat)) / k
         for i in range(len(chunk)):
             grp = flat[i * k:(i + 1) * k]
             ok = [is_correct(s) for s in scores[i * k:(i + 1) * k]]
@@ -105,6 +108,8 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
             gtexts, gscores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk],
                                                 [g.token_ids for g in gg], _columns(chunk, 1))
             totals["greedy"] += sum(is_correct(s) for s in gscores)
+            for name, fn in (formats or {}).items():
+                totals[f"{name}_greedy"] += sum(fn(t, q.answer) for t, q in zip(gtexts, chunk))
             capped += sum(not g.finished for g in gg)
             if samples is not None:
                 samples += _records(chunk, gtexts, gg, gscores, 1, extract, lambda j: "greedy")
@@ -118,6 +123,10 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
         out[f"maj@{k}"] = totals["maj"] / n
     if greedy:
         out["greedy_acc"] = totals["greedy"] / n
+    for name in formats or {}:
+        out[f"{name}_avg@{k}"] = totals[f"{name}_avg"] / n
+        if greedy:
+            out[f"{name}_greedy_acc"] = totals[f"{name}_greedy"] / n
     model.train(was_training)
     return out
 
@@ -154,7 +163,8 @@ def evaluate_sets(cfg, model, tokenizer, rewards, sets: dict[str, list], bar: Ca
                              seed=cfg.seed + EVAL_SEED_OFFSET, extract=rewards.extract,
                              batch_questions=cfg.eval_batch_questions, samples=found,
                              on_batch=progress.on_batch if progress else None, max_rows=cfg.rollout_max_rows,
-                             backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
+                             backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib,
+                             formats=getattr(rewards, "formats", None))
         if progress:
             progress.close()
         if found is not None:

@@ -52,3 +52,49 @@ class PhaseBar:
 def phase(progress: Progress | None) -> Callable[[str, int], PhaseBar]:
     """A factory of :class:`PhaseBar` on `progress` (what the trainer's evaluate/probe take)."""
     return lambda label, total: PhaseBar(progress, label, total)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(0.0, seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}h{rest // 60:02d}m{rest % 60:02d}s" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class LogLines:
+    """Plain progress lines for a log (stdout/stderr not a terminal: ``ibtpo train > log``, a batch job), where a
+    live bar shows nothing until the end: one line every `every` steps (0 = whenever `every_s` seconds passed since
+    the last line), and at every evaluation and the last step.
+
+    A line: ``step 12/100  tokens 45,312/500,000  reward 0.312  acc 0.281  tok/s 1,234  elapsed 2m10s  ETA 5m03s``
+    (acc: the primary evaluation set's, when that step evaluated; ETA: from the budget that stops the run)."""
+
+    def __init__(self, write: Callable[[str], None], every: int = 0, every_s: float = 30.0, clock=None):
+        import time
+
+        self.write, self.every, self.every_s = write, every, every_s
+        self.clock = clock or time.perf_counter
+        self.start = self.last = self.clock()
+
+    def step(self, step: int, max_steps: int, tokens: int, max_tokens: int, unit: str, metrics: dict[str, float],
+             acc: float | None = None, force: bool = False) -> str | None:
+        """Write (and return) the line of `step` when one is due; `unit` ("steps" or "tokens") names the budget
+        that stops the run, for the ETA."""
+        now = self.clock()
+        due = (step % self.every == 0) if self.every else (now - self.last >= self.every_s)
+        if not (due or force or acc is not None or step == 1):
+            return None
+        self.last = now
+        elapsed = now - self.start
+        done, total = (tokens, max_tokens) if unit == "tokens" else (step, max_steps)
+        eta = elapsed * (total - done) / done if done > 0 and total > done else 0.0
+        parts = [f"step {step:,}/{max_steps:,}", f"tokens {tokens:,}" + (f"/{max_tokens:,}" if max_tokens else "")]
+        if "reward/mean" in metrics:
+            parts.append(f"reward {metrics['reward/mean']:.3f}")
+        if acc is not None:
+            parts.append(f"acc {acc:.3f}")
+        if "perf/tokens_per_s" in metrics:
+            parts.append(f"tok/s {metrics['perf/tokens_per_s']:,.0f}")
+        parts += [f"elapsed {_clock(elapsed)}", f"ETA {_clock(eta) if done > 0 else '-'}"]
+        line = "  ".join(parts)
+        self.write(line)
+        return line

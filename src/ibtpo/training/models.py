@@ -157,13 +157,18 @@ def load_policy(name: str, dtype: str = "float32", gradient_checkpointing: bool 
     else:
         model, tokenizer = _from_pretrained(name, dtype)
     _check_pair(model, tokenizer, str(path if path.exists() else name))
-    if gradient_checkpointing:  # transformers >= 5.x names it activation checkpointing
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:
+        enable_checkpointing(model)
     return model, tokenizer
+
+
+def enable_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing of `model`'s layers (through a peft wrapper too)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x names it so
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def resolve_device(name: str) -> torch.device:

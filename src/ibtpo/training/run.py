@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ibtpo.config.schema import TrainConfig
 from ibtpo.rollout.samplers import SAMPLERS
-from ibtpo.reporting.progress import binding_budget, phase, run_progress
+from ibtpo.reporting.progress import LogLines, binding_budget, phase, run_progress
 from ibtpo.training.checkpoint import clean_temporary, latest_checkpoint
 from ibtpo.training.distributed import is_writer
 from ibtpo.training.lock import RunLock
@@ -29,8 +29,11 @@ def _print_setup(console: Console, trainer: Trainer) -> None:
     line = describe_profile(cfg._profile)
     if line:
         console.print(line, soft_wrap=True)
-    if cfg.dataset or cfg.eval_datasets:
-        console.print(describe_prompting(cfg.chat_template, cfg.prompt_template, trainer.tokenizer), soft_wrap=True)
+    if cfg.dataset or cfg.eval_datasets or cfg.task == "arith":
+        template = cfg.prompt_template or ("answer_line" if cfg.task == "arith" and not cfg.dataset else None)
+        console.print(describe_prompting(cfg.chat_template, template, trainer.tokenizer), soft_wrap=True)
+    if trainer.memory_plan is not None:
+        console.print(trainer.memory_plan.describe(), soft_wrap=True, markup=False)
 
 
 class RunIOError(RuntimeError):
@@ -88,13 +91,19 @@ def _train(cfg: TrainConfig, resume: bool, console: Console) -> dict:
         unit = binding_budget(cfg.max_steps, cfg.max_tokens, trainer.step, trainer.tokens, bound)
         return (unit, trainer.tokens, cfg.max_tokens) if unit == "tokens" else (unit, trainer.step, cfg.max_steps)
 
-    with run_progress(console, cfg.progress) as progress:
+    lines = None  # a log instead of a terminal: plain lines, since a live bar shows nothing until the end
+    if cfg.progress and not console.is_terminal:
+        lines = LogLines(lambda text: console.print(text, soft_wrap=True, markup=False, highlight=False),
+                         cfg.progress_every)
+    with run_progress(console, cfg.progress and lines is None) as progress:
         bars = phase(progress)
         if trainer.step == 0:
             last_eval = trainer.evaluate(bars)
             for line in warn.after_eval(last_eval):
                 console.print(f"[yellow]{line}[/yellow]", soft_wrap=True)
             trainer.logger.log(0, {**last_eval, **(trainer.probe(bars) if cfg.ib_probe_every else {})})
+            if lines is not None and acc_key in last_eval:
+                lines.step(0, cfg.max_steps, 0, cfg.max_tokens, bar_state()[0], {}, last_eval[acc_key])
         unit, done, total = bar_state()
         task = progress.add_task(unit, total=total, completed=done, info="reward -  acc -") if progress else None
         while not trainer.done():
@@ -109,6 +118,10 @@ def _train(cfg: TrainConfig, resume: bool, console: Console) -> dict:
             trainer.logger.log(trainer.step, metrics)
             if trainer.done() or (cfg.save_every and trainer.step % cfg.save_every == 0):
                 trainer.save()
+            if lines is not None:
+                evaluated = acc_key in metrics
+                lines.step(trainer.step, cfg.max_steps, trainer.tokens, cfg.max_tokens, bar_state()[0], metrics,
+                           metrics[acc_key] if evaluated else None, force=trainer.done())
             if progress is not None:
                 acc = f"{last_eval[acc_key]:.3f}" if acc_key in last_eval else "-"
                 unit, done, total = bar_state()

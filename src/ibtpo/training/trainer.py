@@ -33,7 +33,7 @@ from ibtpo.config.components import advantage_estimator, loss_config, rollout_sa
 from ibtpo.config.schema import ConfigError, TrainConfig, check_training, save_config
 from ibtpo.evaluation.heldout import evaluate_sets, write_samples
 from ibtpo.methods.ib_tpo import tree_ib_stats
-from ibtpo.training.models import add_lora, is_lora, load_policy, resolve_device
+from ibtpo.training.models import add_lora, enable_checkpointing, is_lora, load_policy, resolve_device
 from ibtpo.evaluation.probe import PROBE_SEED_OFFSET, grow_probe, probe_metrics
 from ibtpo.data.prompt_fit import fit_prompts, run_question_sets
 from ibtpo.rollout.grow import grow_problem_trees
@@ -48,6 +48,7 @@ from ibtpo.training.checkpoint import (load_trainer_state, resume_point, rng_sta
 from ibtpo.algos.extensions import build_extensions
 from ibtpo.training.dist_checkpoint import rank_rng, restore_optimizer, save_data_parallel
 from ibtpo.training.distributed import DataParallel, NullLogger, is_writer, rank_device
+from ibtpo.training.memory import MemoryPlanError, plan_run, return_freed_buffers
 from ibtpo.training.metrics import MetricsLogger
 from ibtpo.core.tree import Tree
 from ibtpo.training.update import LogpGap, MiniBatch, accumulate_gradients, truncated_is_weights
@@ -61,6 +62,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         self.cfg = check_training(cfg)
+        self.started, self.time_up = time.perf_counter(), False  # max_train_time_s counts from here
         self.run_dir = Path(cfg.out_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(cfg.threads)
@@ -89,7 +91,10 @@ class Trainer:
                                    cfg.lora_target_modules)
         self.policy.train()
         self.source = build_source(cfg, self.tokenizer)
-        fit_prompts(cfg, run_question_sets(self.source, cfg.questions_per_step), self.tokenizer, self.policy)
+        longest = fit_prompts(cfg, run_question_sets(self.source, cfg.questions_per_step), self.tokenizer, self.policy)
+        self.memory_plan = None
+        if cfg.update_memory_gib > 0:  # micro-batches (and checkpointing) sized from the budget, before any work
+            self.cfg = cfg = self._apply_memory_plan(cfg, longest)
         self.ref = None
         if cfg.beta > 0 and not is_lora(self.policy):  # frozen reference for the KL term (LoRA: adapters disabled)
             self.ref, _ = load_policy(cfg.model, cfg.dtype)
@@ -129,6 +134,25 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir, cfg.tensorboard, resume_step=self.step if ckpt else None)
         save_config(cfg, self.run_dir / "config.yaml")
 
+    def _apply_memory_plan(self, cfg: TrainConfig, longest_prompt: int) -> TrainConfig:
+        """Plan the update's memory (``training.memory``); the config with the chosen micro-batch settings."""
+        group = SAMPLERS.get(cfg.sampler).shape(cfg).group_size
+        reference = cfg.beta > 0 and not is_lora(self.policy)
+        try:
+            plan = plan_run(cfg, self.policy, longest_prompt, group, self.device, reference)
+        except MemoryPlanError as exc:
+            raise ConfigError(str(exc)) from None
+        if plan.gradient_checkpointing and not cfg.gradient_checkpointing:
+            enable_checkpointing(self.policy)
+        if self.device.type == "cpu":  # freed activation buffers go back to the system (glibc)
+            return_freed_buffers()
+        self.memory_plan = plan
+        chosen = {"micro_batch_size": plan.micro_batch_size, "gradient_checkpointing": plan.gradient_checkpointing,
+                  "logits_chunk_tokens": plan.logits_chunk_tokens}
+        updated = cfg.model_copy(update=chosen)
+        updated._profile = cfg._profile
+        return updated
+
     # ----------------------------------------------------------------------------------------------------------------
     def _lr_factor(self, opt_step: int) -> float:
         cfg = self.cfg
@@ -151,6 +175,8 @@ class Trainer:
 
     def done(self) -> bool:
         cfg = self.cfg
+        if self.time_up:  # max_train_time_s, read once at the end of each step
+            return True
         return self.step >= cfg.max_steps or (cfg.max_tokens > 0 and self.tokens >= cfg.max_tokens)
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -392,6 +418,8 @@ class Trainer:
         t_update = time.perf_counter() - t1
         self.step += 1
         self.tokens += new_tokens
+        limit = self.cfg.max_train_time_s
+        self.time_up = limit > 0 and time.perf_counter() - self.started >= limit
         dt = time.perf_counter() - t0
         metrics.update({"train/tokens": self.tokens, "train/questions": self.data_pos,
                         "perf/step_time_s": dt, "perf/rollout_time_s": t_roll,
