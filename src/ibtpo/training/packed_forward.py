@@ -110,3 +110,24 @@ def choose_layout(requested: str, model, blockers: list[str]) -> tuple[str, str]
     if requested == "packed":
         raise ValueError(f"train_layout=packed: {reasons[0]}")
     return "flattened", f"train_layout=auto: flattened rows, since {reasons[0]}"
+
+
+def packed_batch_logprobs(model, batch, row_tokens: int, micro_tokens: int, temperature: float,
+                          device: torch.device, chunk_tokens: int = 0, whole: bool = False, kind: str | None = None,
+                          lockstep=None) -> torch.Tensor:
+    """No-grad per-path token log-probs (N, T) of a whole batch on CPU, one pass per micro-batch of packed rows
+    (``plan_parts``). `lockstep(n)` -> the passes every rank runs (a sharded model's all-gathers pair up; the extra
+    passes re-run the first path and are dropped); None = this rank's own."""
+    from ibtpo.training.packed import pack_paths, plan_parts
+
+    parts = plan_parts(batch, torch.arange(batch.size), row_tokens, micro_tokens)
+    out = torch.zeros(batch.size, batch.input_ids.shape[1] - 1)
+    passes = lockstep(len(parts)) if lockstep is not None else len(parts)
+    with torch.no_grad():
+        for i in range(passes):
+            rows = parts[i] if i < len(parts) else torch.zeros(1, dtype=torch.long)
+            logp = packed_logprobs(model, pack_paths(batch, rows, row_tokens), temperature, device, chunk_tokens,
+                                   whole, kind)[0]
+            if i < len(parts):
+                out[rows] = logp.float().cpu()
+    return out
