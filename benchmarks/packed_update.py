@@ -19,9 +19,11 @@ no KL reference); "reference" = the no-grad log-prob pass over the batch (``Trai
 reference and recomputed old log-probs cost). Both layouts run with the same ``micro_batch_size``: a packed
 micro-batch holds at most micro_batch_size x the batch's longest path tokens, what a flattened one may pad to.
 "tokens forward" counts every position the model runs (padding included; flattened trims each micro-batch to its
-longest row). Each (case, layout) runs in its own process so that peak memory is its own: on CUDA
-``torch.cuda.max_memory_allocated``; on CPU the growth of the process's peak resident set over its size before the
-first measured pass (``ru_maxrss``; includes allocator slack).
+longest row). Wall times come from one process per case that alternates the layouts repeat by repeat (after one warm-up round),
+so that a change of machine load hits both; peak memory from one process per (case, layout), so that each peak is
+its own: on CUDA ``torch.cuda.max_memory_allocated`` over the allocation before the pass; on CPU the growth of the
+process's peak resident set over its size before the first measured pass (``ru_maxrss``; includes allocator slack;
+the update's figure is a high-water mark over both passes).
 """
 
 from __future__ import annotations
@@ -108,13 +110,12 @@ def _rss_now_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def child(spec_path: str, layout: str) -> dict:
+def _setup(spec: dict, layout: str):
+    """(trainer, batch, advantages) of a spec, the trainer set to `layout`."""
     from ibtpo.training.batch import flatten_paths
-    from ibtpo.training.packed import pack_paths, plan_parts, row_budget
     from ibtpo.training.packed_forward import attention_kind
     from ibtpo.training.trainer import Trainer
 
-    spec = pickle.loads(Path(spec_path).read_bytes())
     device = torch.device(spec["device"])
     torch.set_num_threads(spec["threads"])
     over = {**spec["config"], "train_layout": layout, "device": spec["device"], "threads": spec["threads"],
@@ -134,63 +135,78 @@ def child(spec_path: str, layout: str) -> dict:
         trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda _: 1.0)
         trainer.mask_kind = attention_kind(model)
     trainer.layout = layout
-    trees = spec["trees"]
-    batch = flatten_paths(trees, 0)
+    batch = flatten_paths(spec["trees"], 0)
     gen = torch.Generator().manual_seed(0)
     advantages = torch.randn(batch.response_mask.shape, generator=gen) * batch.response_mask
-    cfg = trainer.cfg
-    rows = torch.arange(batch.size)
+    return trainer, batch, advantages
+
+
+def _token_counts(trainer, batch, layout: str) -> dict:
+    from ibtpo.training.packed import pack_paths, plan_parts, row_budget
+
+    cfg, rows = trainer.cfg, torch.arange(batch.size)
     if layout == "packed":
         row_tokens, micro_tokens = row_budget(batch, cfg.pack_row_tokens, cfg.micro_batch_size)
         packs = [pack_paths(batch, part, row_tokens) for part in plan_parts(batch, rows, row_tokens, micro_tokens)]
-        forward = sum(p.shape[0] * p.shape[1] for p in packs)
-        real = sum(p.tokens for p in packs)
-        micro_shapes = [list(p.shape) for p in packs]
+        forward, real = sum(p.shape[0] * p.shape[1] for p in packs), sum(p.tokens for p in packs)
+        shapes = [list(p.shape) for p in packs]
     else:
         lengths = batch.attention_mask.sum(-1)
         parts = rows.split(cfg.micro_batch_size or batch.size)
-        forward = sum(len(p) * int(lengths[p].max()) for p in parts)
-        real = int(lengths.sum())
-        micro_shapes = [[len(p), int(lengths[p].max())] for p in parts]
+        forward, real = sum(len(p) * int(lengths[p].max()) for p in parts), int(lengths.sum())
+        shapes = [[len(p), int(lengths[p].max())] for p in parts]
+    return {"paths": batch.size, "path_tokens": int(batch.attention_mask.sum()), "tokens_forward": forward,
+            "real_tokens_forward": real, "micro_batches": shapes}
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
-    def peak_start():
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def child_times(spec: dict) -> dict:
+    """Wall times of both layouts in one process, alternating layouts repeat by repeat (load drift hits both)."""
+    trainer, batch, advantages = _setup(spec, "flattened")
+    device = trainer.device
+    passes = {"reference": lambda: trainer.batch_logprobs(trainer.policy, batch),
+              "update": lambda: trainer.update(batch, advantages)}
+    times = {(layout, name): [] for layout in ("flattened", "packed") for name in passes}
+    for i in range(spec["repeats"] + 1):  # the first round warms up
+        for layout in ("flattened", "packed") if i % 2 == 0 else ("packed", "flattened"):
+            trainer.layout = layout
+            for name, run in passes.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                run()
+                _sync(device)
+                if i:
+                    times[layout, name].append(time.perf_counter() - t0)
+    out = {}
+    for layout in ("flattened", "packed"):
+        trainer.layout = layout
+        out[layout] = {**_token_counts(trainer, batch, layout),
+                       **{f"{name}_s": statistics.median(times[layout, name]) for name in passes},
+                       **{f"{name}_times_s": times[layout, name] for name in passes}}
+    return out
+
+
+def child_memory(spec: dict, layout: str) -> dict:
+    """Peak memory of one reference pass, then of one update, of one layout (its own process)."""
+    trainer, batch, advantages = _setup(spec, layout)
+    device = trainer.device
+    out = {}
+    for name, run in (("reference", lambda: trainer.batch_logprobs(trainer.policy, batch)),
+                      ("update", lambda: trainer.update(batch, advantages))):
+        _sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-            return torch.cuda.memory_allocated()
-        return _rss_now_bytes()
-
-    def peak_end(base):
-        if device.type == "cuda":
-            return torch.cuda.max_memory_allocated() - base
-        return _rss_peak_bytes() - base
-
-    out = {"layout": layout, "paths": batch.size, "trees": len(trees), "path_tokens": int(batch.attention_mask.sum()),
-           "tokens_forward": forward, "real_tokens_forward": real, "micro_batches": micro_shapes}
-    trainer.batch_logprobs(trainer.policy, batch)  # warm-up (allocator, kernels)
-    base = peak_start()
-    times = []
-    for _ in range(spec["repeats"]):
-        sync()
-        t0 = time.perf_counter()
-        trainer.batch_logprobs(trainer.policy, batch)
-        sync()
-        times.append(time.perf_counter() - t0)
-    out["reference_s"], out["reference_peak_mib"] = statistics.median(times), peak_end(base) / 2**20
-    trainer.update(batch, advantages)  # warm-up
-    base = peak_start() if device.type == "cuda" else base
-    times = []
-    for _ in range(spec["repeats"]):
-        sync()
-        t0 = time.perf_counter()
-        trainer.update(batch, advantages)
-        sync()
-        times.append(time.perf_counter() - t0)
-    out["update_s"], out["update_peak_mib"] = statistics.median(times), peak_end(base) / 2**20
-    out["update_times_s"] = times
+            base = torch.cuda.memory_allocated()
+            run()
+            out[f"{name}_peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        else:
+            base = _rss_now_bytes() if name == "reference" else base
+            run()
+            out[f"{name}_peak_mib"] = (_rss_peak_bytes() - base) / 2**20
     return out
 
 
@@ -200,8 +216,8 @@ def run_case(name: str, args) -> dict:
     if name in TESTBED:
         task, algorithm = TESTBED[name]
         trees, over = testbed_trees(task, algorithm, args.questions, args.seed)
-        spec.update(trees=trees, config={k: v for k, v in over.items() if k != "out_dir"},
-                    micro_batch_size=args.micro_batch_size)
+        spec.update(trees=trees, config={**{k: v for k, v in over.items() if k != "out_dir"},
+                                         "pack_row_tokens": args.row_tokens}, micro_batch_size=args.micro_batch_size)
     else:
         cuda = args.device == "cuda"
         shape = "qwen3-1.7b" if cuda else "tiny"
@@ -216,12 +232,16 @@ def run_case(name: str, args) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
         f.write(pickle.dumps(spec))
     result = {"case": name, "micro_batch_size": spec["micro_batch_size"]}
-    for layout in ("flattened", "packed"):
-        proc = subprocess.run([sys.executable, __file__, "--child", f.name, "--layout", layout], capture_output=True,
-                              text=True)
+
+    def launch(*extra):
+        proc = subprocess.run([sys.executable, __file__, "--child", f.name, *extra], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise SystemExit(f"{name} {layout}: {proc.stderr.strip().splitlines()[-1]}")
-        result[layout] = json.loads(proc.stdout.strip().splitlines()[-1])
+            raise SystemExit(f"{name} {' '.join(extra)}: {proc.stderr.strip().splitlines()[-1]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    result.update(launch())
+    for layout in ("flattened", "packed"):
+        result[layout].update(launch("--layout", layout))
     Path(f.name).unlink()
     f_, p_ = result["flattened"], result["packed"]
     result["token_ratio"] = f_["tokens_forward"] / p_["tokens_forward"]
@@ -245,6 +265,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--questions", type=int, default=16, help="testbed cases: questions per rollout batch")
     ap.add_argument("--micro-batch-size", type=int, default=0, help="testbed cases: micro_batch_size (0 = one pass)")
+    ap.add_argument("--row-tokens", type=int, default=0, help="testbed cases: pack_row_tokens (0 = auto)")
     ap.add_argument("--synth-questions", type=int, default=2, help="synthetic cases on CPU: trees in the batch")
     ap.add_argument("--synth-micro-batch-size", type=int, default=4, help="synthetic cases: micro_batch_size")
     ap.add_argument("--synth-row-tokens", type=int, default=0, help="synthetic cases: pack_row_tokens (0 = auto)")
@@ -256,7 +277,8 @@ def main() -> None:
     ap.add_argument("--layout", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.layout)))
+        spec = pickle.loads(Path(args.child).read_bytes())
+        print(json.dumps(child_memory(spec, args.layout) if args.layout else child_times(spec)))
         return
     results = [run_case(name, args) for name in args.cases.split(",")]
     head = (f"{'case':<13} {'mbs':>3} {'paths':>5} {'tok fwd flat':>12} {'packed':>8} {'ratio':>5} | "
