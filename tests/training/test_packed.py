@@ -337,3 +337,33 @@ def test_layout_choice_and_fallbacks(tmp_path, tiny_model_dir):
     assert trainer.layout == "flattened" and "IIB-LPO's latent codes" in trainer.layout_note
     with pytest.raises(ConfigError, match="train_layout=packed: IIB-LPO's latent codes"):
         _trainer(tmp_path / "packed", tiny_model_dir, train_layout="packed", **iib)
+
+
+def test_packed_when_impossible_is_one_line_exit_2(tmp_path, tiny_model_dir, capsys):
+    from ibtpo.cli import main
+
+    code = main(["train", f"model={tiny_model_dir}", f"out_dir={tmp_path / 'run'}", "algorithm=iib_lpo", "tree_b0=2",
+                 "iib_keep=4", "train_layout=packed", "questions_per_step=2", "max_completion_length=12",
+                 "tensorboard=false", "progress=false", "threads=1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "train_layout=packed: IIB-LPO's latent codes" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow  # FlexAttention compiles its kernels on first use (~30 s on 2 cores)
+def test_flex_attention_block_mask_gives_the_flattened_logprobs(tiny_model_dir):
+    """The FlexAttention path (BlockMask from the tree rule) on CPU; on CUDA the same mask, other kernels."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        flex = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="flex_attention").eval()
+    except (ImportError, ValueError) as exc:
+        pytest.skip(f"flex_attention unavailable: {exc}")
+    sdpa = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    batch = flatten_paths([_hand_tree(), _hand_tree((8, 9))], pad_id=0)
+    rows = torch.arange(batch.size)
+    with torch.no_grad():
+        got = packed_logprobs(flex, pack_paths(batch, rows, 64), 1.0, CPU)[0]
+        ref = padded_logprobs(sdpa, batch.input_ids, batch.attention_mask, rows, 1.0, CPU)[0]
+    m = batch.response_mask.bool()
+    torch.testing.assert_close(got[m], ref[m], atol=2e-5, rtol=1e-5)
