@@ -16,6 +16,7 @@ Hooks, in the order of a step (each has a do-nothing default):
 ``adjust_advantages``    change the estimator's advantages (e.g. add a bonus after the group normalisation)
 ``forward_kwargs``       extra ``token_logprobs`` keywords for some rows of the policy's forward passes
 ``state_dict``           state for checkpoints (under ``state_key``), restored by ``load_state_dict``
+``packed_blocker``       why the run cannot use the packed training layout ("" = it can; ``training.packed``)
 =======================  =======================================================================================
 """
 
@@ -59,6 +60,11 @@ class TrainerExtension:
 
     def state_dict(self) -> dict:
         return {}
+
+    def packed_blocker(self) -> str:
+        """Why the packed layout cannot reproduce this extension's forward passes ("" = it can). The packed layout
+        computes each shared token once, so per-path forward inputs (``forward_kwargs``) need the flattened rows."""
+        return ""
 
     def load_state_dict(self, state: dict) -> None:
         pass

@@ -69,16 +69,32 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     hidden = decoder(**_model_inputs(model, input_ids, attention_mask, embed_offset, offset_start)).last_hidden_state
     n, width = input_ids.shape[0], input_ids.shape[1] - 1
     flat_h = hidden[:, :-1, :].reshape(n * width, -1)
-    flat_t = input_ids[:, 1:].reshape(-1)
+    logp, entropy = head_logprobs(head, flat_h, input_ids[:, 1:].reshape(-1), temperature, chunk)
+    return logp.view(n, width), entropy.view(n, width)
+
+
+def head_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
+                  chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, H) final hidden states and (tokens,) targets -> ((tokens,) log-probs, (tokens,) entropies) through the
+    LM head, `chunk` tokens at a time, each chunk under activation checkpointing when gradients flow."""
     logps, ents = [], []
-    for h, t in zip(flat_h.split(chunk), flat_t.split(chunk)):
+    for h, t in zip(hidden.split(chunk), targets.split(chunk)):
         if torch.is_grad_enabled() and h.requires_grad:
             lp, ent = checkpoint(_chunk_logprobs, head, h, t, temperature, use_reentrant=False)
         else:
             lp, ent = _chunk_logprobs(head, h, t, temperature)
         logps.append(lp)
         ents.append(ent)
-    return torch.cat(logps).view(n, width), torch.cat(ents).view(n, width)
+    if not logps:
+        empty = hidden.new_zeros(0, dtype=torch.float)
+        return empty, empty
+    return torch.cat(logps), torch.cat(ents)
+
+
+def logits_logprobs(logits: torch.Tensor, targets: torch.Tensor,
+                    temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., V) logits and (...) targets -> (log-prob of each target, entropy), at `temperature`, in float32."""
+    return _head_logprobs(logits, targets, temperature)
 
 
 def _model_inputs(model, input_ids, attention_mask, embed_offset, offset_start) -> dict:

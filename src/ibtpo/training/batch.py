@@ -2,8 +2,9 @@
 
 Today's layout is *flattened paths*: every leaf's root-to-leaf path is one right-padded sequence (prompt + completion);
 leaves an IB filter dropped (``leaf.info["dropped"]``) get no row.
-It is the only place that knows the layout; a packed layout (one sequence per tree with a tree attention mask) can
-replace :func:`flatten_paths` without touching estimators, losses or the trainer loop.
+It is the reference layout: estimators, losses and selections always see these per-path tensors. The packed layout
+(``training.packed``: each tree's prompt and nodes once, with a tree attention mask) only changes how the model's
+forward passes compute the per-path log-probs; it reads the same batch.
 
 Per-token tensors are aligned with *predicted* tokens: column t refers to ``input_ids[:, t + 1]``, so they have
 width L - 1 for sequences of length L.
@@ -48,6 +49,8 @@ class TrainBatch:
     """(N, D) long: indices into ``nodes`` of each sequence's strict non-root ancestors (-1 padded)."""
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     """Per-row tensors (first dimension N) a method's trainer extension adds (e.g. IIB-LPO's latent codes)."""
+    prompt_lengths: torch.Tensor | None = None
+    """(N,) long, prompt tokens of each sequence (the packed layout, ``training.packed``, reads it)."""
 
     @property
     def size(self) -> int:
@@ -60,7 +63,7 @@ class TrainBatch:
         return TrainBatch(self.input_ids[rows], self.attention_mask[rows], self.response_mask[rows],
                           self.old_logp[rows], self.rewards[rows], self.group_ids[rows], [self.leaves[i] for i in idx],
                           pick(self.node_index), self.nodes, pick(self.ancestor_index),
-                          {k: v[rows] for k, v in self.extras.items()})
+                          {k: v[rows] for k, v in self.extras.items()}, pick(self.prompt_lengths))
 
 
 def node_stats(trees: list[Tree]) -> tuple[list[Node], NodeStats]:
@@ -147,6 +150,7 @@ def flatten_paths(trees: list[Tree], pad_id: int,
         nodes=stats,
         ancestor_index=ancestor_index,
         extras=extras,
+        prompt_lengths=torch.tensor([len(r[0]) for r in rows], dtype=torch.long),
     )
 
 

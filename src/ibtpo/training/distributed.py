@@ -253,15 +253,16 @@ class DataParallel:
             yield chunk[in_mine] - offset
 
     def accumulate_args(self, mask: torch.Tensor, mode: str, norm_length: int, micro_size: int,
-                        has_rows: bool) -> dict[str, Any]:
+                        has_rows: bool, local_parts: int | None = None) -> dict[str, Any]:
         """Keywords of ``update.accumulate_gradients`` for one mini-batch: the GLOBAL loss denominator, the number of
-        micro-batches every rank runs, the loss scale that undoes the wrapper's mean, and the gradient-sync context."""
+        micro-batches every rank runs, the loss scale that undoes the wrapper's mean, and the gradient-sync context.
+        `local_parts`: this rank's micro-batches when they are not runs of `micro_size` rows (packed layout)."""
         if mode == "token-mean":
             local = mask.float().sum() if has_rows else torch.zeros(())
         else:
             local = ((mask.sum(-1) > 0).float().sum() * (norm_length if mode == "seq-mean-token-sum-norm" else 1)
                      if has_rows else torch.zeros(()))
-        parts = -(-mask.shape[0] // micro_size) if micro_size else 1
+        parts = local_parts if local_parts is not None else (-(-mask.shape[0] // micro_size) if micro_size else 1)
         stats = torch.tensor([float(local), float(parts)], dtype=torch.float64)
         summed = stats.clone()
         dist.all_reduce(summed, op=dist.ReduceOp.SUM)

@@ -29,6 +29,8 @@ def _print_setup(console: Console, trainer: Trainer) -> None:
     line = describe_profile(cfg._profile)
     if line:
         console.print(line, soft_wrap=True)
+    if trainer.layout_note:  # train_layout=auto fell back to flattened rows
+        console.print(trainer.layout_note, soft_wrap=True, markup=False)
     if cfg.dataset or cfg.eval_datasets or cfg.task == "arith":
         template = cfg.prompt_template or ("answer_line" if cfg.task == "arith" and not cfg.dataset else None)
         console.print(describe_prompting(cfg.chat_template, template, trainer.tokenizer), soft_wrap=True)

@@ -5,7 +5,8 @@ One step:
   2. grow one tree per question (independent sampling = depth-one tree of ``num_generations`` leaves);
   3. reward every leaf with the run's reward function (the testbed verifier, math-verify, or a user function);
      a method's trainer extension may act here (``algos/extensions.py``; IIB-LPO fits its CVAE and filters);
-  4. lay the trees out as a training batch (``flatten_paths``) and compute advantages (registered estimator);
+  4. lay the trees out as a training batch (``flatten_paths``) and compute advantages (registered estimator); the
+     forward passes run on those rows or, with the packed layout, on each tree once (``training.packed``);
   5. ``ppo_epochs`` passes of mini-batch updates with the registered policy loss (+ k3 KL, - entropy bonus);
   6. log metrics, evaluate every ``eval_every`` steps, checkpoint every ``save_every`` steps, and probe the policy's
      IB-Score on fixed test questions every ``ib_probe_every`` steps (``evaluation.probe``; the cadence lives in
@@ -50,6 +51,8 @@ from ibtpo.training.dist_checkpoint import rank_rng, restore_optimizer, save_dat
 from ibtpo.training.distributed import DataParallel, NullLogger, is_writer, rank_device
 from ibtpo.training.memory import MemoryPlanError, plan_run, return_freed_buffers
 from ibtpo.training.metrics import MetricsLogger
+from ibtpo.training.packed import pack_paths, plan_parts, row_budget, scale_gradient, shared_token_weights
+from ibtpo.training.packed_forward import attention_kind, choose_layout, packed_batch_logprobs, packed_logprobs
 from ibtpo.core.tree import Tree
 from ibtpo.training.update import LogpGap, MiniBatch, accumulate_gradients, truncated_is_weights
 
@@ -104,6 +107,12 @@ class Trainer:
         self.extensions = build_extensions(self)  # a method's hooks (e.g. IIB-LPO), before the optimizer
         self.train_model = self.dp.wrap(self.policy, self.device) if self.dp else self.policy  # DDP, FSDP2
         self.params = [p for p in self.train_model.parameters() if p.requires_grad]
+        try:  # flattened rows or packed trees (training.packed); packing asked for but impossible: exit 2
+            self.layout, self.layout_note = choose_layout(cfg.train_layout, self.policy,
+                                                          [r for ext in self.extensions if (r := ext.packed_blocker())])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.mask_kind = attention_kind(self.policy)
         for ext in self.extensions:
             self.params += ext.parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -211,6 +220,10 @@ class Trainer:
 
     def batch_logprobs(self, model, batch: TrainBatch, offsets: bool = True) -> torch.Tensor:
         """No-grad token log-probs (N, T) of the whole batch under `model`, ``micro_batch_size`` rows per pass."""
+        if self.layout == "packed":
+            row_tokens, micro_tokens = row_budget(batch, self.cfg.pack_row_tokens, self.cfg.micro_batch_size)
+            return packed_batch_logprobs(model, batch, row_tokens, micro_tokens, self.cfg.temperature, self.device,
+                                         self.cfg.logits_chunk_tokens, kind=self.mask_kind)
         extra = (lambda rows: self.forward_kwargs(batch, rows)) if offsets else None  # noqa: E731
         return logprobs_in_chunks(model, batch.input_ids, batch.attention_mask, self.cfg.temperature,
                                   self.cfg.micro_batch_size, self.device, extra, self.cfg.logits_chunk_tokens)
@@ -235,6 +248,8 @@ class Trainer:
             pg_advantages = advantages * weights
         sums: dict[str, float] = {}
         count = 0
+        weights = shared_token_weights(batch, cfg.shared_token_weight)
+        budget = row_budget(batch, cfg.pack_row_tokens, cfg.micro_batch_size)
         for epoch in range(cfg.ppo_epochs):
             if self.dp is None:
                 order = (torch.randperm(batch.size, generator=self.generator) if mb < batch.size
@@ -251,14 +266,17 @@ class Trainer:
                                       ref_logp=None if ref_logp is None else ref_logp[rows].to(dev))
                 if not has_rows:
                     minibatch.mask = minibatch.mask * 0
+                parts = plan_parts(batch, rows, *budget) if self.layout == "packed" else None
                 dp_args = {} if self.dp is None else self.dp.accumulate_args(
-                    minibatch.mask, cfg.loss_agg_mode, cfg.max_completion_length, cfg.micro_batch_size, has_rows)
+                    minibatch.mask, cfg.loss_agg_mode, cfg.max_completion_length, cfg.micro_batch_size, has_rows,
+                    None if parts is None else len(parts))
                 # without a recompute pass, the first mini-batch's forward (weights not yet updated) gives the gap
                 first = not gap.count and epoch == 0 and count == 0
                 self.optimizer.zero_grad(set_to_none=True)
-                m = accumulate_gradients(self._forward_rows(batch, rows), minibatch, self.loss_fn, self.regularizers,
-                                         self.loss_cfg, cfg.micro_batch_size, TOKEN_SELECTORS.get(cfg.policy_loss),
-                                         self._gap_probe(gap, batch, rows) if first else None, **dp_args,
+                m = accumulate_gradients(self._forward_rows(batch, rows, weights, budget[0]), minibatch, self.loss_fn,
+                                         self.regularizers, self.loss_cfg, cfg.micro_batch_size,
+                                         TOKEN_SELECTORS.get(cfg.policy_loss),
+                                         self._gap_probe(gap, batch, rows) if first else None, parts=parts, **dp_args,
                                          on_policy=epoch == 0 and count == 0 and cfg.old_logp != "sampler")
                 m["actor/grad_norm"] = (self.dp.clip_grad_norm(self.params, cfg.max_grad_norm) if self.dp else
                                         float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)))
@@ -281,16 +299,28 @@ class Trainer:
             out["actor/kl"] = 0.0
         return out
 
-    def _forward_rows(self, batch: TrainBatch, rows: torch.Tensor):
-        """forward(sub) -> (logp, entropy) with gradients of mini-batch rows `rows[sub]`, on the device, computed on
-        the columns that are not padding in every one of them and padded back to the batch width."""
+    def _forward_rows(self, batch: TrainBatch, rows: torch.Tensor, weights: torch.Tensor | None = None,
+                      row_tokens: int = 0):
+        """forward(sub) -> (logp, entropy) with gradients of mini-batch rows `rows[sub]`, on the device, padded back
+        to the batch width: flattened rows on the columns that are not padding in every one of them, or the packed
+        rows of their trees (``row_tokens`` per row). `weights` (N, T): the gradient weights of shared tokens
+        (``shared_token_weight``; None = 1)."""
         cfg, dev = self.cfg, self.device
 
         def forward(sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             picked = rows[sub]
-            chunk = cfg.logits_chunk_tokens if self.dp is None else 2**62  # wrappers: through their own forward
-            return padded_logprobs(self.train_model, batch.input_ids, batch.attention_mask, picked, cfg.temperature,
-                                   dev, chunk, **self.forward_kwargs(batch, picked))
+            if self.layout == "packed":  # wrappers: through their own forward
+                logp, entropy = packed_logprobs(self.train_model, pack_paths(batch, picked, row_tokens),
+                                                cfg.temperature, dev, cfg.logits_chunk_tokens, self.dp is not None,
+                                                self.mask_kind)
+            else:
+                chunk = cfg.logits_chunk_tokens if self.dp is None else 2**62  # wrappers: through their own forward
+                logp, entropy = padded_logprobs(self.train_model, batch.input_ids, batch.attention_mask, picked,
+                                                cfg.temperature, dev, chunk, **self.forward_kwargs(batch, picked))
+            if weights is None:
+                return logp, entropy
+            w = weights[picked].to(dev)
+            return scale_gradient(logp, w), scale_gradient(entropy, w)
 
         return forward
 
@@ -303,6 +333,12 @@ class Trainer:
     def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         """Token log-probs (N, T) under the frozen reference: the base model (LoRA: adapters disabled); no grad,
         ``micro_batch_size`` rows per pass, on CPU."""
+        cfg = self.cfg
+        if self.ref is not None and self.layout == "packed" and self.dp is not None and self.dp.kind == "fsdp2":
+            row_tokens, micro_tokens = row_budget(batch, cfg.pack_row_tokens, cfg.micro_batch_size)
+            return packed_batch_logprobs(self.ref, batch, row_tokens, micro_tokens, cfg.temperature, self.device,
+                                         whole=True, kind=self.mask_kind,
+                                         lockstep=lambda n: max(self.dp.all_gather_int(n)))
         if self.ref is not None and self.dp is not None and self.dp.kind == "fsdp2":  # passes in lockstep
             return self.dp.sharded_logprobs(self.ref, batch.input_ids, batch.attention_mask, self.cfg.temperature,
                                             self.cfg.micro_batch_size, self.device)

@@ -52,7 +52,8 @@ def accumulate_gradients(forward: Forward, mb: MiniBatch, loss_fn, regularizers:
                          on_logp: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
                          denominator: torch.Tensor | None = None, n_parts: int | None = None, loss_scale: float = 1.0,
                          sync: Callable[[bool], Any] | None = None,
-                         global_select: Callable | None = None, on_policy: bool = False) -> dict[str, float]:
+                         global_select: Callable | None = None, on_policy: bool = False,
+                         parts: list[torch.Tensor] | None = None) -> dict[str, float]:
     """Backward the mini-batch loss in micro-batches of `micro_size` rows (0 = one pass); returns its metrics.
 
     Gradients are added to the parameters' ``.grad`` (zero them before). `selector`: the loss's whole-mini-batch token
@@ -70,8 +71,11 @@ def accumulate_gradients(forward: Forward, mb: MiniBatch, loss_fn, regularizers:
     loss x world size, undoing the wrapper's gradient mean), `sync(last)`, the context of each pass, and
     `global_select(selector, old_logp, logp, advantages, mask, cfg)`: this rank's rows of the token selection made
     over every rank's rows of the mini-batch.
+
+    `parts`: the micro-batches as lists of mini-batch rows, each row in exactly one (the packed layout's plan,
+    ``training.packed.plan_parts``); None = consecutive runs of `micro_size` rows.
     """
-    parts = list(torch.arange(mb.size).split(micro_size or mb.size))
+    parts = list(parts) if parts is not None else list(torch.arange(mb.size).split(micro_size or mb.size))
     real = len(parts)
     parts += [torch.zeros(1, dtype=torch.long)] * ((n_parts or real) - real)  # zero-weight passes (data parallel)
     select = None
@@ -83,6 +87,9 @@ def accumulate_gradients(forward: Forward, mb: MiniBatch, loss_fn, regularizers:
         with torch.no_grad():
             logps = [forward(rows)[0] for rows in parts]  # every part: sharded models forward in lockstep
         logp_all = torch.cat(logps[:real])
+        if parts is not None:  # back to mini-batch row order
+            logp_all = torch.empty_like(logp_all).index_copy_(0, torch.cat(parts[:real]).to(logp_all.device),
+                                                              logp_all)
         old_all = logp_all if on_policy else mb.old_logp
         if global_select is not None:
             select = global_select(selector, old_all, logp_all, mb.pg_advantages, mb.mask, cfg)

@@ -84,6 +84,13 @@ class IIBLPOExtension(TrainerExtension):
         return {"embed_offset": self.latent.injector(batch.extras["latent_z"][rows].to(device)),
                 "offset_start": batch.extras["latent_start"][rows].to(device)}
 
+    def packed_blocker(self) -> str:
+        """Latent codes offset a branch's input embeddings from its last prefix token on, a token its siblings share
+        with other codes: that token has one input per path, so the run needs flattened rows."""
+        if self.latent is None:
+            return ""
+        return "IIB-LPO's latent codes give a shared prefix token a different input embedding on each branch"
+
     def state_dict(self) -> dict:
         return {} if self.latent is None else self.latent.state_dict()
 
