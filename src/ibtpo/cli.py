@@ -7,7 +7,9 @@
                   [k=v ...]
     ibtpo pretrain [--out DIR] [steps=900 ...]
 
-Bad input ends with one line on stderr naming the culprit and exit code 2.
+Bad input ends with one line on stderr naming the culprit and exit code 2 (``IBTPO_TRACEBACK=1`` also prints the
+full trace). SIGINT and SIGTERM (what schedulers send on preemption) end the command with one line, the last checkpoint
+kept, exit code 130 / 143.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,9 +34,41 @@ class UsageError(Exception):
     """Bad command-line input (exit code 2)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: raised in the main thread by the handler :func:`_on_sigterm` installs, handled like Ctrl-C
+    (a KeyboardInterrupt, so every path that lets Ctrl-C through lets it through too)."""
+
+
+_SIGTERM_RECEIVED = False
+
+
+def _on_sigterm(signum, frame) -> None:
+    global _SIGTERM_RECEIVED
+    if not _SIGTERM_RECEIVED:  # once: the unwinding that follows must not be interrupted again
+        _SIGTERM_RECEIVED = True
+        raise Terminated()
+
+
+def _install_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def _fail(msg: str, code: int = 2) -> int:
+    from ibtpo.guard import trace_requested
+
+    if trace_requested() and sys.exc_info()[1] is not None:
+        import traceback
+
+        traceback.print_exc()
     print(f"ibtpo: error: {msg}", file=sys.stderr)
     return code
+
+
+def _interrupted() -> int:
+    if _SIGTERM_RECEIVED:
+        return _fail("interrupted (SIGTERM); the last checkpoint is kept", 128 + signal.SIGTERM)
+    return _fail("interrupted; the last checkpoint is kept", 130)
 
 
 def _split_config_path(rest: list[str]) -> tuple[str | None, list[str]]:
@@ -401,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     p_pre = sub.add_parser("pretrain", help="supervised warm-up that builds the testbed base policy")
     p_pre.add_argument("--out", default="runs/pretrain", help="where to save the policy and tokenizer")
     args, rest = parser.parse_known_args(argv)
+    _install_sigterm()
     _quiet_transformers()
     handlers = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "compare": cmd_compare,
                 "pretrain": cmd_pretrain, "components": cmd_components}
@@ -409,12 +446,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
-        return _fail("interrupted; the last checkpoint is kept", 130)
+        return _interrupted()
     except SystemExit as exc:  # argparse exits before this point: this one came from user code (a reward function)
         return _fail(f"the run called exit({exc.code!r}) (a reward function or other user code must return, not exit);"
                      f" the last checkpoint is kept")
     except Exception as exc:  # known one-line failures
+        if _SIGTERM_RECEIVED:  # e.g. a collective that failed because another rank stopped on SIGTERM first
+            return _interrupted()
         from ibtpo.data import DataError
+        from ibtpo.guard import ComponentError
+        from ibtpo.registry import RegistryError
         from ibtpo.models import ModelLoadError
         from ibtpo.reward_fns import RewardError
         from ibtpo.training.checkpoint import CheckpointError
@@ -423,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         from ibtpo.training.run import RunIOError
 
         if isinstance(exc, (ModelLoadError, DataError, RewardError, CheckpointError, RunLockedError, MetricsError,
-                            RunIOError, FileNotFoundError, FileExistsError)):
+                            RunIOError, ComponentError, RegistryError, FileNotFoundError, FileExistsError)):
             return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         if isinstance(exc, OSError):  # an I/O failure outside a run (an output file that cannot be written, ...)
             return _fail(f"{exc.filename or 'I/O'}: {exc.strerror or exc}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ibtpo.config import TrainConfig
+from ibtpo.guard import ComponentError
 from ibtpo.rollout.samplers import SAMPLERS
 from ibtpo.progress import binding_budget, phase, run_progress
 from ibtpo.training.checkpoint import clean_temporary, latest_checkpoint
@@ -98,7 +99,10 @@ def _train(cfg: TrainConfig, resume: bool, console: Console) -> dict:
         unit, done, total = bar_state()
         task = progress.add_task(unit, total=total, completed=done, info="reward -  acc -") if progress else None
         while not trainer.done():
-            metrics = trainer.train_step()
+            try:
+                metrics = trainer.train_step()
+            except ComponentError as exc:  # a user component (or non-finite values): name the step; nothing saved
+                raise exc.at_step(trainer.step + 1) from exc.__cause__
             for line in warn.after_step(metrics, last=trainer.done()):
                 console.print(f"[yellow]{line}[/yellow]", soft_wrap=True)
             if trainer.done() or (cfg.eval_every and trainer.step % cfg.eval_every == 0):

@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ibtpo.algos.losses import REGULARIZERS, TOKEN_SELECTORS, get_policy_loss, masked_mean
-from ibtpo.components import advantage_estimator, loss_config, rollout_sampling, tree_shape
+from ibtpo.algos.losses import TOKEN_SELECTORS, masked_mean
+from ibtpo.components import advantage_estimator, loss_config, policy_loss, regularizers, rollout_sampling, tree_shape
 from ibtpo.config import ConfigError, TrainConfig, check_training, save_config
 from ibtpo.evaluation import evaluate_sets, write_samples
+from ibtpo.guard import check_grad_norm
 from ibtpo.methods.ib_tpo import tree_ib_stats
 from ibtpo.models import add_lora, is_lora, load_policy, resolve_device
 from ibtpo.probe import PROBE_SEED_OFFSET, grow_probe, probe_metrics
@@ -104,10 +105,9 @@ class Trainer:
         self.shape = tree_shape(cfg)  # before the scheduler: its LR factor counts optimizer steps from the group size
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.adv_fn = advantage_estimator(cfg)  # the registered estimator with its options from the config
-        self.loss_fn = get_policy_loss(cfg.policy_loss)
+        self.loss_fn = policy_loss(cfg)  # guarded components (ibtpo.guard): one line naming a wrong one
         self.loss_cfg = loss_config(cfg)
-        self.regularizers = [REGULARIZERS.get(name) for name, coef in
-                             (("kl", cfg.beta), ("entropy", cfg.entropy_coef), ("ibro", cfg.ibro_coef)) if coef > 0]
+        self.regularizers = regularizers(cfg)  # kl <- beta, entropy, ibro: those with a coefficient > 0
         self.sampling = rollout_sampling(cfg)
         self.splitter = StepSplitter(self.tokenizer, cfg.step_delimiter, cfg.min_step_tokens)
         self.step, self.tokens, self.data_pos = 0, 0, 0
@@ -235,6 +235,7 @@ class Trainer:
                 m["actor/grad_norm"] = (self.dp.clip_grad_norm(self.params, cfg.max_grad_norm) if self.dp else
                                         float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)))
                 m["actor/lr"] = self.optimizer.param_groups[0]["lr"]
+                check_grad_norm(m["actor/grad_norm"])  # NaN/inf: stop before the weights change
                 self.optimizer.step()
                 self.scheduler.step()
                 for k, v in m.items():
