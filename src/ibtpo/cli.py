@@ -119,9 +119,13 @@ def _check_resume_changes(run_dir: Path, cfg, allowed: bool) -> None:
     """Refuse settings that break an exact continuation of the run in `run_dir` unless `allowed` (names them)."""
     import yaml
 
-    from ibtpo.resume_check import config_changes
+    from ibtpo.resume_check import config_changes, impossible_changes
 
     saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    impossible = impossible_changes(saved, cfg.model_dump())
+    if impossible:  # even with --allow-config-change
+        raise UsageError(f"--resume {run_dir}: this change cannot be continued from the checkpoint: "
+                         f"{'; '.join(impossible)}; start a new run in another out_dir instead")
     breaking, harmless = config_changes(saved, cfg.model_dump())
     if harmless:
         print(f"--resume: changed settings that keep the run exact: {'; '.join(harmless)}", file=sys.stderr)

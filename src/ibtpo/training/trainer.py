@@ -46,7 +46,7 @@ from ibtpo.training.batch import TrainBatch, flatten_paths, logprobs_in_chunks, 
 from ibtpo.training.checkpoint import (load_trainer_state, resume_point, rng_state, save_checkpoint,
                                        set_rng_state)
 from ibtpo.extensions import build_extensions
-from ibtpo.training.dist_checkpoint import rank_rng, restore_optimizer, save_data_parallel
+from ibtpo.training.dist_checkpoint import extension_state, rank_rng, restore_optimizer, save_data_parallel
 from ibtpo.training.distributed import DataParallel, NullLogger, is_writer, rank_device
 from ibtpo.training.metrics import MetricsLogger
 from ibtpo.tree import Tree
@@ -119,7 +119,7 @@ class Trainer:
             self.step, self.tokens, self.data_pos = state["step"], state["tokens"], state["data_pos"]
             for ext in self.extensions:
                 if ext.state_key:
-                    ext.load_state_dict(state[ext.state_key])
+                    ext.load_state_dict(extension_state(ckpt, state, ext.state_key))
         if ckpt is None and is_writer():  # a fresh run: everything loaded, an overwritten run's checkpoints can go
             shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         if not is_writer():  # data parallel: rank 0 writes metrics and config
