@@ -9,8 +9,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "ibtpo"
 
 LAYERS = [
-    ("core", ["registry", "correct", "tree_stats", "tree", "answers", "lm", "layouts", "profiles", "progress",
-              "watch", "plots", "resume_check", "tiny_models", "rollout.sampling", "rollout.steps",
+    ("core", ["registry", "guard", "timeouts", "interrupts", "correct", "tree_stats", "tree", "answers", "lm", "layouts",
+              "profiles", "progress", "watch", "plots", "resume_check", "tiny_models", "rollout.sampling", "rollout.steps",
               "rollout.static_forward", "training.lock", "training.metrics", "testbed.task", "testbed.model",
               "testbed.tokenizer", "methods.iib_lpo.core", "methods.iib_lpo.latent"]),
     ("algorithms", ["algos", "rewards", "reward_fns", "data", "testbed.chain", "testbed.pretrain", "extensions",

@@ -18,9 +18,7 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,26 +30,6 @@ from ibtpo.config import (ConfigError, build_config, check_training, config_help
 
 class UsageError(Exception):
     """Bad command-line input (exit code 2)."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM received: raised in the main thread by the handler :func:`_on_sigterm` installs, handled like Ctrl-C
-    (a KeyboardInterrupt, so every path that lets Ctrl-C through lets it through too)."""
-
-
-_SIGTERM_RECEIVED = False
-
-
-def _on_sigterm(signum, frame) -> None:
-    global _SIGTERM_RECEIVED
-    if not _SIGTERM_RECEIVED:  # once: the unwinding that follows must not be interrupted again
-        _SIGTERM_RECEIVED = True
-        raise Terminated()
-
-
-def _install_sigterm() -> None:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _fail(msg: str, code: int = 2) -> int:
@@ -66,9 +44,9 @@ def _fail(msg: str, code: int = 2) -> int:
 
 
 def _interrupted() -> int:
-    if _SIGTERM_RECEIVED:
-        return _fail("interrupted (SIGTERM); the last checkpoint is kept", 128 + signal.SIGTERM)
-    return _fail("interrupted; the last checkpoint is kept", 130)
+    from ibtpo.interrupts import message
+
+    return _fail(*message())
 
 
 def _split_config_path(rest: list[str]) -> tuple[str | None, list[str]]:
@@ -441,7 +419,17 @@ def main(argv: list[str] | None = None) -> int:
     p_pre = sub.add_parser("pretrain", help="supervised warm-up that builds the testbed base policy")
     p_pre.add_argument("--out", default="runs/pretrain", help="where to save the policy and tokenizer")
     args, rest = parser.parse_known_args(argv)
-    _install_sigterm()
+    from ibtpo import interrupts
+
+    previous = interrupts.install()
+    try:
+        return _run(args, rest)
+    finally:
+        interrupts.restore(previous)
+
+
+def _run(args: argparse.Namespace, rest: list[str]) -> int:
+    """The command, with every known failure turned into one line on stderr and its exit code."""
     _quiet_transformers()
     handlers = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "compare": cmd_compare,
                 "pretrain": cmd_pretrain, "components": cmd_components}
@@ -455,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"the run called exit({exc.code!r}) (a reward function or other user code must return, not exit);"
                      f" the last checkpoint is kept")
     except Exception as exc:  # known one-line failures
-        if _SIGTERM_RECEIVED:  # e.g. a collective that failed because another rank stopped on SIGTERM first
+        from ibtpo.interrupts import received
+
+        if received():  # e.g. a collective that failed because another rank stopped on SIGTERM first
             return _interrupted()
         from ibtpo.data import DataError
         from ibtpo.guard import ComponentError

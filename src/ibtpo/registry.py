@@ -167,6 +167,10 @@ class Registry(Generic[F]):
         """(name, component) pairs, sorted by name."""
         return [(n, self._items[n]) for n in self.names()]
 
+    def __len__(self) -> int:
+        self._load_builtins()
+        return len(self._items)
+
 
 def config_field(default: Any, config: str, doc: str = "") -> Any:
     """A dataclass field whose value, in a run, comes from run-config field `config` (see :func:`options_from`)."""
