@@ -193,20 +193,21 @@ def describe(value: Any) -> str:
     return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name} ({shown})"
 
 
+def shape_ok(value: torch.Tensor, shape: tuple | None, ndim: int | None) -> bool:
+    """`value` has `shape` (when given) and `ndim` dimensions (ndim=0: exactly one element)."""
+    if shape is not None and tuple(value.shape) != tuple(shape):
+        return False
+    return ndim is None or (value.numel() == 1 if ndim == 0 else value.dim() == ndim)
+
+
 def check_tensor(who: str, value: Any, what: str, shape: tuple | None = None, ndim: int | None = None,
                  floating: bool = True, finite: bool = True, grad: bool = False) -> torch.Tensor:
     """`value` must be a tensor (of `shape`, or with `ndim` dimensions / 1 element when ndim=0), floating, finite,
     requiring grad when `grad`; else a ComponentError naming `who`, `what` was expected and what came back."""
-    expected = what
-    ok = isinstance(value, torch.Tensor)
-    if ok and shape is not None:
-        ok = tuple(value.shape) == tuple(shape)
-        expected += f" of shape {tuple(shape)}"
-    if ok and ndim is not None:
-        ok = value.numel() == 1 if ndim == 0 else value.dim() == ndim
+    expected = what + (f" of shape {tuple(shape)}" if shape is not None else "")
+    ok = isinstance(value, torch.Tensor) and shape_ok(value, shape, ndim)
     if ok and floating:
-        ok = value.is_floating_point()
-        expected += " (floating point)"
+        ok, expected = value.is_floating_point(), expected + " (floating point)"
     if not ok:
         raise ComponentError(f"{who} returned {describe(value)}; expected {expected}")
     if finite and value.numel() and not bool(torch.isfinite(value.detach()).all()):

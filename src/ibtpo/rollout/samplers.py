@@ -131,7 +131,7 @@ def _spec_problem(spec: Any) -> str | None:
         return f"is a {type(spec).__name__}, not a SamplerSpec or a grow function"
     for part in ("grow", "shape", "problems"):
         if not callable(getattr(spec, part)):
-            return f"has {part} = a {type(getattr(spec, part)).__name__}, not a function or other callable"
+            return f"has {part} = {describe(getattr(spec, part))}, not a function or other callable"
     return None
 
 
