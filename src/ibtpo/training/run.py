@@ -52,11 +52,16 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
         lock = RunLock(run_dir).acquire()
     except OSError as exc:
         raise RunIOError(f"out_dir {run_dir}: cannot create or write the run directory ({_strerror(exc)})") from None
+    saved = _saved_config(run_dir) if resume else None
     try:
         for path in clean_temporary(run_dir):
             console.print(f"removed {path}, left by an interrupted checkpoint write", soft_wrap=True, markup=False)
         return _train(cfg, resume, console)
-    except OSError as exc:
+    except BaseException as exc:
+        if saved is not None:  # failed before writing a checkpoint: config.yaml describes the newest one again
+            _restore_config(run_dir, saved)
+        if not isinstance(exc, OSError):
+            raise
         kept = latest_checkpoint(run_dir)
         where = exc.filename if getattr(exc, "filename", None) else run_dir
         note = (f"the last checkpoint, {kept.name}, is kept: continue with --resume {run_dir}" if kept
@@ -64,6 +69,26 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
         raise RunIOError(f"{where}: {_strerror(exc)}; {note}") from None
     finally:
         lock.release()
+
+
+def _saved_config(run_dir: Path) -> tuple[bytes, Path | None] | None:
+    """config.yaml of the run being resumed and its newest checkpoint (None: no config.yaml)."""
+    try:
+        return (run_dir / "config.yaml").read_bytes(), latest_checkpoint(run_dir)
+    except Exception:  # unreadable: resuming reports it
+        return None
+
+
+def _restore_config(run_dir: Path, saved: tuple[bytes, Path | None]) -> None:
+    """A resume that ends before writing a checkpoint (a refused setting, a wrong component, non-finite values, an
+    interrupt) puts back the config.yaml it started from: a plain --resume then continues with the settings of the
+    newest checkpoint, not with the ones that failed."""
+    text, newest = saved
+    try:
+        if latest_checkpoint(run_dir) == newest and (run_dir / "config.yaml").read_bytes() != text:
+            (run_dir / "config.yaml").write_bytes(text)
+    except Exception:  # best effort: the failure being reported matters more
+        pass
 
 
 def _strerror(exc: OSError) -> str:
