@@ -63,12 +63,7 @@ CASES = [  # (setting, fragment of the one line)
     (f"plugins=[{FIXTURES / 'plugins' / 'raises_on_import.py'}]", "RuntimeError: plugin setup failed at "),
     (f"plugins=[{FIXTURES / 'plugins' / 'bad_preset.py'}]", "is a dict, not an ibtpo Preset"),
 ]
-FAST = {"est_shape", "loss_nan_grad", "int_key.py"}
-
-
-@pytest.mark.parametrize("setting, fragment", [
-    pytest.param(s, f, marks=() if any(k in s for k in FAST) else pytest.mark.slow, id=s.rsplit("/", 1)[-1])
-    for s, f in CASES])
+@pytest.mark.parametrize("setting, fragment", [pytest.param(s, f, id=s.rsplit("/", 1)[-1]) for s, f in CASES])
 def test_wrong_component_ends_in_one_line(tmp_path, capsys, setting, fragment):
     assert _train(tmp_path, setting) == 2
     line = _one_line(capsys)
