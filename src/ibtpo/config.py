@@ -48,7 +48,7 @@ def import_plugins(specs: list[str]) -> None:
         try:
             if spec.endswith(".py"):
                 if not Path(spec).expanduser().is_file():
-                    raise ConfigError(f"plugins: file {spec} not found")
+                    raise ConfigError(f"plugins: plugin '{spec}:__name__': file {spec} not found")
                 import_file(spec)
             else:
                 importlib.import_module(spec)
