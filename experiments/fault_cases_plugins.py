@@ -66,7 +66,7 @@ for plugin, fragment in [("int_key.py", "name 3: a name must be a non-empty stri
     simple("components", f"ibtpo components with plugin {plugin}", ["components", f"plugins=[{PLUG / plugin}]"],
            fragment)
 train_case("components", "reward raising deep in the user's helper", [f"reward_fn={BAD}:reward_raises_deep"],
-           f"bad_components.py:{BAD.read_text().splitlines().index('    return int(completion)  # ValueError on text: the user' + chr(39) + 's file:line is named') + 1}")
+           "reward_raises_deep raised on question")
 
 # --- non-finite values ---------------------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Literal, TypeVar
 
-from ibtpo.guard import pass_through, user_location
+from ibtpo.guard import pass_through
 from ibtpo.registry import import_file
 from ibtpo.timeouts import CallTimeout, deadline
 from ibtpo.answers import FinalAnswer, find_final_answer, last_boxed
@@ -335,10 +335,6 @@ class GuardedReward:
                               f"{self.timeout_s:g} s{shown}; make it faster or raise reward_timeout_s "
                               f"(0 = no limit)") from None
 
-    def _where(self, exc: BaseException) -> str:
-        where = user_location(exc, self.fn)
-        return f" at {where}" if where else ""
-
     def _row_by_row(self, prompts: list, completions: list, completion_ids: list | None, columns: dict,
                     qids: list, batch_exc: Exception) -> list:
         """Score each row alone to find the failing ones (after the batch call raised `batch_exc`)."""
@@ -351,7 +347,7 @@ class GuardedReward:
             except RewardError:
                 raise
             except Exception as exc:
-                message = f"reward function {self.name} raised on question {qid}: {_first_line(exc)}{self._where(exc)}"
+                message = f"reward function {self.name} raised on question {qid}: {_first_line(exc)}"
                 if self.on_error == "fail":
                     raise RewardError(message) from exc
                 self.errors.append((qid, message))
@@ -362,7 +358,7 @@ class GuardedReward:
             scores.extend(self._check(out, 1, [qid]))
         if self.on_error == "fail" and len(scores) == len(qids):
             raise RewardError(f"reward function {self.name} raised on a batch of {len(qids)} (no single question "
-                              f"fails alone): {_first_line(batch_exc)}{self._where(batch_exc)}") from batch_exc
+                              f"fails alone): {_first_line(batch_exc)}") from batch_exc
         return scores
 
     def _check(self, scores: Any, n: int, qids: list) -> list[float | None]:
