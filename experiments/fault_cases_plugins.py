@@ -13,7 +13,8 @@ import threading
 import time
 from pathlib import Path
 
-from fault_harness import (CASES, ROOT, T, TINY, Case, Workspace, ibtpo, on_saved_run, out, popen, simple)
+from fault_harness import (CASES, ROOT, T, TINY, Case, Workspace, _wait_for, ibtpo, on_saved_run, out, popen,
+                           simple)
 from safetensors.torch import load_file
 
 FIX = ROOT / "tests" / "fixtures"
@@ -88,8 +89,8 @@ train_case("non-finite", "estimator returns NaN", [f"adv_estimator={BAD}:est_nan
 train_case("non-finite", "loss is NaN", [f"policy_loss={BAD}:loss_nan"], "1 non-finite value(s)")
 train_case("non-finite", "gradient is NaN (finite loss)", [f"policy_loss={BAD}:loss_nan_grad"],
            "gradient norm is nan before the optimizer step")
-train_case("non-finite", "beta=1e38 (finite, overflows the KL term)", ["beta=1e38", "max_steps=4"],
-           "regulariser 'kl' returned")
+simple("non-finite", "beta=1e38 (finite): trains, gradients clipped", lambda ws: [*T, out(ws), "beta=1e38", "max_steps=4"],
+       expect="ok")
 on_saved_run("non-finite", "resume with a NaN estimator: saved state untouched",
              lambda r: [*R(r), f"adv_estimator={BAD}:est_nan"], "step 3: advantage estimator")
 on_saved_run("non-finite", "resume with a NaN gradient: saved state untouched",
@@ -144,8 +145,9 @@ def term_case(name: str, prelude: str | None, delay: float | None = None, steps:
         args = [*T, f"out_dir={r}", f"max_steps={steps}", "save_every=1", "eval_every=2"]
         if prelude is not None:
             first = ibtpo(args, prelude=prelude)
-        else:
+        else:  # `delay` s after the first checkpoint (a fixed delay from the start may fall into the imports)
             p = popen(args)
+            _wait_for(lambda: (r / "checkpoints" / "latest").exists(), 300)
             time.sleep(delay)
             p.send_signal(signal.SIGTERM)
             so, se = p.communicate()
@@ -166,8 +168,8 @@ def term_case(name: str, prelude: str | None, delay: float | None = None, steps:
 for at in (1, 2):
     term_case(f"SIGTERM inside checkpoint write #{at}", TERM_IN_SAVE.replace("{at}", str(at)))
 term_case("SIGTERM inside an evaluation", TERM_IN_EVAL.replace("{at}", "2"))
-for delay in (3.0, 6.0, 9.0):
-    term_case(f"SIGTERM after {delay:g} s", None, delay, steps=200)
+for delay in (0.0, 0.7, 2.0):
+    term_case(f"SIGTERM {delay:g} s after the first checkpoint", None, delay, steps=200)
 
 # --- exact continuation after a kill --------------------------------------------------------------------------
 EXACT = [*T[:-2], "max_steps=6", "save_every=2", "eval_every=3"]
@@ -204,6 +206,7 @@ def exact_case(name: str, prelude: str | None = None, delay: float | None = None
             ibtpo(args, prelude=prelude)
         else:
             p = popen(args)
+            _wait_for(lambda: (r / "checkpoints" / "latest").exists(), 300)
             time.sleep(delay)
             p.send_signal(sig)
             p.communicate()
@@ -234,5 +237,6 @@ exact_case("SIGKILL inside checkpoint write #2, resume = uninterrupted", KILL_IN
 exact_case("SIGKILL inside optimizer step #3, resume = uninterrupted", KILL_IN_STEP.replace("{at}", "3"))
 exact_case("SIGKILL inside optimizer step #5, resume = uninterrupted", KILL_IN_STEP.replace("{at}", "5"))
 exact_case("SIGTERM inside checkpoint write #2, resume = uninterrupted", TERM_IN_SAVE.replace("{at}", "2"))
-exact_case("SIGTERM after 8 s, resume = uninterrupted", None, 8.0, signal.SIGTERM)
+exact_case("SIGTERM 1 s after the first checkpoint, resume = uninterrupted", None, 1.0, signal.SIGTERM)
+exact_case("SIGKILL 1.5 s after the first checkpoint, resume = uninterrupted", None, 1.5, signal.SIGKILL)
 _ = TINY
