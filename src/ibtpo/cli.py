@@ -21,6 +21,9 @@ import os
 import sys
 from pathlib import Path
 
+from ibtpo import interrupts  # noqa: E402  (stdlib only: SIGTERM during the imports below ends with one line)
+
+interrupts.install_early()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
@@ -419,8 +422,6 @@ def main(argv: list[str] | None = None) -> int:
     p_pre = sub.add_parser("pretrain", help="supervised warm-up that builds the testbed base policy")
     p_pre.add_argument("--out", default="runs/pretrain", help="where to save the policy and tokenizer")
     args, rest = parser.parse_known_args(argv)
-    from ibtpo import interrupts
-
     previous = interrupts.install()
     try:
         return _run(args, rest)

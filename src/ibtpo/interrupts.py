@@ -32,6 +32,20 @@ def _handler(signum, frame) -> None:
         raise Terminated()
 
 
+def _early(signum, frame) -> None:
+    """SIGTERM before :func:`install` (while the command line is still importing torch and transformers): nothing
+    has been loaded or written yet, so the process ends at once, with its one line."""
+    os.write(2, b"ibtpo: error: interrupted (SIGTERM) while starting; nothing was written\n")
+    os._exit(128 + signal.SIGTERM)
+
+
+def install_early() -> None:
+    """Cover the start-up window of the command line (imports take seconds on a loaded machine); only where SIGTERM
+    still has its default action (a handler someone else installed is left alone)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _early)
+
+
 def install():
     """Handle SIGTERM (main thread only); returns the previous handler (None: not installed) for :func:`restore`."""
     global _received
@@ -43,7 +57,7 @@ def install():
 
 def restore(previous) -> None:
     if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is _early else previous)
 
 
 def message() -> tuple[str, int]:
