@@ -105,7 +105,7 @@ class Case:
     name: str
     run: Callable[[Workspace], tuple[subprocess.CompletedProcess, str | None]]
     """Runs the case; returns the (last) CLI result and a problem found by the case's own checks (None: fine)."""
-    expect: str = "error"  # "error" (one line, exit 2) or "ok" (exit 0)
+    expect: str = "error"  # "error" (one line, exit 2), "interrupted" (one line, exit 143: SIGTERM) or "ok" (exit 0)
     fragment: str = ""
 
 
@@ -181,7 +181,8 @@ def classify(c: Case, proc: subprocess.CompletedProcess, problem: str | None) ->
         res["outcome"], res["problem"] = "lost_or_stuck", problem
     elif c.expect == "ok":
         res["outcome"] = "ok" if proc.returncode == 0 else "failed"
-    elif proc.returncode == 2 and len(lines) == 1 and not tb and c.fragment in lines[0]:
+    elif proc.returncode == (143 if c.expect == "interrupted" else 2) and len(lines) == 1 and not tb \
+            and c.fragment in lines[0]:
         res["outcome"] = "one_line"
     else:
         res["outcome"] = "failed"

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fault_cases_inputs  # noqa: E402,F401  (registers its cases)
 import fault_cases_runs  # noqa: E402,F401
+import fault_cases_plugins  # noqa: E402,F401  (issue 27: plugin boundary, non-finite, timeouts, SIGTERM, exactness)
 import fault_harness as H  # noqa: E402
 from fault_harness import CASES, ROOT, Workspace, classify  # noqa: E402
 
@@ -67,7 +68,7 @@ def main() -> None:
     summary = {
         "tried": len(tried),
         "by_category": {cat: sum(r["category"] == cat for r in tried) for cat in dict.fromkeys(r["category"] for r in tried)},
-        "expected_errors": sum(r["expect"] == "error" for r in tried),
+        "expected_errors": sum(r["expect"] in ("error", "interrupted") for r in tried),
         "one_line_exit_2": sum(r["outcome"] == "one_line" for r in tried),
         "expected_success": sum(r["expect"] == "ok" for r in tried),
         "succeeded": sum(r["outcome"] == "ok" for r in tried),

@@ -7,7 +7,9 @@
                   [k=v ...]
     ibtpo pretrain [--out DIR] [steps=900 ...]
 
-Bad input ends with one line on stderr naming the culprit and exit code 2.
+Bad input ends with one line on stderr naming the culprit and exit code 2 (``IBTPO_TRACEBACK=1`` also prints the
+full trace). SIGINT and SIGTERM (what schedulers send on preemption) end the command with one line, the last checkpoint
+kept, exit code 130 / 143.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import os
 import sys
 from pathlib import Path
 
+from ibtpo.core import interrupts  # noqa: E402  (stdlib only: SIGTERM during the imports below ends with one line)
+
+interrupts.install_early()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
@@ -31,8 +36,20 @@ class UsageError(Exception):
 
 
 def _fail(msg: str, code: int = 2) -> int:
+    from ibtpo.core.guard import trace_requested
+
+    if trace_requested() and sys.exc_info()[1] is not None:
+        import traceback
+
+        traceback.print_exc()
     print(f"ibtpo: error: {msg}", file=sys.stderr)
     return code
+
+
+def _interrupted() -> int:
+    from ibtpo.core.interrupts import message
+
+    return _fail(*message())
 
 
 def _split_config_path(rest: list[str]) -> tuple[str | None, list[str]]:
@@ -83,9 +100,13 @@ def _check_resume_changes(run_dir: Path, cfg, allowed: bool) -> None:
     """Refuse settings that break an exact continuation of the run in `run_dir` unless `allowed` (names them)."""
     import yaml
 
-    from ibtpo.config.resume_check import config_changes
+    from ibtpo.config.resume_check import config_changes, impossible_changes
 
     saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    impossible = impossible_changes(saved, cfg.model_dump())
+    if impossible:  # even with --allow-config-change
+        raise UsageError(f"--resume {run_dir}: this change cannot be continued from the checkpoint: "
+                         f"{'; '.join(impossible)}; start a new run in another out_dir instead")
     breaking, harmless = config_changes(saved, cfg.model_dump())
     if harmless:
         print(f"--resume: changed settings that keep the run exact: {'; '.join(harmless)}", file=sys.stderr)
@@ -401,6 +422,15 @@ def main(argv: list[str] | None = None) -> int:
     p_pre = sub.add_parser("pretrain", help="supervised warm-up that builds the testbed base policy")
     p_pre.add_argument("--out", default="runs/pretrain", help="where to save the policy and tokenizer")
     args, rest = parser.parse_known_args(argv)
+    previous = interrupts.install()
+    try:
+        return _run(args, rest)
+    finally:
+        interrupts.restore(previous)
+
+
+def _run(args: argparse.Namespace, rest: list[str]) -> int:
+    """The command, with every known failure turned into one line on stderr and its exit code."""
     _quiet_transformers()
     handlers = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "compare": cmd_compare,
                 "pretrain": cmd_pretrain, "components": cmd_components}
@@ -409,12 +439,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
-        return _fail("interrupted; the last checkpoint is kept", 130)
+        return _interrupted()
     except SystemExit as exc:  # argparse exits before this point: this one came from user code (a reward function)
         return _fail(f"the run called exit({exc.code!r}) (a reward function or other user code must return, not exit);"
                      f" the last checkpoint is kept")
     except Exception as exc:  # known one-line failures
+        from ibtpo.core.interrupts import received
+
+        if received():  # e.g. a collective that failed because another rank stopped on SIGTERM first
+            return _interrupted()
         from ibtpo.data.datasets import DataError
+        from ibtpo.core.guard import ComponentError
+        from ibtpo.core.registry import RegistryError
         from ibtpo.training.models import ModelLoadError
         from ibtpo.rewards.functions import RewardError
         from ibtpo.training.checkpoint import CheckpointError
@@ -423,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         from ibtpo.training.run import RunIOError
 
         if isinstance(exc, (ModelLoadError, DataError, RewardError, CheckpointError, RunLockedError, MetricsError,
-                            RunIOError, FileNotFoundError, FileExistsError)):
+                            RunIOError, ComponentError, RegistryError, FileNotFoundError, FileExistsError)):
             return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         if isinstance(exc, OSError):  # an I/O failure outside a run (an output file that cannot be written, ...)
             return _fail(f"{exc.filename or 'I/O'}: {exc.strerror or exc}")

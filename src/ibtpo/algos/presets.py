@@ -32,7 +32,15 @@ class Preset:
 TREE_SHAPE = {"tree_b0": 4, "tree_l": 9, "tree_k": 1, "tree_b": 1}
 """The paper's (B0, L, K, B) of every tree method: G = 12."""
 
-PRESETS: Registry[Preset] = Registry("algorithm")
+def _preset_problem(preset: Any) -> str | None:
+    if not isinstance(preset, Preset):
+        return f"is a {type(preset).__name__}, not an ibtpo Preset (ibtpo.Preset(fields=..., summary=..., paper=...))"
+    if not isinstance(preset.fields, dict) or not all(isinstance(k, str) for k in preset.fields):
+        return "has fields that are not a mapping of config field name -> value"
+    return None
+
+
+PRESETS: Registry[Preset] = Registry("algorithm", check=_preset_problem)
 DEFAULT_ALGORITHM = "ib_tpo"
 
 

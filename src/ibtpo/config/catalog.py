@@ -47,10 +47,12 @@ def catalog() -> list[dict[str, str]]:
     rows = []
     for kind, (registry, field) in KINDS.items():
         for name, obj in registry.items():
+            name = str(name)  # a key put into a registry by hand, bypassing register(), is listed, not fatal
             if ":" in name:
                 continue  # loaded as module:name
             rows.append({"kind": kind, "name": name, "field": field, "summary": _summary(obj),
                          "options": _options(registry, name, obj)})
-    for name, fn in sorted(known_rewards().items()):
-        rows.append({"kind": "reward", "name": name, "field": "reward_fn=", "summary": _summary(fn), "options": ""})
+    for name, fn in sorted(known_rewards().items(), key=lambda kv: str(kv[0])):
+        rows.append({"kind": "reward", "name": str(name), "field": "reward_fn=", "summary": _summary(fn),
+                     "options": ""})
     return rows

@@ -20,9 +20,10 @@ from ibtpo.algos.losses import LOSS_AGG_MODES, POLICY_LOSSES, LossConfig
 from ibtpo.algos.presets import DEFAULT_ALGORITHM, PRESETS, apply_preset
 from ibtpo.methods.grpo import GRPOOptions
 from ibtpo.methods.ib_tpo import IBTPOOptions
+from ibtpo.core.guard import first_line, user_location
 from ibtpo.config.profiles import TESTBED, profile_values
-from ibtpo.core.registry import Registry, RegistryError, default_of, load_object
-from ibtpo.rollout.samplers import SAMPLERS, TreeShape
+from ibtpo.core.registry import Registry, RegistryError, default_of, import_file
+from ibtpo.rollout.samplers import SAMPLERS, TreeShape, checked_problems, checked_shape
 from ibtpo.core.tree_stats import IB_DEFAULTS
 
 TESTBED_MODEL = TESTBED
@@ -46,13 +47,20 @@ def import_plugins(specs: list[str]) -> None:
     for spec in specs:
         try:
             if spec.endswith(".py"):
-                load_object(f"{spec}:__name__", "plugin")
+                if not Path(spec).expanduser().is_file():
+                    raise ConfigError(f"plugins: plugin '{spec}:__name__': file {spec} not found")
+                import_file(spec)
             else:
                 importlib.import_module(spec)
-        except RegistryError as exc:
-            raise ConfigError(f"plugins: {exc}") from None
-        except Exception as exc:
-            raise ConfigError(f"plugins: cannot import {spec!r} ({type(exc).__name__}: {exc})") from None
+        except ConfigError:
+            raise
+        except RegistryError as exc:  # e.g. a registration refused: at the plugin's line that made it
+            where = user_location(exc)
+            raise ConfigError(f"plugins: {spec}: {exc}{f' (at {where})' if where else ''}") from exc
+        except (Exception, SystemExit) as exc:  # the plugin's own error, at its file:line
+            where = user_location(exc)
+            raise ConfigError(f"plugins: cannot import {spec!r} ({first_line(exc)}"
+                              f"{f' at {where}' if where else ''})") from exc
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {"chain": {"model": "testbed-chain", "max_completion_length": 128}}
 """Defaults a built-in task brings along (its shipped policy, a length cap its solutions fit in); set fields win."""
@@ -65,7 +73,8 @@ class ConfigError(ValueError):
 class TrainConfig(BaseModel):
     """Everything a training run reads. Defaults are the CPU testbed's main job."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    """allow_inf_nan=False: every float field must be finite (inf, nan, 1e400 are refused at validation)."""
 
     # --- run -----------------------------------------------------------------------------------------------------
     out_dir: str = Field("runs/default", description="Run directory (config, metrics, checkpoints, plots).")
@@ -122,6 +131,8 @@ class TrainConfig(BaseModel):
     reward_fn: str = Field("auto", description="Reward: auto (sum for the built-in task, math when questions come from dataset or eval_datasets files), sum, math (math-verify), or module:function / file.py:function (TRL signature).")
     format_reward_weight: float = Field(0.0, ge=0.0, lt=1.0, description="Add this weight x the format reward (a final boxed or 'Answer:' line) to the reward (< 1, so a wrong answer never reaches the correct threshold 1).")
     reward_errors: Literal["fail", "zero"] = Field("fail", description="A reward function that raises: stop the run naming the question (fail), or score 0, count it and go on (zero).")
+    reward_timeout_s: float = Field(600.0, ge=0.0, description="A reward function call (one batch of completions) that has not returned after this many seconds ends the run with one line naming the function and the question (0 = no limit; docs/robustness.md).")
+    component_timeout_s: float = Field(600.0, ge=0.0, description="The same limit for one call of an advantage estimator, policy loss, regulariser or trainer-extension hook (0 = no limit); samplers and their branch rules are not limited (their model calls may take long), the rewards they call are.")
 
     # --- rollout -----------------------------------------------------------------------------------------------------
     questions_per_step: int = Field(16, ge=1, description="Questions (prompts) per RL step.")
@@ -252,7 +263,7 @@ class TrainConfig(BaseModel):
 
 def group_size(cfg: TrainConfig) -> int:
     """Trajectories per question the run's sampler draws (G)."""
-    return SAMPLERS.get(cfg.sampler).shape(cfg).group_size
+    return checked_shape(cfg.sampler, cfg).group_size
 
 
 def _relation_problems(cfg: TrainConfig) -> list[str]:
@@ -277,13 +288,13 @@ def training_problems(cfg: TrainConfig) -> list[str]:
     trees, so its config may hold tree settings that would not fit its completion length."""
     out = []
     spec = SAMPLERS.get(cfg.sampler)
-    tree = spec.shape(cfg)
+    tree = checked_shape(cfg.sampler, cfg)
     g, shape = tree.group_size, spec.shape_fields
     if cfg.iib_keep > g:
         out.append(f"iib_keep ({cfg.iib_keep}) must be <= the group size G={g} of sampler={cfg.sampler} ({shape})")
     if g < 2:
         out.append(f"group size G={g} ({shape}): advantages compare trajectories of a question, so G must be >= 2")
-    out += spec.problems(cfg, tree)
+    out += checked_problems(cfg.sampler, cfg, tree)
     if cfg.mini_batch_size > cfg.questions_per_step * g:
         out.append(f"mini_batch_size ({cfg.mini_batch_size}) must be <= the rollout batch questions_per_step x G = "
                    f"{cfg.questions_per_step} x {g} = {cfg.questions_per_step * g} (0 = the whole batch)")
@@ -346,6 +357,8 @@ def _format_error(err: ValidationError, where: dict[str, str]) -> str:
         return f"{prefix}unknown config key '{field}'{hint}"
     if not field:  # a cross-field check
         return f"{prefix}{e['msg'].removeprefix('Value error, ')}"
+    if e["type"] == "finite_number":
+        return f"{prefix}{field}: got {e['input']!r}; allowed: a finite {_allowed(field)}"
     return f"{prefix}{field}: got {e['input']!r}; allowed: {_allowed(field)}"
 
 

@@ -30,6 +30,22 @@ class RegistryError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class RegistrationError(RegistryError, ValueError):
+    """A registration refused: a name that is not a non-empty string, or an object of the wrong kind (e.g. an int
+    where a function is expected). One line naming the component."""
+
+
+def _describe(obj: Any) -> str:
+    shown, name = repr(obj), type(obj).__name__
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    return f"{article} {name} ({shown if len(shown) <= 40 else shown[:37] + '...'})"
+
+
+def callable_item(obj: Any) -> str | None:
+    """The default check of a registry's items: a function or other callable (None = fine, else the problem)."""
+    return None if callable(obj) else f"is {_describe(obj)}, not a function or other callable"
+
+
 def import_file(path: str | Path) -> Any:
     """Import a .py file as a module, once per resolved path (a second call returns the same module)."""
     path = Path(path).expanduser().resolve()
@@ -56,8 +72,12 @@ def load_object(spec: str, what: str = "object") -> Any:
         raise RegistryError(f"{what} {spec!r}: file {target} not found")
     try:
         module = import_file(target) if target.endswith(".py") else importlib.import_module(target)
-    except Exception as exc:  # a user module that fails to import: one line with its own error
-        raise RegistryError(f"{what} {spec!r}: cannot import {target} ({type(exc).__name__}: {exc})") from None
+    except (Exception, SystemExit) as exc:  # a user module that fails to import: one line with its own error
+        from ibtpo.core.guard import first_line, user_location
+
+        where = user_location(exc)
+        raise RegistryError(f"{what} {spec!r}: cannot import {target} ({first_line(exc)}"
+                            f"{f' at {where}' if where else ''})") from exc
     try:
         return getattr(module, attr)
     except AttributeError:
@@ -70,8 +90,11 @@ class Registry(Generic[F]):
     ``get`` of an unknown name raises a RegistryError listing the known ones; a name containing ':' is loaded with
     :func:`load_object` and registered under that name first (so ``adv_estimator=my_pkg.adv:my_estimator`` works)."""
 
-    def __init__(self, kind: str, coerce: Callable[[Any], F] | None = None, builtins: str = "ibtpo.methods"):
+    def __init__(self, kind: str, coerce: Callable[[Any], F] | None = None, builtins: str = "ibtpo.methods",
+                 check: Callable[[Any], str | None] = callable_item):
         self.kind = kind
+        self._check = check
+        """item -> None, or the problem of an object that cannot be this registry's item (checked at registration)."""
         self._builtins = builtins
         """Module whose import registers the built-in components, imported on the first lookup (so a registry is
         complete however the package was entered)."""
@@ -87,7 +110,14 @@ class Registry(Generic[F]):
 
         `options`: the component's frozen options dataclass (see :func:`options_from`). Registering a taken name
         raises ValueError unless `replace`."""
+        if not isinstance(name, str) or not name.strip():
+            raise RegistrationError(f"{self.kind} name {name!r}: a name must be a non-empty string, got "
+                                    f"{type(name).__name__}")
+
         def add(item: F) -> F:
+            problem = self._check(item)
+            if problem:
+                raise RegistrationError(f"{self.kind} {name!r} {problem}")
             if name in self._items and not replace and self._items[name] is not item:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._items[name] = item
@@ -106,7 +136,7 @@ class Registry(Generic[F]):
             self._load_builtins()
         if name not in self._items and ":" in name:
             obj = load_object(name, self.kind)
-            self.register(name, self._coerce(obj) if self._coerce else obj)
+            self.register(name, self._coerce(obj) if self._coerce else obj)  # checked there
         try:
             return self._items[name]
         except KeyError:
@@ -128,7 +158,7 @@ class Registry(Generic[F]):
 
     def names(self) -> list[str]:
         self._load_builtins()
-        return sorted(self._items)
+        return sorted(self._items, key=str)  # key=str: a key put into _items by hand cannot break the listing
 
     def __iter__(self):
         return iter(self.names())
@@ -136,6 +166,10 @@ class Registry(Generic[F]):
     def items(self) -> list[tuple[str, F]]:
         """(name, component) pairs, sorted by name."""
         return [(n, self._items[n]) for n in self.names()]
+
+    def __len__(self) -> int:
+        self._load_builtins()
+        return len(self._items)
 
 
 def config_field(default: Any, config: str, doc: str = "") -> Any:

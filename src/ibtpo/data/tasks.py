@@ -192,7 +192,8 @@ def build_rewards(cfg) -> Rewards:
     train = check
     if cfg.format_reward_weight > 0:
         train = weighted_sum([check, load_reward_fn("format")], [1.0, cfg.format_reward_weight])
-    return Rewards(train=GuardedReward(train, name, on_error=cfg.reward_errors),
-                   check=GuardedReward(check, name, on_error=cfg.reward_errors),
+    limit = cfg.reward_timeout_s
+    return Rewards(train=GuardedReward(train, name, on_error=cfg.reward_errors, timeout_s=limit),
+                   check=GuardedReward(check, name, on_error=cfg.reward_errors, timeout_s=limit),
                    extract=extract_answer if name in ("sum", "chain") else extract_math_answer,
                    formats=dict(FORMAT_SCORES) if cfg.task == "arith" and not files else {})

@@ -26,7 +26,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Literal, TypeVar
 
+from ibtpo.core.guard import pass_through
 from ibtpo.core.registry import import_file
+from ibtpo.core.timeouts import CallTimeout, deadline
 from ibtpo.rewards.answers import FinalAnswer, find_final_answer, last_boxed
 from ibtpo.rewards.scoring import RewardFn
 
@@ -41,6 +43,9 @@ _ANSWER_LINE_RE = re.compile(r"^[ \t>#*_]*(?:final[ \t]+)?answer[ \t*_]*[:：][ 
 
 class RewardError(ValueError):
     """A reward function could not be loaded, raised, or returned something that is not one score per row."""
+
+
+pass_through(RewardError)  # raised by the reward a sampler calls: not the sampler's fault
 
 
 def _first_line(exc: BaseException) -> str:
@@ -79,7 +84,7 @@ def _quietly(call: Callable[[], T], default: T) -> T:
     """call(), or `default` if it raises (math-verify's TimeoutException, a BaseException, included; not Ctrl-C)."""
     try:
         return call()
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, CallTimeout):
         raise
     except BaseException:
         return default
@@ -226,7 +231,13 @@ def known_rewards() -> dict[str, RewardFn]:
 def register_reward(name: str, fn: RewardFn | None = None):
     """Register a reward function (TRL signature) under `name`, so that ``reward_fn=name`` uses it; a call or a
     decorator (``@register_reward("mine")``)."""
+    if not isinstance(name, str) or not name.strip():
+        raise RewardError(f"reward function name {name!r}: a name must be a non-empty string, got "
+                          f"{type(name).__name__}")
+
     def add(f: RewardFn) -> RewardFn:
+        if not callable(f):
+            raise RewardError(f"reward function {name!r} is a {type(f).__name__}, not a function or other callable")
         if name in REWARD_FUNCTIONS and REWARD_FUNCTIONS[name] is not f:
             raise ValueError(f"reward function {name!r} is already registered")
         REWARD_FUNCTIONS[name] = f
@@ -292,12 +303,16 @@ class GuardedReward:
     A ``question_id`` column (ids aligned with the batch) is taken out of the columns and used in messages.
     on_error="fail": raise RewardError naming the question; "zero": score failing rows 0.0 and record them in
     `errors` (cumulative, last `max_errors`). `pop_stats()` returns error and None counts since its last call.
+    `timeout_s` (> 0): a call that has not returned after that many seconds ends the run with a RewardError naming
+    the function and the question, whatever `on_error` says (``ibtpo.core.timeouts``; main thread only).
     """
 
-    def __init__(self, fn: RewardFn, name: str, on_error: Literal["fail", "zero"] = "fail", max_errors: int = 1000):
+    def __init__(self, fn: RewardFn, name: str, on_error: Literal["fail", "zero"] = "fail", max_errors: int = 1000,
+                 timeout_s: float = 0.0):
         if on_error not in ("fail", "zero"):
             raise RewardError(f"on_error must be 'fail' or 'zero', got {on_error!r}")
         self.fn, self.name, self.on_error, self.max_errors = fn, name, on_error, max_errors
+        self.timeout_s = timeout_s
         self.__name__ = name
         self.errors: list[tuple[Any, str]] = []
         self.error_count = self.none_count = 0
@@ -307,7 +322,7 @@ class GuardedReward:
         qids = columns.pop("question_id", None)
         qids = list(range(len(completions))) if qids is None else list(qids)
         try:
-            scores = self._call(prompts, completions, completion_ids, columns)
+            scores = self._call(prompts, completions, completion_ids, columns, qids)
         except RewardError:
             raise
         except SystemExit as exc:  # exit() inside a reward function would end the run without a word
@@ -319,9 +334,18 @@ class GuardedReward:
         self.none_count += sum(s is None for s in scores)
         return scores
 
-    def _call(self, prompts: list, completions: list, completion_ids: list | None, columns: dict) -> Any:
+    def _call(self, prompts: list, completions: list, completion_ids: list | None, columns: dict,
+              qids: list | None = None) -> Any:
         # keywords, so that TRL-style `def fn(completions, **kwargs)` works too
-        return self.fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
+        try:
+            with deadline(self.timeout_s):
+                return self.fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
+        except CallTimeout:
+            shown = "" if qids is None else f" on question {qids[0]}" + (f" (batch of {len(qids)})" if len(qids) > 1
+                                                                           else "")
+            raise RewardError(f"reward function {self.name} did not return within reward_timeout_s="
+                              f"{self.timeout_s:g} s{shown}; make it faster or raise reward_timeout_s "
+                              f"(0 = no limit)") from None
 
     def _row_by_row(self, prompts: list, completions: list, completion_ids: list | None, columns: dict,
                     qids: list, batch_exc: Exception) -> list:
@@ -331,7 +355,9 @@ class GuardedReward:
             row_cols = {k: [v[i]] for k, v in columns.items()}
             try:
                 out = self._call([prompts[i]], [completions[i]],
-                                 None if completion_ids is None else [completion_ids[i]], row_cols)
+                                 None if completion_ids is None else [completion_ids[i]], row_cols, [qid])
+            except RewardError:
+                raise
             except Exception as exc:
                 message = f"reward function {self.name} raised on question {qid}: {_first_line(exc)}"
                 if self.on_error == "fail":

@@ -22,9 +22,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ibtpo.core.guard import ComponentError, call, check_signature, describe, label
 from ibtpo.core.registry import Registry, config_field, options_from
-from ibtpo.backends.contract import RolloutBackend
-from ibtpo.backends.contract import Request
+from ibtpo.backends.factory import RolloutBackend
+from ibtpo.backends.eager import Request
 from ibtpo.core.sampling import Generation
 from ibtpo.rollout.rules import BRANCH_RULES, RuleContext
 from ibtpo.core.steps import StepSplitter
@@ -125,7 +126,16 @@ def _as_spec(obj: Any) -> SamplerSpec:
     return obj if isinstance(obj, SamplerSpec) else SamplerSpec(grow=obj)
 
 
-SAMPLERS: Registry[SamplerSpec] = Registry("sampler", coerce=_as_spec)
+def _spec_problem(spec: Any) -> str | None:
+    if not isinstance(spec, SamplerSpec):
+        return f"is a {type(spec).__name__}, not a SamplerSpec or a grow function"
+    for part in ("grow", "shape", "problems"):
+        if not callable(getattr(spec, part)):
+            return f"has {part} = {describe(getattr(spec, part))}, not a function or other callable"
+    return None
+
+
+SAMPLERS: Registry[SamplerSpec] = Registry("sampler", coerce=_as_spec, check=_spec_problem)
 
 
 def register_sampler(name: str, grow: SamplerFn | None = None, **spec: Any):
@@ -138,17 +148,57 @@ def register_sampler(name: str, grow: SamplerFn | None = None, **spec: Any):
     return add if grow is None else add(grow)
 
 
+def checked_shape(name: str, cfg: Any) -> TreeShape:
+    """The tree shape sampler `name` draws with run config `cfg` (its ``shape`` function, guarded: a user function
+    that raises or returns something else than a TreeShape ends in one line naming the sampler)."""
+    spec = SAMPLERS.get(name)
+    who = f"{label('sampler', name)} (its shape function)"
+    out = call(who, spec.shape, cfg)
+    if not isinstance(out, TreeShape):
+        raise ComponentError(f"{who} returned {describe(out)}; expected an ibtpo.TreeShape")
+    return out
+
+
+def checked_problems(name: str, cfg: Any, shape: TreeShape) -> list[str]:
+    """The settings sampler `name` refuses (its ``problems`` function, guarded: a list of one-line strings)."""
+    who = f"{label('sampler', name)} (its problems function)"
+    out = call(who, SAMPLERS.get(name).problems, cfg, shape)
+    if not isinstance(out, (list, tuple)) or not all(isinstance(p, str) for p in out):
+        raise ComponentError(f"{who} returned {describe(out)}; expected a list of strings (one problem each)")
+    return list(out)
+
+
+def _check_grown(who: str, trees: list[Tree]) -> None:
+    """Every tree holds at least one trajectory and every leaf was rewarded (through ``ctx.score``)."""
+    for tree in trees:
+        leaves = tree.leaves()
+        if not leaves:
+            raise ComponentError(f"{who} grew no trajectory for question {tree.question_id}; expected at least one "
+                                 f"leaf per tree")
+        if any(leaf.reward is None for leaf in leaves):
+            n = sum(leaf.reward is None for leaf in leaves)
+            raise ComponentError(f"{who} left {n} of {len(leaves)} leaves of question {tree.question_id} without a "
+                                 f"reward; call ctx.score(tree, new_leaves) on every new leaf")
+
+
 def grow_trees(name: str, ctx: GrowContext, prompts: list[list[int]], question_ids: list[str],
                columns: list[dict]) -> list[Tree]:
-    """One rewarded tree per prompt, grown by the named sampler. The backend's per-node caches are released after."""
+    """One rewarded tree per prompt, grown by the named sampler. The backend's per-node caches are released after.
+
+    The sampler is guarded (``ibtpo.core.guard``): called as ``grow(ctx, trees)``, its own errors name it, and every
+    tree must come back with rewarded leaves. It has no time limit (the reward calls in it have
+    ``reward_timeout_s``)."""
     trees = [Tree(question_id=q, prompt_ids=list(p), columns=dict(c))
              for p, q, c in zip(prompts, question_ids, columns)]
     spec = SAMPLERS.get(name)
+    who = label("sampler", name)
+    check_signature(who, spec.grow, (ctx, trees), hint="a sampler is called as grow(ctx, trees)")
     ctx.engine.keep_kv = ctx.engine.prefix_reuse and spec.branches  # nothing forks: keep no caches
     try:
-        spec.grow(ctx, trees)
+        call(who, spec.grow, ctx, trees)
     finally:
         ctx.engine.release()
+    _check_grown(who, trees)
     for t in trees:
         compute_p_hat(t.root)
     return trees
@@ -237,16 +287,39 @@ def rounds_sampler(rule: str) -> SamplerFn:
     def grow(ctx: GrowContext, trees: list[Tree]) -> None:
         grow_independent(ctx, trees)
         select = BRANCH_RULES.get(rule)
+        who = label("branch rule", rule)
         rctx = ctx.shape.rule_context(ctx.cap)
+        check_signature(who, select, (None, rctx, ctx.rng), hint="a branch rule is called as rule(tree, ctx, rng)")
         for _ in range(ctx.shape.rounds - 1):
             requests = []
             for tree in trees:
                 compute_p_hat(tree.root)
-                requests += fork_requests(ctx, tree, select(tree, rctx, ctx.rng))
+                points = _check_points(who, tree, call(who, select, tree, rctx, ctx.rng))
+                requests += fork_requests(ctx, tree, points)
             score_new(ctx, expand_and_attach(ctx, requests))
 
     grow.__doc__ = f"B0 chains, then L-1 rounds forking at the points chosen by the '{rule}' rule."
     return grow
+
+
+def _check_points(who: str, tree: Tree, points: Any) -> list[tuple[Node, int]]:
+    """A branch rule's fork points: a list of (node of this tree, token offset 0..len(node)) pairs."""
+    if not isinstance(points, (list, tuple)):
+        raise ComponentError(f"{who} returned {describe(points)}; expected a list of (node, token offset) pairs")
+    for p in points:
+        ok = isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], Node) and isinstance(p[1], int)
+        if not ok:
+            raise ComponentError(f"{who} returned a fork point {describe(p)}; expected a (node, token offset) pair")
+        node, at = p
+        if not 0 <= at <= len(node.token_ids):
+            raise ComponentError(f"{who} returned token offset {at} in a node of {len(node.token_ids)} tokens; "
+                                 f"expected 0..{len(node.token_ids)}")
+        top = node
+        while top.parent is not None:
+            top = top.parent
+        if top is not tree.root:
+            raise ComponentError(f"{who} returned a node that is not in the tree of question {tree.question_id}")
+    return list(points)
 
 
 def rounds_problems(cfg: Any, shape: TreeShape) -> list[str]:

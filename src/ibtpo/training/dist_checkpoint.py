@@ -68,7 +68,10 @@ def restore_optimizer(ckpt: Path, state: dict[str, Any], train_model, optimizer:
         if dp is not None and dp.kind == "fsdp2":
             raise CheckpointError(f"{ckpt}: its optimizer state is a full one (written by one process or DDP ranks); "
                                   f"resume it with data_parallel=ddp or in one process")
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as exc:  # parameter groups or sizes of another model
+            raise CheckpointError(_mismatch(ckpt, exc)) from None
         return
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
@@ -82,7 +85,28 @@ def restore_optimizer(ckpt: Path, state: dict[str, Any], train_model, optimizer:
         raise CheckpointError(f"{Path(ckpt) / OPTIMIZER_DIR}: unreadable sharded optimizer state "
                               f"({str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__})"
                               ) from None
-    set_optimizer_state_dict(train_model, optimizer, target["optimizer"])
+    try:
+        set_optimizer_state_dict(train_model, optimizer, target["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(_mismatch(ckpt, exc)) from None
+
+
+def _mismatch(ckpt: Path, exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    why = lines[0] if lines else type(exc).__name__
+    return (f"{ckpt}: its optimizer state does not fit the model this config builds ({why}); "
+            f"a setting that changes the trainable parameters (LoRA, a trainer extension such as IIB-LPO's latent "
+            f"code) cannot be changed on --resume: start a new run in another out_dir")
+
+
+def extension_state(ckpt: Path, state: dict[str, Any], key: str) -> Any:
+    """The saved state of the trainer extension keeping it under `key` (CheckpointError: the checkpoint has none,
+    i.e. the extension was off when it was written)."""
+    if key not in state:
+        raise CheckpointError(f"{ckpt}: holds no state of the trainer extension that keeps {key!r} (it was off when "
+                              f"this run was saved); a setting that turns an extension on cannot be changed on "
+                              f"--resume: start a new run in another out_dir")
+    return state[key]
 
 
 def rank_rng(ckpt: Path, state: dict[str, Any], dp: DataParallel | None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ibtpo.config.schema import TrainConfig
+from ibtpo.core.guard import ComponentError
 from ibtpo.rollout.samplers import SAMPLERS
 from ibtpo.reporting.progress import LogLines, binding_budget, phase, run_progress
 from ibtpo.training.checkpoint import clean_temporary, latest_checkpoint
@@ -56,11 +57,16 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
         lock = RunLock(run_dir).acquire()
     except OSError as exc:
         raise RunIOError(f"out_dir {run_dir}: cannot create or write the run directory ({_strerror(exc)})") from None
+    saved = _saved_config(run_dir) if resume else None
     try:
         for path in clean_temporary(run_dir):
             console.print(f"removed {path}, left by an interrupted checkpoint write", soft_wrap=True, markup=False)
         return _train(cfg, resume, console)
-    except OSError as exc:
+    except BaseException as exc:
+        if saved is not None:  # failed before writing a checkpoint: config.yaml describes the newest one again
+            _restore_config(run_dir, saved)
+        if not isinstance(exc, OSError):
+            raise
         kept = latest_checkpoint(run_dir)
         where = exc.filename if getattr(exc, "filename", None) else run_dir
         note = (f"the last checkpoint, {kept.name}, is kept: continue with --resume {run_dir}" if kept
@@ -68,6 +74,26 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
         raise RunIOError(f"{where}: {_strerror(exc)}; {note}") from None
     finally:
         lock.release()
+
+
+def _saved_config(run_dir: Path) -> tuple[bytes, Path | None] | None:
+    """config.yaml of the run being resumed and its newest checkpoint (None: no config.yaml)."""
+    try:
+        return (run_dir / "config.yaml").read_bytes(), latest_checkpoint(run_dir)
+    except Exception:  # unreadable: resuming reports it
+        return None
+
+
+def _restore_config(run_dir: Path, saved: tuple[bytes, Path | None]) -> None:
+    """A resume that ends before writing a checkpoint (a refused setting, a wrong component, non-finite values, an
+    interrupt) puts back the config.yaml it started from: a plain --resume then continues with the settings of the
+    newest checkpoint, not with the ones that failed."""
+    text, newest = saved
+    try:
+        if latest_checkpoint(run_dir) == newest and (run_dir / "config.yaml").read_bytes() != text:
+            (run_dir / "config.yaml").write_bytes(text)
+    except Exception:  # best effort: the failure being reported matters more
+        pass
 
 
 def _strerror(exc: OSError) -> str:
@@ -109,7 +135,10 @@ def _train(cfg: TrainConfig, resume: bool, console: Console) -> dict:
         unit, done, total = bar_state()
         task = progress.add_task(unit, total=total, completed=done, info="reward -  acc -") if progress else None
         while not trainer.done():
-            metrics = trainer.train_step()
+            try:
+                metrics = trainer.train_step()
+            except ComponentError as exc:  # a user component (or non-finite values): name the step; nothing saved
+                raise exc.at_step(trainer.step + 1) from exc.__cause__
             for line in warn.after_step(metrics, last=trainer.done()):
                 console.print(f"[yellow]{line}[/yellow]", soft_wrap=True)
             if trainer.done() or (cfg.eval_every and trainer.step % cfg.eval_every == 0):

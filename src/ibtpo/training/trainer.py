@@ -29,10 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ibtpo.algos.losses import REGULARIZERS, TOKEN_SELECTORS, get_policy_loss, masked_mean
-from ibtpo.config.components import advantage_estimator, loss_config, rollout_sampling, tree_shape
+from ibtpo.algos.losses import TOKEN_SELECTORS, masked_mean
+from ibtpo.config.components import (advantage_estimator, loss_config, policy_loss, regularizers, rollout_sampling,
+                                     tree_shape)
 from ibtpo.config.schema import ConfigError, TrainConfig, check_training, save_config
 from ibtpo.evaluation.heldout import evaluate_sets, write_samples
+from ibtpo.core.guard import check_grad_norm
 from ibtpo.methods.ib_tpo import tree_ib_stats
 from ibtpo.training.models import add_lora, enable_checkpointing, is_lora, load_policy, resolve_device
 from ibtpo.evaluation.probe import PROBE_SEED_OFFSET, grow_probe, probe_metrics
@@ -47,7 +49,7 @@ from ibtpo.training.batch import TrainBatch, flatten_paths, logprobs_in_chunks, 
 from ibtpo.training.checkpoint import (load_trainer_state, resume_point, rng_state, save_checkpoint,
                                        set_rng_state)
 from ibtpo.algos.extensions import build_extensions
-from ibtpo.training.dist_checkpoint import rank_rng, restore_optimizer, save_data_parallel
+from ibtpo.training.dist_checkpoint import extension_state, rank_rng, restore_optimizer, save_data_parallel
 from ibtpo.training.distributed import DataParallel, NullLogger, is_writer, rank_device
 from ibtpo.training.memory import MemoryPlanError, plan_run, return_freed_buffers
 from ibtpo.training.metrics import MetricsLogger
@@ -119,10 +121,9 @@ class Trainer:
         self.shape = tree_shape(cfg)  # before the scheduler: its LR factor counts optimizer steps from the group size
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.adv_fn = advantage_estimator(cfg)  # the registered estimator with its options from the config
-        self.loss_fn = get_policy_loss(cfg.policy_loss)
+        self.loss_fn = policy_loss(cfg)  # guarded components (ibtpo.core.guard): one line naming a wrong one
         self.loss_cfg = loss_config(cfg)
-        self.regularizers = [REGULARIZERS.get(name) for name, coef in
-                             (("kl", cfg.beta), ("entropy", cfg.entropy_coef), ("ibro", cfg.ibro_coef)) if coef > 0]
+        self.regularizers = regularizers(cfg)  # kl <- beta, entropy, ibro: those with a coefficient > 0
         self.sampling = rollout_sampling(cfg)
         self.splitter = StepSplitter(self.tokenizer, cfg.step_delimiter, cfg.min_step_tokens)
         self.step, self.tokens, self.data_pos = 0, 0, 0
@@ -134,7 +135,7 @@ class Trainer:
             self.step, self.tokens, self.data_pos = state["step"], state["tokens"], state["data_pos"]
             for ext in self.extensions:
                 if ext.state_key:
-                    ext.load_state_dict(state[ext.state_key])
+                    ext.load_state_dict(extension_state(ckpt, state, ext.state_key))
         if ckpt is None and is_writer():  # a fresh run: everything loaded, an overwritten run's checkpoints can go
             shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         if not is_writer():  # data parallel: rank 0 writes metrics and config
@@ -281,6 +282,7 @@ class Trainer:
                 m["actor/grad_norm"] = (self.dp.clip_grad_norm(self.params, cfg.max_grad_norm) if self.dp else
                                         float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)))
                 m["actor/lr"] = self.optimizer.param_groups[0]["lr"]
+                check_grad_norm(m["actor/grad_norm"])  # NaN/inf: stop before the weights change
                 if self.dp is not None:  # this mini-batch's metrics over every rank's rows, as one process has them
                     m = self.dp.combine(m, float(minibatch.mask.sum()))
                 self.optimizer.step()
