@@ -52,6 +52,11 @@ def torchrun(args, env=None, nproc=2, script=None):
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})})
 
 
+def grouped(groups: list[list[str]]) -> list[str]:
+    """Argument groups of several runs for ``multi_train.py``, separated by ``---``."""
+    return [a for group in groups for a in ["---", *group]][1:]
+
+
 def records(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -82,8 +87,7 @@ def two_ranks(tmp_path_factory):
     runs = {(w, p): root / f"{w}-{p}" for w, p in CASES}
     groups = [[*TINY, *PRESETS[p], "max_steps=2", f"out_dir={run}", "dp_exact=true", f"data_parallel={w}"]
               for (w, p), run in runs.items()]
-    args = [a for group in groups for a in ["---", *group]][1:]
-    proc = torchrun(args, script=Path(__file__).with_name("multi_train.py"))
+    proc = torchrun(grouped(groups), script=Path(__file__).with_name("multi_train.py"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return runs
 
@@ -102,8 +106,7 @@ def packed_ranks(tmp_path_factory):
     runs = {(w, p): root / f"{w}-{p}" for w, p in PACKED_CASES}
     groups = [[*TINY, *PRESETS[p], "max_steps=2", f"out_dir={run}", "dp_exact=true", f"data_parallel={w}",
                "train_layout=packed"] for (w, p), run in runs.items()]
-    args = [a for group in groups for a in ["---", *group]][1:]
-    proc = torchrun(args, script=Path(__file__).with_name("multi_train.py"))
+    proc = torchrun(grouped(groups), script=Path(__file__).with_name("multi_train.py"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return runs
 
@@ -159,15 +162,13 @@ def test_two_ranks_match_one_process_with_another_instruction_set(tmp_path):
     cases = [("fsdp2", "kl_cov"), ("ddp", "clip_cov")]
     one = {p: tmp_path / f"one-{p}" for _, p in cases}
     two = {(w, p): tmp_path / f"two-{w}-{p}" for w, p in cases}
-    def args(groups):
-        return [a for group in groups for a in ["---", *group]][1:]
     script = Path(__file__).with_name("multi_train.py")
-    proc = subprocess.run([sys.executable, str(script), *args(
+    proc = subprocess.run([sys.executable, str(script), *grouped(
         [[*TINY, *PRESETS[p], "max_steps=2", f"out_dir={run}"] for p, run in one.items()])],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **OTHER_ISA})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = torchrun(args([[*TINY, *PRESETS[p], "max_steps=2", f"out_dir={run}", "dp_exact=true",
+    proc = torchrun(grouped([[*TINY, *PRESETS[p], "max_steps=2", f"out_dir={run}", "dp_exact=true",
                            f"data_parallel={w}"] for (w, p), run in two.items()]), env=OTHER_ISA, script=script)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for w, p in cases:

@@ -86,10 +86,8 @@ def accumulate_gradients(forward: Forward, mb: MiniBatch, loss_fn, regularizers:
     if selector is not None and (len(parts) > 1 or global_select is not None):
         with torch.no_grad():
             logps = [forward(rows)[0] for rows in parts]  # every part: sharded models forward in lockstep
-        logp_all = torch.cat(logps[:real])
-        if parts is not None:  # back to mini-batch row order
-            logp_all = torch.empty_like(logp_all).index_copy_(0, torch.cat(parts[:real]).to(logp_all.device),
-                                                              logp_all)
+        logp_all = torch.cat(logps[:real])  # back to mini-batch row order (a packed plan's parts are any partition)
+        logp_all = torch.empty_like(logp_all).index_copy_(0, torch.cat(parts[:real]).to(logp_all.device), logp_all)
         old_all = logp_all if on_policy else mb.old_logp
         if global_select is not None:
             select = global_select(selector, old_all, logp_all, mb.pg_advantages, mb.mask, cfg)
