@@ -77,7 +77,7 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     if args.resume:
         _check_resume_changes(Path(args.resume), cfg, args.allow_config_change)
     summary = train(cfg, resume=bool(args.resume))
-    from ibtpo.training.distributed import is_writer
+    from ibtpo.training.world import is_writer
 
     if is_writer():  # data parallel: rank 0 reports
         print(json.dumps(summary, indent=2))

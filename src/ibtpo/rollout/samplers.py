@@ -104,6 +104,10 @@ def no_problems(cfg: Any, shape: TreeShape) -> list[str]:
     return []
 
 
+def no_data_parallel_problems(cfg: Any, wrapper: str) -> list[str]:
+    return []
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """A registered sampler."""
@@ -120,6 +124,9 @@ class SamplerSpec:
     """Run config, shape -> settings this sampler cannot run with (one line each, naming the fields)."""
     rule: str | None = None
     """The branch rule of a sampler that grows rounds (``rounds_sampler``); None for other samplers."""
+    data_parallel: Callable[[Any, str], list[str]] = no_data_parallel_problems
+    """Run config, wrapper (ddp / fsdp2) -> settings this sampler cannot run with on several ranks (one line each,
+    naming the fields; ``training.distributed`` refuses them before any work)."""
 
 
 def _as_spec(obj: Any) -> SamplerSpec:
@@ -129,7 +136,7 @@ def _as_spec(obj: Any) -> SamplerSpec:
 def _spec_problem(spec: Any) -> str | None:
     if not isinstance(spec, SamplerSpec):
         return f"is a {type(spec).__name__}, not a SamplerSpec or a grow function"
-    for part in ("grow", "shape", "problems"):
+    for part in ("grow", "shape", "problems", "data_parallel"):
         if not callable(getattr(spec, part)):
             return f"has {part} = {describe(getattr(spec, part))}, not a function or other callable"
     return None

@@ -168,11 +168,22 @@ def padded_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
 def logprobs_in_chunks(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
                        rows_per_pass: int, device: torch.device, extra: Callable[[torch.Tensor], dict] | None = None,
-                       chunk_tokens: int = 0) -> torch.Tensor:
+                       chunk_tokens: int = 0, lockstep: Callable[[int], int] | None = None) -> torch.Tensor:
     """No-grad token log-probs (N, L-1) of a whole batch, `rows_per_pass` rows per forward (0 = all), on CPU.
 
-    extra(rows) returns more keywords of :func:`token_logprobs` for those rows (a trainer extension's)."""
+    extra(rows) returns more keywords of :func:`token_logprobs` for those rows (a trainer extension's).
+    `lockstep(n)` -> the passes every rank runs over a sharded model (``training.world``), so its all-gathers pair
+    up: the extra passes re-run row 0 and are dropped, and the LM head runs inside the model's own forward; None =
+    this process's own passes."""
+    chunks = list(torch.arange(input_ids.shape[0]).split(rows_per_pass or input_ids.shape[0]))
+    passes = len(chunks) if lockstep is None else lockstep(len(chunks))
+    chunk_tokens = chunk_tokens if lockstep is None else 2**62
+    out = []
     with torch.no_grad():
-        return torch.cat([padded_logprobs(model, input_ids, attention_mask, rows, temperature, device, chunk_tokens,
-                                          **(extra(rows) if extra is not None else {}))[0].float().cpu()
-                          for rows in torch.arange(input_ids.shape[0]).split(rows_per_pass or input_ids.shape[0])])
+        for i in range(passes):
+            rows = chunks[i] if i < len(chunks) else torch.zeros(1, dtype=torch.long)
+            logp = padded_logprobs(model, input_ids, attention_mask, rows, temperature, device, chunk_tokens,
+                                   **(extra(rows) if extra is not None else {}))[0]
+            if i < len(chunks):
+                out.append(logp.float().cpu())
+    return torch.cat(out)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ibtpo.training.checkpoint import TMP_PREFIX, CheckpointError, rng_state, save_checkpoint
-from ibtpo.training.distributed import DataParallel, barrier
+from ibtpo.training.world import LocalWorld, barrier
 
 OPTIMIZER_DIR = "optimizer"
 RNG_DIR = "rng"
@@ -33,7 +33,7 @@ def _rng_file(directory: Path, rank: int) -> Path:
     return Path(directory) / RNG_DIR / f"rank-{rank:05d}.pt"
 
 
-def save_data_parallel(run_dir: Path, step: int, policy, tokenizer, state: dict[str, Any], dp: DataParallel,
+def save_data_parallel(run_dir: Path, step: int, policy, tokenizer, state: dict[str, Any], dp: LocalWorld,
                        optimizer: torch.optim.Optimizer, generator: torch.Generator, keep: int) -> None:
     """Write checkpoint `step` of a data-parallel run (a collective: every rank calls it)."""
     state = {**state, "world_size": dp.world, "dp_exact": dp.exact}
@@ -61,11 +61,11 @@ def save_data_parallel(run_dir: Path, step: int, policy, tokenizer, state: dict[
 
 
 def restore_optimizer(ckpt: Path, state: dict[str, Any], train_model, optimizer: torch.optim.Optimizer,
-                      dp: DataParallel | None) -> None:
-    """Load the optimizer state of checkpoint `ckpt` (either layout) into `optimizer` of this run."""
+                      world: LocalWorld) -> None:
+    """Load the optimizer state of checkpoint `ckpt` (either layout) into `optimizer` of this run in `world`."""
     sharded = state.get("optimizer") is None
     if not sharded:
-        if dp is not None and dp.kind == "fsdp2":
+        if world.kind == "fsdp2":
             raise CheckpointError(f"{ckpt}: its optimizer state is a full one (written by one process or DDP ranks); "
                                   f"resume it with data_parallel=ddp or in one process")
         try:
@@ -109,12 +109,12 @@ def extension_state(ckpt: Path, state: dict[str, Any], key: str) -> Any:
     return state[key]
 
 
-def rank_rng(ckpt: Path, state: dict[str, Any], dp: DataParallel | None) -> dict[str, Any]:
+def rank_rng(ckpt: Path, state: dict[str, Any], dp: LocalWorld) -> dict[str, Any]:
     """The RNG states this rank resumes with; CheckpointError (one line) when the world size changed and the run's
     draws depend on it."""
     saved_world = int(state.get("world_size", 1))
     saved_exact = bool(state.get("dp_exact", True)) or saved_world == 1
-    world, exact, rank = (dp.world, dp.exact, dp.rank) if dp is not None else (1, True, 0)
+    world, exact, rank = dp.world, dp.exact, dp.rank
     if saved_world == world:
         path = _rng_file(ckpt, rank)
         if path.exists():

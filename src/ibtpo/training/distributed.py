@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,6 +35,9 @@ import torch
 import torch.distributed as dist
 
 from ibtpo.algos.losses import SUMMED_METRICS
+from ibtpo.rollout.samplers import SAMPLERS
+from ibtpo.training.dist_checkpoint import save_data_parallel
+from ibtpo.training.world import RANK_SEED_STRIDE, LocalWorld, env_world
 
 SUMMED_KEYS = ("actor/loss", *SUMMED_METRICS, "reward/errors", "reward/none")
 """Metrics whose per-rank values add up to the global value (loss terms divided by a global count, counts)."""
@@ -49,25 +51,6 @@ _MONITOR: dict[str, Any] = {}
 
 class DistError(RuntimeError):
     """A data-parallel setting that cannot work; the message is one line naming the field."""
-
-
-def env_world() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from the launcher's environment (torchrun, accelerate); (0, 1, 0) without."""
-    env = os.environ
-    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
-
-
-def is_writer() -> bool:
-    """Does this process write the run's files (rank 0, or the only process)?"""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return env_world()[0] == 0
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op in one process)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def init_process_group(device: torch.device, timeout_s: float) -> None:
@@ -128,10 +111,8 @@ def check_data_parallel(cfg, world: int) -> None:
                         f"grows the trees of at least one question")
     if not cfg.dp_exact and cfg.scale_rewards == "batch":
         raise DistError("scale_rewards=batch needs the whole batch's rewards on every rank: set dp_exact=true")
-    if not cfg.dp_exact and cfg.sampler == "iib":
-        raise DistError("sampler=iib fits its CVAE on the whole step's trees: set dp_exact=true")
-    if cfg.sampler == "iib" and cfg.iib_latent != "none" and wrapper_kind(cfg) == "fsdp2":
-        raise DistError("sampler=iib with latents trains a module outside the policy: use data_parallel=ddp")
+    for problem in SAMPLERS.get(cfg.sampler).data_parallel(cfg, wrapper_kind(cfg)):  # the sampler's own needs
+        raise DistError(problem)
 
 
 def wrapper_kind(cfg) -> str:
@@ -142,8 +123,8 @@ def wrapper_kind(cfg) -> str:
 
 
 @dataclass
-class DataParallel:
-    """This rank's view of a data-parallel run."""
+class DataParallel(LocalWorld):
+    """This rank's view of a data-parallel run: the world of N ranks (the one-process world: ``training.world``)."""
 
     rank: int
     world: int
@@ -158,6 +139,8 @@ class DataParallel:
     positions: torch.Tensor | None = None
     """Places of this rank's rows in the current mini-batch's global row order (set by :meth:`minibatches`)."""
 
+    wrapped = True  # the gradient forward runs through DDP or FSDP2
+
     # -- setup ---------------------------------------------------------------------------------------------------
     @classmethod
     def from_env(cls, cfg, device: torch.device) -> "DataParallel | None":
@@ -170,6 +153,15 @@ class DataParallel:
         if dist.get_world_size() <= 1:
             return None
         return cls(rank=dist.get_rank(), world=dist.get_world_size(), kind=wrapper_kind(cfg), exact=cfg.dp_exact)
+
+    @property
+    def frozen_lockstep(self):
+        """FSDP2: passes -> the most any rank runs over a sharded frozen model (its all-gathers pair up)."""
+        return (lambda n: max(self.all_gather_int(n))) if self.kind == "fsdp2" else None
+
+    def logits_chunk(self, tokens: int) -> int:
+        """The wrapper must see the whole forward: the LM head runs inside it, unchunked."""
+        return 2**62
 
     def wrap(self, policy: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """The model the gradient forward runs on: DDP around `policy`, or an FSDP2-sharded copy of it."""
@@ -197,22 +189,6 @@ class DataParallel:
         fully_shard(model)
         return model
 
-    def sharded_logprobs(self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         temperature: float, rows_per_pass: int, device: torch.device) -> torch.Tensor:
-        """No-grad token log-probs (N, L-1), on CPU, of a model sharded by :meth:`shard_frozen`: every rank runs as
-        many passes as the busiest one (extra passes re-run row 0 and are dropped), so the all-gathers pair up."""
-        from ibtpo.training.batch import padded_logprobs
-
-        chunks = list(torch.arange(input_ids.shape[0]).split(rows_per_pass or input_ids.shape[0]))
-        out = []
-        with torch.no_grad():
-            for i in range(max(self.all_gather_int(len(chunks)))):
-                rows = chunks[i] if i < len(chunks) else torch.zeros(1, dtype=torch.long)
-                logp = padded_logprobs(model, input_ids, attention_mask, rows, temperature, device, 2**62)[0]
-                if i < len(chunks):
-                    out.append(logp.float().cpu())
-        return torch.cat(out)
-
     def sync_policy(self) -> None:
         """FSDP2: gather the trained shards into the full rollout policy (every rank); DDP shares its parameters."""
         if self.kind != "fsdp2":
@@ -236,6 +212,33 @@ class DataParallel:
         """dp_exact: the rows (indices into the global batch) of this rank's block of questions."""
         block = self.share(n_questions)
         return ((group_ids >= block.start) & (group_ids < block.stop)).nonzero().squeeze(-1)
+
+    def sampling_seed(self, seed: int) -> int:
+        """Without ``dp_exact`` rank r grows its own trees: its own sampling streams (rank 0: the run's)."""
+        return seed if self.exact else seed + RANK_SEED_STRIDE * self.rank
+
+    def grow_block(self, n: int) -> slice:
+        """The questions this rank grows: all (``dp_exact``), or its block."""
+        return slice(0, n) if self.exact else self.share(n)
+
+    def gather_grown(self, items: list) -> list:
+        """Every rank's grown items (trees, ...) in question order."""
+        return items if self.exact else [x for part in self.gather_objects(items) for x in part]
+
+    def rollout_metrics(self, metrics: dict[str, float], trees: list) -> dict[str, float]:
+        """Rollout metrics of every rank's trees (``dp_exact``: every rank grew them all)."""
+        return metrics if self.exact else self.combine_rollout(metrics, trees)
+
+    def count_grown(self, tokens: int) -> int:
+        """Tokens generated by every rank this step."""
+        return tokens if self.exact else int(self.all_sum(tokens))
+
+    def train_rows(self, batch, advantages: torch.Tensor, n_questions: int):
+        """``dp_exact``: every rank grew every tree; it trains on its block of questions' rows (else all its rows)."""
+        if not self.exact:
+            return batch, advantages
+        keep = self.keep_rows(batch.group_ids, n_questions)
+        return batch.select(keep), advantages[keep]
 
     def minibatches(self, local_rows: int, mini_batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
         """Local row indices of each mini-batch of the global row order (rank r's rows follow rank r-1's).
@@ -340,6 +343,13 @@ class DataParallel:
         (its tokens, rows or questions) and `weights` per-key weights that override it."""
         return combine_metrics(self.gather_objects((metrics, weight, weights or {})))
 
+    def evaluate(self, run_eval, cfg, sets: dict[str, list], records: list | None
+                 ) -> tuple[dict[str, float], list | None]:
+        """``dp_exact``: every rank evaluates every set with the run's draws; else :meth:`evaluate_sharded`."""
+        if self.exact:
+            return super().evaluate(run_eval, cfg, sets, records)
+        return self.evaluate_sharded(run_eval, cfg, sets, records)
+
     def evaluate_sharded(self, run_eval, cfg, sets: dict[str, list], records: list | None
                          ) -> tuple[dict[str, float], list | None]:
         """Evaluation of a run without ``dp_exact``: each rank evaluates its block of every set, sampling with its
@@ -347,7 +357,7 @@ class DataParallel:
         returns the question-weighted ``val/<set>/<metric>`` means over the ranks and every rank's records (or None)."""
         blocks = {name: problems[self.share(len(problems))] for name, problems in sets.items()}
         mine = {name: problems for name, problems in blocks.items() if problems}
-        seeded = cfg.model_copy(update={"seed": cfg.seed + 1_000_033 * self.rank})  # rank 0: the run's draws
+        seeded = cfg.model_copy(update={"seed": self.sampling_seed(cfg.seed)})  # rank 0: the run's draws
         results = run_eval(seeded, mine, records) if mine else {}
         out: dict[str, float] = {}
         for name in sets:  # every rank combines every set, in the same order
@@ -377,6 +387,23 @@ class DataParallel:
         t = torch.tensor([float((values * mask).sum()), float(mask.sum())], dtype=torch.float64)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return float(t[0] / max(float(t[1]), 1.0))
+
+    # -- files ---------------------------------------------------------------------------------------------------
+    @property
+    def writer(self) -> bool:
+        """Rank 0 writes the run's files."""
+        return self.rank == 0
+
+    def metrics_logger(self, run_dir, tensorboard: bool, resume_step: int | None):
+        """Rank 0 logs the reduced metrics; the other ranks write nothing."""
+        if self.writer:
+            return super().metrics_logger(run_dir, tensorboard, resume_step)
+        return NullLogger(run_dir / "metrics.jsonl")
+
+    def save(self, run_dir, step: int, policy, tokenizer, state: dict[str, Any], optimizer, generator,
+             keep: int) -> None:
+        """Every rank: its sharded optimizer state and RNG states; rank 0 the rest (``dist_checkpoint``)."""
+        save_data_parallel(run_dir, step, policy, tokenizer, state, self, optimizer, generator, keep)
 
 
 class _PolicyDDP(torch.nn.parallel.DistributedDataParallel):
@@ -423,6 +450,11 @@ def combine_metrics(parts: list[tuple[dict[str, float], float, dict[str, float]]
             total = sum(w for _, w in have)
             out[key] = (sum(v * w for v, w in have) / total) if total else sum(v for v, _ in have) / len(have)
     return out
+
+
+def join_world(cfg, device: torch.device) -> LocalWorld:
+    """The world of this process: the launcher's data-parallel run (WORLD_SIZE > 1), else one process."""
+    return DataParallel.from_env(cfg, device) or LocalWorld()
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -117,12 +117,14 @@ def packed_batch_logprobs(model, batch, row_tokens: int, micro_tokens: int, temp
                           lockstep=None) -> torch.Tensor:
     """No-grad per-path token log-probs (N, T) of a whole batch on CPU, one pass per micro-batch of packed rows
     (``plan_parts``). `lockstep(n)` -> the passes every rank runs (a sharded model's all-gathers pair up; the extra
-    passes re-run the first path and are dropped); None = this rank's own."""
+    passes re-run the first path and are dropped, and the logits come from the model's own forward); None = this
+    rank's own."""
     from ibtpo.training.packed import pack_paths, plan_parts
 
     parts = plan_parts(batch, torch.arange(batch.size), row_tokens, micro_tokens)
     out = torch.zeros(batch.size, batch.input_ids.shape[1] - 1)
     passes = lockstep(len(parts)) if lockstep is not None else len(parts)
+    whole = whole or lockstep is not None
     with torch.no_grad():
         for i in range(passes):
             rows = parts[i] if i < len(parts) else torch.zeros(1, dtype=torch.long)

@@ -13,7 +13,7 @@ from ibtpo.core.guard import ComponentError
 from ibtpo.rollout.samplers import SAMPLERS
 from ibtpo.reporting.progress import LogLines, binding_budget, phase, run_progress
 from ibtpo.training.checkpoint import clean_temporary, latest_checkpoint
-from ibtpo.training.distributed import is_writer
+from ibtpo.training.world import is_writer
 from ibtpo.training.lock import RunLock
 from ibtpo.training.metrics import read_metrics
 from ibtpo.training.reference import lookup

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ibtpo.algos.losses import TOKEN_SELECTORS, masked_mean
+from ibtpo.algos.losses import TOKEN_SELECTORS
 from ibtpo.config.components import (advantage_estimator, loss_config, policy_loss, regularizers, rollout_sampling,
                                      tree_shape)
 from ibtpo.config.schema import ConfigError, TrainConfig, check_training, save_config
@@ -46,13 +46,11 @@ from ibtpo.rollout.samplers import SAMPLERS
 from ibtpo.core.steps import StepSplitter
 from ibtpo.data.tasks import build_rewards, build_source
 from ibtpo.training.batch import TrainBatch, flatten_paths, logprobs_in_chunks, padded_logprobs
-from ibtpo.training.checkpoint import (load_trainer_state, resume_point, rng_state, save_checkpoint,
-                                       set_rng_state)
+from ibtpo.training.checkpoint import load_trainer_state, resume_point, rng_state, set_rng_state
 from ibtpo.algos.extensions import build_extensions
-from ibtpo.training.dist_checkpoint import extension_state, rank_rng, restore_optimizer, save_data_parallel
-from ibtpo.training.distributed import DataParallel, NullLogger, is_writer, rank_device
+from ibtpo.training.dist_checkpoint import extension_state, rank_rng, restore_optimizer
+from ibtpo.training.distributed import join_world, rank_device
 from ibtpo.training.memory import MemoryPlanError, plan_run, return_freed_buffers
-from ibtpo.training.metrics import MetricsLogger
 from ibtpo.training.packed import pack_paths, plan_parts, row_budget, scale_gradient, shared_token_weights
 from ibtpo.training.packed_forward import attention_kind, choose_layout, packed_batch_logprobs, packed_logprobs
 from ibtpo.core.tree import Tree
@@ -77,7 +75,10 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.device = rank_device(resolve_device(cfg.device))
+        self.world = join_world(cfg, self.device)  # one process, or this rank's share of a data-parallel run
+        # sampling streams: the run's seed (without dp_exact, rank r grows its own trees with its own streams)
+        self.generator = torch.Generator().manual_seed(self.world.sampling_seed(cfg.seed))
         if cfg.eval_datasets and not cfg.dataset:
             raise ConfigError("eval_datasets: set dataset= too (training on the built-in task evaluates on its own "
                               "test split)")
@@ -86,10 +87,6 @@ class Trainer:
         ckpt, self.resume_note = resume_point(self.run_dir, resume, cfg.overwrite)  # nothing deleted yet
         self.policy, self.tokenizer = load_policy(str(ckpt) if ckpt else cfg.model, cfg.dtype,
                                                   cfg.gradient_checkpointing)
-        self.device = rank_device(resolve_device(cfg.device))
-        self.dp = DataParallel.from_env(cfg, self.device)  # launched on several ranks: this rank's share of the work
-        if self.dp is not None and not self.dp.exact:  # rank r grows its own trees: its own sampling streams
-            self.generator.manual_seed(cfg.seed + 1_000_033 * self.dp.rank)
         self.policy.to(self.device)
         if cfg.lora_rank:
             self.policy = add_lora(self.policy, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
@@ -104,10 +101,9 @@ class Trainer:
         if cfg.beta > 0 and not is_lora(self.policy):  # frozen reference for the KL term (LoRA: adapters disabled)
             self.ref, _ = load_policy(cfg.model, cfg.dtype)
             self.ref.to(self.device).eval().requires_grad_(False)
-            if self.dp is not None:  # FSDP2: sharded like the policy
-                self.ref = self.dp.shard_frozen(self.ref)
+            self.ref = self.world.shard_frozen(self.ref)  # FSDP2: sharded like the policy
         self.extensions = build_extensions(self)  # a method's hooks (e.g. IIB-LPO), before the optimizer
-        self.train_model = self.dp.wrap(self.policy, self.device) if self.dp else self.policy  # DDP, FSDP2
+        self.train_model = self.world.wrap(self.policy, self.device)  # the policy, or DDP / FSDP2 around it
         self.params = [p for p in self.train_model.parameters() if p.requires_grad]
         try:  # flattened rows or packed trees (training.packed); packing asked for but impossible: exit 2
             self.layout, self.layout_note = choose_layout(cfg.train_layout, self.policy,
@@ -129,20 +125,17 @@ class Trainer:
         self.step, self.tokens, self.data_pos = 0, 0, 0
         if ckpt is not None:
             state = load_trainer_state(ckpt)
-            restore_optimizer(ckpt, state, self.train_model, self.optimizer, self.dp)  # full or sharded (FSDP2)
+            restore_optimizer(ckpt, state, self.train_model, self.optimizer, self.world)  # full or sharded (FSDP2)
             self.scheduler.load_state_dict(state["scheduler"])
-            set_rng_state(rank_rng(ckpt, state, self.dp), self.generator)
+            set_rng_state(rank_rng(ckpt, state, self.world), self.generator)
             self.step, self.tokens, self.data_pos = state["step"], state["tokens"], state["data_pos"]
             for ext in self.extensions:
                 if ext.state_key:
                     ext.load_state_dict(extension_state(ckpt, state, ext.state_key))
-        if ckpt is None and is_writer():  # a fresh run: everything loaded, an overwritten run's checkpoints can go
-            shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
-        if not is_writer():  # data parallel: rank 0 writes metrics and config
-            self.logger = NullLogger(self.run_dir / "metrics.jsonl")
-            return
-        self.logger = MetricsLogger(self.run_dir, cfg.tensorboard, resume_step=self.step if ckpt else None)
-        save_config(cfg, self.run_dir / "config.yaml")
+        if ckpt is None:  # a fresh run: everything loaded, an overwritten run's checkpoints can go
+            self.world.on_writer(shutil.rmtree, self.run_dir / "checkpoints", ignore_errors=True)
+        self.logger = self.world.metrics_logger(self.run_dir, cfg.tensorboard, self.step if ckpt else None)
+        self.world.on_writer(save_config, cfg, self.run_dir / "config.yaml")  # data parallel: rank 0 writes files
 
     def _apply_memory_plan(self, cfg: TrainConfig, longest_prompt: int) -> TrainConfig:
         """Plan the update's memory (``training.memory``); the config with the chosen micro-batch settings."""
@@ -195,8 +188,7 @@ class Trainer:
         cfg = self.cfg
         problems = [self.source.train_problem(self.data_pos + i) for i in range(cfg.questions_per_step)]
         self.data_pos += len(problems)
-        if self.dp is not None and not self.dp.exact:  # this rank's block of the global batch
-            problems = problems[self.dp.share(len(problems))]
+        problems = problems[self.world.grow_block(len(problems))]  # data parallel: this rank's block of the batch
         # tie-breaking and node draws of the tree rules come from the run's generator (checkpointed with it)
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
         return grow_problem_trees(cfg.sampler, self.policy, self.tokenizer, problems, self.reward_fn, self.shape,
@@ -219,15 +211,17 @@ class Trainer:
             return self.device.type != "cpu" or cfg.dtype != "float32" or cfg.tis_cap is not None
         return cfg.old_logp == "recompute"
 
-    def batch_logprobs(self, model, batch: TrainBatch, offsets: bool = True) -> torch.Tensor:
-        """No-grad token log-probs (N, T) of the whole batch under `model`, ``micro_batch_size`` rows per pass."""
+    def batch_logprobs(self, model, batch: TrainBatch, offsets: bool = True, lockstep=None) -> torch.Tensor:
+        """No-grad token log-probs (N, T) of the whole batch under `model`, ``micro_batch_size`` rows per pass.
+        `lockstep(n)`: the passes every rank runs over a sharded model (``training.world``)."""
         if self.layout == "packed":
             row_tokens, micro_tokens = row_budget(batch, self.cfg.pack_row_tokens, self.cfg.micro_batch_size)
             return packed_batch_logprobs(model, batch, row_tokens, micro_tokens, self.cfg.temperature, self.device,
-                                         self.cfg.logits_chunk_tokens, kind=self.mask_kind)
+                                         self.cfg.logits_chunk_tokens, kind=self.mask_kind, lockstep=lockstep)
         extra = (lambda rows: self.forward_kwargs(batch, rows)) if offsets else None  # noqa: E731
         return logprobs_in_chunks(model, batch.input_ids, batch.attention_mask, self.cfg.temperature,
-                                  self.cfg.micro_batch_size, self.device, extra, self.cfg.logits_chunk_tokens)
+                                  self.cfg.micro_batch_size, self.device, extra, self.cfg.logits_chunk_tokens,
+                                  lockstep)
 
     def update(self, batch: TrainBatch, advantages: torch.Tensor) -> dict[str, float]:
         """`ppo_epochs` passes of clipped policy-gradient mini-batch steps over one rollout batch.
@@ -235,7 +229,6 @@ class Trainer:
         Each mini-batch is one optimizer step, run as micro-batches whose gradients accumulate (``update.py``)."""
         cfg = self.cfg
         ref_logp = self.reference_logprobs(batch) if cfg.beta > 0 else None
-        mb = cfg.mini_batch_size or batch.size
         behaviour = batch.old_logp
         old_logp = behaviour
         gap = LogpGap()
@@ -252,13 +245,8 @@ class Trainer:
         weights = shared_token_weights(batch, cfg.shared_token_weight)
         budget = row_budget(batch, cfg.pack_row_tokens, cfg.micro_batch_size)
         for epoch in range(cfg.ppo_epochs):
-            if self.dp is None:
-                order = (torch.randperm(batch.size, generator=self.generator) if mb < batch.size
-                         else torch.arange(batch.size))
-                chunks = order.split(mb)
-            else:  # this rank's rows of each global mini-batch (none: one zero-weight row, to take part)
-                chunks = self.dp.minibatches(batch.size, cfg.mini_batch_size, self.generator)
-            for rows in chunks:
+            # this rank's rows of each mini-batch (data parallel, none: one zero-weight row, to take part)
+            for rows in self.world.minibatches(batch.size, cfg.mini_batch_size, self.generator):
                 has_rows = rows.numel() > 0
                 rows = rows if has_rows else torch.zeros(1, dtype=torch.long)
                 dev = self.device
@@ -268,7 +256,7 @@ class Trainer:
                 if not has_rows:
                     minibatch.mask = minibatch.mask * 0
                 parts = plan_parts(batch, rows, *budget) if self.layout == "packed" else None
-                dp_args = {} if self.dp is None else self.dp.accumulate_args(
+                dp_args = self.world.accumulate_args(  # data parallel: global denominator, pass count, sync
                     minibatch.mask, cfg.loss_agg_mode, cfg.max_completion_length, cfg.micro_batch_size, has_rows,
                     None if parts is None else len(parts))
                 # without a recompute pass, the first mini-batch's forward (weights not yet updated) gives the gap
@@ -279,24 +267,20 @@ class Trainer:
                                          TOKEN_SELECTORS.get(cfg.policy_loss),
                                          self._gap_probe(gap, batch, rows) if first else None, parts=parts, **dp_args,
                                          on_policy=epoch == 0 and count == 0 and cfg.old_logp != "sampler")
-                m["actor/grad_norm"] = (self.dp.clip_grad_norm(self.params, cfg.max_grad_norm) if self.dp else
-                                        float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)))
+                m["actor/grad_norm"] = self.world.clip_grad_norm(self.params, cfg.max_grad_norm)
                 m["actor/lr"] = self.optimizer.param_groups[0]["lr"]
                 check_grad_norm(m["actor/grad_norm"])  # NaN/inf: stop before the weights change
-                if self.dp is not None:  # this mini-batch's metrics over every rank's rows, as one process has them
-                    m = self.dp.combine(m, float(minibatch.mask.sum()))
+                m = self.world.combine(m, float(minibatch.mask.sum()))  # over every rank's rows, as one process
                 self.optimizer.step()
                 self.scheduler.step()
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
         out = {k: v / count for k, v in sums.items()}
-        batch_metrics = {**gap.metrics(), **extra}  # token means over this rank's whole batch
-        if self.dp is not None:  # of all ranks; FSDP2: the rollout policy gets the new weights
-            batch_metrics = self.dp.combine(batch_metrics, float(batch.response_mask.sum()),
-                                            {k: gap.count for k in gap.metrics()})
-            self.dp.sync_policy()
-        out.update(batch_metrics)
+        batch_metrics = {**gap.metrics(), **extra}  # token means over this rank's whole batch, then all ranks'
+        out.update(self.world.combine(batch_metrics, float(batch.response_mask.sum()),
+                                      {k: gap.count for k in gap.metrics()}))
+        self.world.sync_policy()  # FSDP2: the rollout policy gets the new weights
         if ref_logp is None:
             out["actor/kl"] = 0.0
         return out
@@ -313,12 +297,12 @@ class Trainer:
             picked = rows[sub]
             if self.layout == "packed":  # wrappers: through their own forward
                 logp, entropy = packed_logprobs(self.train_model, pack_paths(batch, picked, row_tokens),
-                                                cfg.temperature, dev, cfg.logits_chunk_tokens, self.dp is not None,
+                                                cfg.temperature, dev, cfg.logits_chunk_tokens, self.world.wrapped,
                                                 self.mask_kind)
             else:
-                chunk = cfg.logits_chunk_tokens if self.dp is None else 2**62  # wrappers: through their own forward
                 logp, entropy = padded_logprobs(self.train_model, batch.input_ids, batch.attention_mask, picked,
-                                                cfg.temperature, dev, chunk, **self.forward_kwargs(batch, picked))
+                                                cfg.temperature, dev, self.world.logits_chunk(cfg.logits_chunk_tokens),
+                                                **self.forward_kwargs(batch, picked))
             if weights is None:
                 return logp, entropy
             w = weights[picked].to(dev)
@@ -335,17 +319,8 @@ class Trainer:
     def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         """Token log-probs (N, T) under the frozen reference: the base model (LoRA: adapters disabled); no grad,
         ``micro_batch_size`` rows per pass, on CPU."""
-        cfg = self.cfg
-        if self.ref is not None and self.layout == "packed" and self.dp is not None and self.dp.kind == "fsdp2":
-            row_tokens, micro_tokens = row_budget(batch, cfg.pack_row_tokens, cfg.micro_batch_size)
-            return packed_batch_logprobs(self.ref, batch, row_tokens, micro_tokens, cfg.temperature, self.device,
-                                         whole=True, kind=self.mask_kind,
-                                         lockstep=lambda n: max(self.dp.all_gather_int(n)))
-        if self.ref is not None and self.dp is not None and self.dp.kind == "fsdp2":  # passes in lockstep
-            return self.dp.sharded_logprobs(self.ref, batch.input_ids, batch.attention_mask, self.cfg.temperature,
-                                            self.cfg.micro_batch_size, self.device)
-        if self.ref is not None:
-            return self.batch_logprobs(self.ref, batch, offsets=False)
+        if self.ref is not None:  # FSDP2: the sharded reference's passes run in lockstep on every rank
+            return self.batch_logprobs(self.ref, batch, offsets=False, lockstep=self.world.frozen_lockstep)
         with self.policy.disable_adapter():
             return self.batch_logprobs(self.policy, batch, offsets=False)
 
@@ -357,15 +332,10 @@ class Trainer:
         records = [] if cfg.eval_samples else None
         sets = {name: problems[:cfg.eval_questions] for name, problems in self.source.test_sets.items()}
         bar = (lambda name, total: phase(f"evaluation {name}", total)) if phase else None  # noqa: E731
-        if self.dp is not None and not self.dp.exact:  # each rank evaluates its blocks, with its own draws
-            out, records = self.dp.evaluate_sharded(
-                lambda c, s, r: evaluate_sets(c, self.policy, self.tokenizer, self.rewards, s, bar, r), cfg, sets,
-                records)
-        else:
-            results = evaluate_sets(cfg, self.policy, self.tokenizer, self.rewards, sets, bar, records)
-            out = {f"val/{name}/{k}": v for name, res in results.items() for k, v in res.items()}
-        if records is not None and is_writer():
-            write_samples(self.run_dir / "eval_samples" / f"step_{self.step:06d}.jsonl", records)
+        out, records = self.world.evaluate(  # data parallel: each rank its block of each set, with its own draws
+            lambda c, s, r: evaluate_sets(c, self.policy, self.tokenizer, self.rewards, s, bar, r), cfg, sets, records)
+        if records is not None:
+            self.world.on_writer(write_samples, self.run_dir / "eval_samples" / f"step_{self.step:06d}.jsonl", records)
         return out
 
     def probe(self, phase=None) -> dict[str, float]:
@@ -374,19 +344,16 @@ class Trainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         problems = list(self.source.test_sets[self.source.name][:cfg.ib_probe_questions])
-        shard = self.dp is not None and not self.dp.exact  # each rank probes its block, with its own draws
-        if shard:
-            problems = problems[self.dp.share(len(problems))]
+        problems = problems[self.world.grow_block(len(problems))]  # data parallel: its block, with its own draws
         bar = phase("IB probe", len(problems)) if phase else None
         trees = [] if not problems else grow_probe(
             self.policy, self.tokenizer, problems, self.rewards.check, tree_shape(cfg, "ib"), self.sampling,
-            self.splitter, seed=cfg.seed + PROBE_SEED_OFFSET + (1_000_033 * self.dp.rank if shard else 0),
+            self.splitter, seed=self.world.sampling_seed(cfg.seed + PROBE_SEED_OFFSET),
             batch_questions=min(len(problems), cfg.eval_batch_questions), prefix_reuse=cfg.prefix_reuse,
             on_batch=bar.on_batch if bar else None, backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
         if bar:
             bar.close()
-        if shard:  # every rank's trees, in question order
-            trees = [t for part in self.dp.gather_objects(trees) for t in part]
+        trees = self.world.gather_grown(trees)  # every rank's trees, in question order
         out = probe_metrics(trees, cfg.ib_beta, cfg.ib_conf)
         if not SAMPLERS.get(cfg.sampler).branches:
             out.update({k: out[f"probe/{k}"] for k in IB_KEYS if f"probe/{k}" in out})
@@ -400,11 +367,8 @@ class Trainer:
         for ext in self.extensions:
             if ext.state_key:
                 state[ext.state_key] = ext.state_dict()
-        if self.dp is not None:  # every rank: sharded optimizer state, its RNG states; rank 0 the rest
-            save_data_parallel(self.run_dir, self.step, self.policy, self.tokenizer, state, self.dp, self.optimizer,
-                               self.generator, self.cfg.keep_checkpoints)
-            return
-        save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, keep=self.cfg.keep_checkpoints)
+        self.world.save(self.run_dir, self.step, self.policy, self.tokenizer, state, self.optimizer, self.generator,
+                        self.cfg.keep_checkpoints)  # data parallel: every rank its shards and RNG states
 
     def dump_trees(self, trees: list[Tree], step: int) -> Path:
         """Write one step's trees to RUN_DIR/trees/step_NNNNNN.json (tokens, texts, p_hat) and .txt (drawn)."""
@@ -421,20 +385,16 @@ class Trainer:
             out.update(ext.row_extras(rows))
         return out
 
-    # ----------------------------------------------------------------------------------------------------------------
-    def train_step(self) -> dict[str, float]:
-        """One RL step; returns its metrics."""
-        t0 = time.perf_counter()
-        trees = self.rollout()
-        t_roll = time.perf_counter() - t0
-        ext_metrics: dict[str, float] = {}
-        for ext in self.extensions:  # e.g. IIB-LPO's CVAE fit and IB filter
-            ext_metrics.update(ext.after_rollout(trees))
-        batch = flatten_paths(trees, self.tokenizer.pad_token_id, self._row_extras if self.extensions else None)
+    def advantages(self, batch: TrainBatch) -> torch.Tensor:
+        """(N, T) advantages of the batch's tokens: the registered estimator, then a method's adjustment."""
         advantages = self.adv_fn(rewards=batch.rewards, response_mask=batch.response_mask, group_ids=batch.group_ids,
                                  node_index=batch.node_index, nodes=batch.nodes, ancestor_index=batch.ancestor_index)
         for ext in self.extensions:  # e.g. IIB-LPO's self-reward
             advantages = ext.adjust_advantages(batch, advantages)
+        return advantages
+
+    def tree_metrics(self, trees: list[Tree], ext_metrics: dict[str, float]) -> dict[str, float]:
+        """Rollout, diversity, reward-guard and (tree runs) IB metrics of the step's trees, over every rank's."""
         metrics = rollout_metrics(trees)
         metrics.update(ext_metrics)
         metrics.update(diversity_metrics(trees, self.tokenizer, self.rewards.extract))
@@ -443,17 +403,31 @@ class Trainer:
         if SAMPLERS.get(self.cfg.sampler).branches:  # IB monitoring from the step's own trees (else: the probe)
             ib = tree_ib_stats(trees, self.cfg.ib_beta, self.cfg.ib_conf)
             metrics.update({k: v for k, v in ib.items() if not math.isnan(v)})
-        new_tokens = sum(t.new_tokens for t in trees)
-        if self.dp is not None and not self.dp.exact:  # rollout metrics and token count of every rank's trees
-            metrics, new_tokens = self.dp.combine_rollout(metrics, trees), int(self.dp.all_sum(new_tokens))
-        elif self.dp is not None:  # dp_exact: every rank grew every tree; it trains on its questions' rows
-            keep = self.dp.keep_rows(batch.group_ids, len(trees))
-            batch, advantages = batch.select(keep), advantages[keep]
-        if self.cfg.dump_trees and (self.step + 1) % self.cfg.dump_trees == 0 and is_writer():
-            self.dump_trees(trees, self.step + 1)
+        return self.world.rollout_metrics(metrics, trees)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        """One RL step; returns its metrics."""
+        t0 = time.perf_counter()
+        # ---- the algorithm: rollout, rewards, advantages ----------------------------------------------------------
+        trees = self.rollout()  # one tree per question, every leaf rewarded
+        t_roll = time.perf_counter() - t0
+        ext_metrics: dict[str, float] = {}
+        for ext in self.extensions:  # e.g. IIB-LPO's CVAE fit and IB filter
+            ext_metrics.update(ext.after_rollout(trees))
+        batch = flatten_paths(trees, self.tokenizer.pad_token_id, self._row_extras if self.extensions else None)
+        advantages = self.advantages(batch)
+        # ---- plumbing: metrics, the rows this process trains on, tree dumps --------------------------------------
+        metrics = self.tree_metrics(trees, ext_metrics)
+        new_tokens = self.world.count_grown(sum(t.new_tokens for t in trees))
+        batch, advantages = self.world.train_rows(batch, advantages, len(trees))  # dp_exact: its questions' rows
+        if self.cfg.dump_trees and (self.step + 1) % self.cfg.dump_trees == 0:
+            self.world.on_writer(self.dump_trees, trees, self.step + 1)
+        # ---- the algorithm: the policy update ----------------------------------------------------------------------
         t1 = time.perf_counter()
         metrics.update(self.update(batch, advantages))
         t_update = time.perf_counter() - t1
+        # ---- plumbing: counters, time budget, timings ----------------------------------------------------------
         self.step += 1
         self.tokens += new_tokens
         limit = self.cfg.max_train_time_s
@@ -463,7 +437,5 @@ class Trainer:
                         "perf/step_time_s": dt, "perf/rollout_time_s": t_roll,
                         "perf/tokens_per_s": new_tokens / max(t_roll, 1e-9), "perf/update_time_s": t_update,
                         "perf/train_tokens_per_s": float(batch.attention_mask.sum()) * self.cfg.ppo_epochs / t_update,
-                        "critic/advantages/mean": float(masked_mean(advantages, batch.response_mask)) if self.dp is None
-                        else self.dp.masked_mean(advantages, batch.response_mask)})
+                        "critic/advantages/mean": self.world.masked_mean(advantages, batch.response_mask)})
         return metrics
-

@@ -186,4 +186,16 @@ def _iib_problems(cfg, shape: TreeShape) -> list[str]:
     return []
 
 
-register_sampler("iib", grow_iib, shape=iib_shape, shape_fields="tree_b0, iib_forks", problems=_iib_problems)
+def _iib_data_parallel(cfg, wrapper: str) -> list[str]:
+    """What several ranks cannot run: the CVAE is fitted on the whole step's trees; the latent injector is a module
+    outside the policy, which FSDP2 does not shard."""
+    out = []
+    if not cfg.dp_exact:
+        out.append("sampler=iib fits its CVAE on the whole step's trees: set dp_exact=true")
+    if cfg.iib_latent != "none" and wrapper == "fsdp2":
+        out.append("sampler=iib with latents trains a module outside the policy: use data_parallel=ddp")
+    return out
+
+
+register_sampler("iib", grow_iib, shape=iib_shape, shape_fields="tree_b0, iib_forks", problems=_iib_problems,
+                 data_parallel=_iib_data_parallel)
