@@ -143,11 +143,13 @@ def _setup(spec: dict, layout: str):
 
 def _token_counts(trainer, batch, layout: str) -> dict:
     from ibtpo.training.packed import pack_paths, plan_parts, row_budget
+    from ibtpo.training.packed_forward import one_row
 
-    cfg, rows = trainer.cfg, torch.arange(batch.size)
+    cfg, rows, single = trainer.cfg, torch.arange(batch.size), one_row(trainer.mask_kind)
     if layout == "packed":
-        row_tokens, micro_tokens = row_budget(batch, cfg.pack_row_tokens, cfg.micro_batch_size)
-        packs = [pack_paths(batch, part, row_tokens) for part in plan_parts(batch, rows, row_tokens, micro_tokens)]
+        row_tokens, micro_tokens = row_budget(batch, cfg.pack_row_tokens, cfg.micro_batch_size, single)
+        packs = [pack_paths(batch, part, row_tokens, one_row=single)
+                 for part in plan_parts(batch, rows, row_tokens, micro_tokens, single)]
         forward, real = sum(p.shape[0] * p.shape[1] for p in packs), sum(p.tokens for p in packs)
         shapes = [list(p.shape) for p in packs]
     else:

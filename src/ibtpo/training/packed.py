@@ -53,6 +53,9 @@ class PackedRows:
     """(n, T) long, the entry giving each path column's log-prob (-1 where it is not a response column)."""
     tokens: int
     """Real (non-padding) tokens of the rows."""
+    blocks: list
+    """[(flat positions of one path (L,) long, tokens it placed)]: each path's positions in order; a path placed its
+    last `owned` positions (the ``blocks`` attention of ``training.tree_attention``)."""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -67,7 +70,7 @@ class _Segment:
     ends: list[int]  # per token: the node whose subtree end applies ("p" for prompt), resolved at close
     last_lineage: list
     placed: dict  # id(node) -> [start, subtree_end]
-    rows: list  # (j, prompt length, [(node, start)])
+    rows: list  # (j, prompt length, [(node, start)], tokens it placed: the prompt (if first) + its new nodes)
 
 
 def _lineage_cost(lineage: list, prev: list) -> tuple[int, int]:
@@ -98,6 +101,7 @@ def segments(batch: TrainBatch, rows: torch.Tensor, row_tokens: int) -> list[_Se
             seg = _Segment(g, batch.input_ids[i, :plen].tolist(), list(range(plen)), ["p"] * plen, [], {}, [])
             out.append(seg)
             shared = 0
+        before = len(seg.ids) if seg.rows else 0
         for node in lineage[shared:]:
             seg.placed[id(node)] = [len(seg.ids), 0]
             seg.ids += node.token_ids
@@ -106,40 +110,54 @@ def segments(batch: TrainBatch, rows: torch.Tensor, row_tokens: int) -> list[_Se
         for node in lineage:  # every ancestor's subtree now reaches the segment's end
             seg.placed[id(node)][1] = len(seg.ids) - 1
         seg.last_lineage = lineage
-        seg.rows.append((j, plen, [(node, seg.placed[id(node)][0]) for node in lineage]))
+        seg.rows.append((j, plen, [(node, seg.placed[id(node)][0]) for node in lineage], len(seg.ids) - before))
     return out
 
 
-def pack_paths(batch: TrainBatch, rows: torch.Tensor, row_tokens: int, pad_id: int = 0) -> PackedRows:
-    """The packed rows of the paths `rows` (batch row indices; the result's paths follow this order)."""
-    segs = segments(batch, rows, row_tokens)
-    placement: list[tuple[int, int]] = []  # (packed row, start column) of each segment, first fit in order
+def _place(sizes: list[int], row_tokens: int, one_row: bool) -> tuple[list[tuple[int, int]], list[int]]:
+    """((packed row, start column) of each segment, tokens of each row): first fit in order, or all in one row."""
+    placement: list[tuple[int, int]] = []
     fill: list[int] = []
-    for seg in segs:
-        if fill and fill[-1] + len(seg.ids) <= row_tokens:
+    for n in sizes:
+        if fill and (one_row or fill[-1] + n <= row_tokens):
             placement.append((len(fill) - 1, fill[-1]))
-            fill[-1] += len(seg.ids)
+            fill[-1] += n
         else:
             placement.append((len(fill), 0))
-            fill.append(len(seg.ids))
+            fill.append(n)
+    return placement, fill
+
+
+def pack_paths(batch: TrainBatch, rows: torch.Tensor, row_tokens: int, pad_id: int = 0,
+               one_row: bool = False) -> PackedRows:
+    """The packed rows of the paths `rows` (batch row indices; the result's paths follow this order). `one_row`: all
+    segments back to back in a single row, no padding (for per-path attention, ``training.tree_attention``; the row
+    width then needs no bound); else segments fill rows of `row_tokens`, first fit in order."""
+    segs = segments(batch, rows, row_tokens)
+    placement, fill = _place([len(seg.ids) for seg in segs], row_tokens, one_row)
     n_rows, width = len(fill), max(fill) if fill else 1
-    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
-    pos = torch.zeros((n_rows, width), dtype=torch.long)
-    vis = torch.arange(width).repeat(n_rows, 1)
+    ids = [[pad_id] * width for _ in range(n_rows)]
+    pos = [[0] * width for _ in range(n_rows)]
+    vis = [list(range(width)) for _ in range(n_rows)]
     n_cols = batch.input_ids.shape[1] - 1
-    path_q = torch.full((len(rows), n_cols), -1, dtype=torch.long)
+    path_q = [[-1] * n_cols for _ in range(len(rows))]
+    blocks: list[tuple[torch.Tensor, int]] = []  # (flat packed positions of a path, how many of its last it placed)
     for seg, (r, start) in zip(segs, placement):
         n = len(seg.ids)
-        ids[r, start:start + n] = torch.tensor(seg.ids, dtype=torch.long)
-        pos[r, start:start + n] = torch.tensor(seg.pos, dtype=torch.long)
-        ends = [n - 1 if e == "p" else seg.placed[e][1] for e in seg.ends]
-        vis[r, start:start + n] = torch.tensor(ends, dtype=torch.long) + start
-        for j, plen, placed in seg.rows:
-            # packed column of every path position: prompt, then each node's tokens
-            cols = [torch.arange(plen)] + [torch.arange(s, s + len(node.token_ids)) for node, s in placed]
-            path_cols = torch.cat(cols) + start + r * width
-            n_comp = path_cols.numel() - plen
-            path_q[j, plen - 1: plen - 1 + n_comp] = path_cols[plen - 1: plen - 1 + n_comp]
+        ids[r][start:start + n] = seg.ids
+        pos[r][start:start + n] = seg.pos
+        vis[r][start:start + n] = [start + (n - 1 if e == "p" else seg.placed[e][1]) for e in seg.ends]
+        base = start + r * width
+        for j, plen, placed, owned in seg.rows:
+            # packed position of every path position: prompt, then each node's tokens
+            path_cols = list(range(base, base + plen))
+            for node, s in placed:
+                path_cols += range(base + s, base + s + len(node.token_ids))
+            if owned:
+                blocks.append((torch.tensor(path_cols, dtype=torch.long), owned))
+            path_q[j][plen - 1: len(path_cols) - 1] = path_cols[plen - 1: len(path_cols) - 1]
+    ids, pos, vis = (torch.tensor(t, dtype=torch.long) for t in (ids, pos, vis))
+    path_q = torch.tensor(path_q, dtype=torch.long).reshape(len(rows), n_cols)
     targets = batch.input_ids[rows, 1:]
     on = path_q >= 0
     keys = path_q[on] * (int(targets.max()) + 1 if targets.numel() else 1) + targets[on]
@@ -149,20 +167,22 @@ def pack_paths(batch: TrainBatch, rows: torch.Tensor, row_tokens: int, pad_id: i
     # an entry's position and target, read back from any path column that uses it
     entry_pos = torch.zeros(uniq.numel(), dtype=torch.long).scatter_(0, inverse, path_q[on])
     entry_target = torch.zeros(uniq.numel(), dtype=torch.long).scatter_(0, inverse, targets[on])
-    return PackedRows(ids, pos, vis, entry_pos, entry_target, path_entry, sum(fill))
+    return PackedRows(ids, pos, vis, entry_pos, entry_target, path_entry, sum(fill), blocks)
 
 
-def plan_parts(batch: TrainBatch, rows: torch.Tensor, row_tokens: int, micro_tokens: int) -> list[torch.Tensor]:
+def plan_parts(batch: TrainBatch, rows: torch.Tensor, row_tokens: int, micro_tokens: int,
+               one_row: bool = False) -> list[torch.Tensor]:
     """Micro-batches of a mini-batch (batch rows `rows`): lists of positions in `rows` whose packed rows hold at most
-    `micro_tokens` tokens (rows x padded width; 0 = no limit). Every path is in exactly one part, a segment's paths
-    in the same part; a part of one segment may exceed the budget when a segment alone does."""
+    `micro_tokens` tokens (rows x padded width; 0 = no limit), packed as ``pack_paths(..., one_row)`` packs them.
+    Every path is in exactly one part, a segment's paths in the same part; a part of one segment may exceed the
+    budget when a segment alone does."""
     segs = segments(batch, rows, row_tokens)
     parts: list[list[int]] = []
     rows_fill: list[int] = []  # the current part's packed rows (first fit in order, as pack_paths does)
     for seg in segs:
         n = len(seg.ids)
         trial = list(rows_fill)
-        if trial and trial[-1] + n <= row_tokens:
+        if trial and (one_row or trial[-1] + n <= row_tokens):
             trial[-1] += n
         else:
             trial.append(n)
@@ -175,14 +195,19 @@ def plan_parts(batch: TrainBatch, rows: torch.Tensor, row_tokens: int, micro_tok
     return [torch.tensor(sorted(p), dtype=torch.long) for p in parts]
 
 
-def row_budget(batch: TrainBatch, row_tokens: int, micro_batch_size: int) -> tuple[int, int]:
-    """(tokens per packed row, tokens per micro-batch) of a batch: `row_tokens` (0 = auto: 4 x the longest path, at
-    least the batch's longest tree when that fits the micro-batch) and ``micro_batch_size`` x the batch's padded
-    width, the tokens a flattened micro-batch may hold (0 = no limit)."""
+NO_SPLIT = 2**62
+"""A segment bound that splits no tree."""
+
+
+def row_budget(batch: TrainBatch, row_tokens: int, micro_batch_size: int, one_row: bool = False) -> tuple[int, int]:
+    """(tokens per packed row / segment, tokens per micro-batch) of a batch: `row_tokens` (0 = auto: 4 x the longest
+    path; with `one_row` (per-path attention, where a long row costs no extra attention) no split beyond the
+    micro-batch budget; at least one path) and ``micro_batch_size`` x the batch's padded width, the tokens a
+    flattened micro-batch may hold (0 = no limit)."""
     width = int(batch.attention_mask.sum(-1).max()) if batch.size else 1
     micro = micro_batch_size * width
     if row_tokens <= 0:
-        row_tokens = 4 * width
+        row_tokens = NO_SPLIT if one_row else 4 * width
     row_tokens = max(row_tokens, width)
     if micro:
         row_tokens = min(row_tokens, micro)

@@ -3,7 +3,10 @@ implementation takes, the per-path log-probs gathered back, and which layout a r
 
 Masks (transformers passes a 4-D mask through unchanged, ``masking_utils._preprocess_mask_arguments``):
 
-- ``sdpa``: a boolean (R, 1, W, W) mask, True where a query may attend (torch's scaled_dot_product_attention);
+- ``sdpa``: no mask but per-path attention blocks (``training.tree_attention``: each path's positions through a causal
+  kernel, so nothing crosses a tree or a branch and attention costs what the flattened rows' does); the packed rows
+  are then one unpadded row per pass (``one_row``). The dense form, a boolean (R, 1, W, W) mask, True where a query
+  may attend (torch's scaled_dot_product_attention), is kind ``bool`` (tests, comparisons);
 - ``eager``: the same as an additive float mask (0 / the dtype's minimum);
 - ``flex_attention``: a FlexAttention ``BlockMask`` built from the same rule (``k <= q <= visible_end[k]``), so that
   fully masked blocks are skipped on CUDA. Its mask rule is tested on CPU; the CUDA path is untested here.
@@ -17,8 +20,9 @@ import torch
 
 from ibtpo.core.lm import decoder_and_head, head_logprobs, logits_logprobs, LOGITS_CHUNK_BYTES
 from ibtpo.training.packed import PackedRows
+from ibtpo.training.tree_attention import block_plan, install
 
-MASK_KINDS = {"sdpa": "bool", "eager": "additive", "flex_attention": "block"}
+MASK_KINDS = {"sdpa": "blocks", "eager": "additive", "flex_attention": "block"}
 """Attention implementations (``config._attn_implementation``) that take a tree mask, and the mask form each gets."""
 
 
@@ -44,8 +48,16 @@ def tree_mask_mod(visible_end: torch.Tensor):
     return mask_mod
 
 
+def one_row(kind: str | None) -> bool:
+    """Whether mask form `kind` packs each pass into one unpadded row (``training.packed.pack_paths``)."""
+    return kind == "blocks"
+
+
 def tree_mask(visible_end: torch.Tensor, kind: str, dtype: torch.dtype):
-    """The 4-D mask (or BlockMask) of packed rows for a mask `kind` of ``MASK_KINDS``."""
+    """The 4-D mask (or BlockMask) of packed rows for a mask `kind` of ``MASK_KINDS`` (``bool``: the dense boolean
+    mask; ``blocks`` takes none: a (1, 1, 1, 1) placeholder, so that the model builds no mask of its own)."""
+    if kind == "blocks":
+        return torch.ones((1, 1, 1, 1), dtype=torch.bool, device=visible_end.device)
     if kind == "block":
         from torch.nn.attention.flex_attention import create_block_mask
 
@@ -73,6 +85,10 @@ def packed_logprobs(model, packed: PackedRows, temperature: float, device: torch
     dtype = head.weight.dtype if head is not None else next(model.parameters()).dtype
     inputs = {"input_ids": ids, "position_ids": packed.position_ids.to(device), "use_cache": False,
               "attention_mask": tree_mask(packed.visible_end.to(device), kind, dtype)}
+    plan = None
+    if kind == "blocks":
+        install()
+        plan = inputs["tree_blocks"] = block_plan(packed.blocks, ids.numel()).to(device)
     entry_pos, targets = packed.entry_pos.to(device), packed.entry_target.to(device)
     parts = None if whole else decoder_and_head(model)
     if parts is None:
@@ -83,6 +99,9 @@ def packed_logprobs(model, packed: PackedRows, temperature: float, device: torch
         hidden = decoder(**inputs).last_hidden_state
         chunk = chunk_tokens or max(1, LOGITS_CHUNK_BYTES // (4 * max(1, head.weight.shape[0])))
         lp, ent = head_logprobs(head, hidden.reshape(-1, hidden.shape[-1])[entry_pos], targets, temperature, chunk)
+    if plan is not None and not plan.calls:
+        raise ValueError("the model's attention did not take the packed rows' path blocks (not transformers' sdpa "
+                         "attention function); use train_layout=flattened or attn_implementation='eager'")
     index = packed.path_entry.to(device)
     on = index >= 0
     safe = index.clamp(min=0)
@@ -121,15 +140,16 @@ def packed_batch_logprobs(model, batch, row_tokens: int, micro_tokens: int, temp
     rank's own."""
     from ibtpo.training.packed import pack_paths, plan_parts
 
-    parts = plan_parts(batch, torch.arange(batch.size), row_tokens, micro_tokens)
+    kind = kind or attention_kind(model)
+    parts = plan_parts(batch, torch.arange(batch.size), row_tokens, micro_tokens, one_row(kind))
     out = torch.zeros(batch.size, batch.input_ids.shape[1] - 1)
     passes = lockstep(len(parts)) if lockstep is not None else len(parts)
     whole = whole or lockstep is not None
     with torch.no_grad():
         for i in range(passes):
             rows = parts[i] if i < len(parts) else torch.zeros(1, dtype=torch.long)
-            logp = packed_logprobs(model, pack_paths(batch, rows, row_tokens), temperature, device, chunk_tokens,
-                                   whole, kind)[0]
+            logp = packed_logprobs(model, pack_paths(batch, rows, row_tokens, one_row=one_row(kind)), temperature,
+                                   device, chunk_tokens, whole, kind)[0]
             if i < len(parts):
                 out[rows] = logp.float().cpu()
     return out

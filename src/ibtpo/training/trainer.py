@@ -52,7 +52,8 @@ from ibtpo.training.dist_checkpoint import extension_state, rank_rng, restore_op
 from ibtpo.training.distributed import join_world, rank_device
 from ibtpo.training.memory import MemoryPlanError, plan_run, return_freed_buffers
 from ibtpo.training.packed import pack_paths, plan_parts, row_budget, scale_gradient, shared_token_weights
-from ibtpo.training.packed_forward import attention_kind, choose_layout, packed_batch_logprobs, packed_logprobs
+from ibtpo.training.packed_forward import (attention_kind, choose_layout, one_row, packed_batch_logprobs,
+                                           packed_logprobs)
 from ibtpo.core.tree import Tree
 from ibtpo.training.update import LogpGap, MiniBatch, accumulate_gradients, truncated_is_weights
 
@@ -215,7 +216,8 @@ class Trainer:
         """No-grad token log-probs (N, T) of the whole batch under `model`, ``micro_batch_size`` rows per pass.
         `lockstep(n)`: the passes every rank runs over a sharded model (``training.world``)."""
         if self.layout == "packed":
-            row_tokens, micro_tokens = row_budget(batch, self.cfg.pack_row_tokens, self.cfg.micro_batch_size)
+            row_tokens, micro_tokens = row_budget(batch, self.cfg.pack_row_tokens, self.cfg.micro_batch_size,
+                                                  one_row(self.mask_kind))
             return packed_batch_logprobs(model, batch, row_tokens, micro_tokens, self.cfg.temperature, self.device,
                                          self.cfg.logits_chunk_tokens, kind=self.mask_kind, lockstep=lockstep)
         extra = (lambda rows: self.forward_kwargs(batch, rows)) if offsets else None  # noqa: E731
@@ -243,7 +245,7 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         weights = shared_token_weights(batch, cfg.shared_token_weight)
-        budget = row_budget(batch, cfg.pack_row_tokens, cfg.micro_batch_size)
+        budget = row_budget(batch, cfg.pack_row_tokens, cfg.micro_batch_size, one_row(self.mask_kind))
         for epoch in range(cfg.ppo_epochs):
             # this rank's rows of each mini-batch (data parallel, none: one zero-weight row, to take part)
             for rows in self.world.minibatches(batch.size, cfg.mini_batch_size, self.generator):
@@ -255,7 +257,8 @@ class Trainer:
                                       ref_logp=None if ref_logp is None else ref_logp[rows].to(dev))
                 if not has_rows:
                     minibatch.mask = minibatch.mask * 0
-                parts = plan_parts(batch, rows, *budget) if self.layout == "packed" else None
+                parts = (plan_parts(batch, rows, *budget, one_row(self.mask_kind)) if self.layout == "packed"
+                         else None)
                 dp_args = self.world.accumulate_args(  # data parallel: global denominator, pass count, sync
                     minibatch.mask, cfg.loss_agg_mode, cfg.max_completion_length, cfg.micro_batch_size, has_rows,
                     None if parts is None else len(parts))
@@ -296,7 +299,8 @@ class Trainer:
         def forward(sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             picked = rows[sub]
             if self.layout == "packed":  # wrappers: through their own forward
-                logp, entropy = packed_logprobs(self.train_model, pack_paths(batch, picked, row_tokens),
+                packed = pack_paths(batch, picked, row_tokens, one_row=one_row(self.mask_kind))
+                logp, entropy = packed_logprobs(self.train_model, packed,
                                                 cfg.temperature, dev, cfg.logits_chunk_tokens, self.world.wrapped,
                                                 self.mask_kind)
             else:
