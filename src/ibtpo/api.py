@@ -65,10 +65,9 @@ def evaluate(cfg: TrainConfig | None = None, **settings: Any) -> dict[str, dict[
 def score(cfg: TrainConfig | None = None, questions: int = 32, **settings: Any) -> tuple[list, dict]:
     """Grow IBTrees (the run's tree_b0/l/k/b) on the first `questions` evaluation questions and read the policy's
     IB-Score (``ibtpo score``): (trees, summary with "aggregate" and per-question readings)."""
-    from ibtpo.config.components import rollout_sampling, tree_shape
+    from ibtpo.config.components import ib_options, rollout_spec
     from ibtpo.evaluation.probe import PROBE_SEED_OFFSET, grow_probe, summarize
     from ibtpo.data.prompt_fit import fit_prompts
-    from ibtpo.core.steps import StepSplitter
     from ibtpo.data.tasks import build_rewards, build_source
 
     cfg = _cfg(cfg, settings)
@@ -76,8 +75,6 @@ def score(cfg: TrainConfig | None = None, questions: int = 32, **settings: Any) 
     name, problems = next(iter(build_source(cfg, tokenizer).test_sets.items()))
     problems = problems[:questions]
     fit_prompts(cfg, {name: problems}, tokenizer, model)
-    trees = grow_probe(model, tokenizer, problems, build_rewards(cfg).check, tree_shape(cfg, "ib"),
-                       rollout_sampling(cfg), StepSplitter(tokenizer, cfg.step_delimiter, cfg.min_step_tokens),
-                       seed=cfg.seed + PROBE_SEED_OFFSET, batch_questions=min(len(problems), cfg.eval_batch_questions),
-                       prefix_reuse=cfg.prefix_reuse, backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
-    return trees, summarize(trees, cfg.ib_beta, cfg.ib_conf)
+    trees = grow_probe(rollout_spec(cfg, tokenizer, "ib"), model, tokenizer, problems, build_rewards(cfg).check,
+                       seed=cfg.seed + PROBE_SEED_OFFSET, batch_questions=min(len(problems), cfg.eval_batch_questions))
+    return trees, summarize(trees, ib_options(cfg))

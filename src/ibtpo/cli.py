@@ -207,9 +207,8 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     from ibtpo.training.models import resolve_device
     from ibtpo.evaluation.probe import PROBE_SEED_OFFSET, grow_probe, plot_summary, summarize, tree_samples
     from ibtpo.data.prompt_fit import fit_prompts
-    from ibtpo.core.steps import StepSplitter
     from ibtpo.data.tasks import build_rewards
-    from ibtpo.config.components import rollout_sampling, tree_shape
+    from ibtpo.config.components import ib_options, rollout_spec
     from ibtpo.training.checkpoint import load_run_policy
 
     path, rest = _split_config_path(rest)
@@ -229,21 +228,17 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     fit_prompts(cfg, {dataset: questions}, tok, model)
     rewards = build_rewards(cfg)
     reward = rewards.check
-    shape = tree_shape(cfg, "ib")
-    sampling = rollout_sampling(cfg)
+    spec = rollout_spec(cfg, tok, "ib")
+    shape = spec.shape
     console = Console(stderr=True)
     _print_setup(console, cfg, tok)
     batch = args.batch or (16 if cfg._profile else 64)  # a real model: smaller batches, a bar that moves
     with Progress(TextColumn("growing IBTrees"), BarColumn(), MofNCompleteColumn(), TextColumn("questions"),
                   TimeElapsedColumn(), console=console) as progress:
         bar = progress.add_task("score", total=len(questions))
-        trees = grow_probe(model, tok, questions, reward, shape, sampling,
-                           StepSplitter(tok, cfg.step_delimiter, cfg.min_step_tokens),
-                           seed=cfg.seed + PROBE_SEED_OFFSET,
-                           batch_questions=batch, prefix_reuse=cfg.prefix_reuse,
-                           on_batch=lambda n: progress.advance(bar, n), backend=cfg.rollout_backend,
-                           slots_gib=cfg.rollout_slots_gib)
-    summary = summarize(trees, cfg.ib_beta, cfg.ib_conf)
+        trees = grow_probe(spec, model, tok, questions, reward, seed=cfg.seed + PROBE_SEED_OFFSET,
+                           batch_questions=batch, on_batch=lambda n: progress.advance(bar, n))
+    summary = summarize(trees, ib_options(cfg))
     settings = {"model": cfg.model, "dataset": dataset, "questions": len(questions), "seed": cfg.seed,
                 "tree": {"b0": shape.b0, "l": shape.rounds, "k": shape.k, "b": shape.b, "G": shape.group_size},
                 "ib_beta": cfg.ib_beta, "ib_conf": cfg.ib_conf, "temperature": cfg.temperature,

@@ -4,6 +4,7 @@ import pytest
 
 from ibtpo.config.components import advantage_estimator, loss_config, tree_shape
 from ibtpo.config.schema import build_config, group_size
+from ibtpo.rollout.samplers import sampler_options
 
 
 @pytest.mark.parametrize("algorithm, g", [("grpo", 8), ("ib_tpo", 12), ("treerl", 12), ("treepo", 12),
@@ -16,8 +17,8 @@ def test_group_sizes(algorithm, g):
 def test_shapes_follow_the_config():
     cfg = build_config(overrides={"algorithm": "ib_tpo", "tree_b0": 2, "tree_l": 3, "tree_k": 2, "tree_b": 2,
                                   "ib_beta": 2.0, "tree_root_candidate": False})
-    shape = tree_shape(cfg)
-    assert (shape.b0, shape.rounds, shape.k, shape.b, shape.beta, shape.root_candidate) == (2, 3, 2, 2, 2.0, False)
+    shape, options = tree_shape(cfg), sampler_options("ib", cfg)
+    assert (shape.b0, shape.rounds, shape.k, shape.b, options.ib.beta, options.root_candidate) == (2, 3, 2, 2, 2.0, False)
     assert shape.group_size == 2 + 2 * 2 * 2
     assert tree_shape(cfg, "independent").group_size == cfg.num_generations
     iib = tree_shape(build_config(overrides={"algorithm": "iib_lpo", "iib_forks": 3}))

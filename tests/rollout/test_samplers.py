@@ -1,12 +1,13 @@
 """Tree samplers on a tiny random model: invariants, exact token accounting, cache-reuse equivalence."""
 
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from ibtpo.backends.eager import Engine
-from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
+from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees, sampler_options
 from ibtpo.core.sampling import SamplingParams
 from ibtpo.core.steps import StepSplitter
 from ibtpo.core.tree import Tree
@@ -15,6 +16,8 @@ from ibtpo.training.batch import flatten_paths
 
 SAMPLERS = ["independent", "ib", "entropy", "random", "fixed_width"]
 CAP = 24
+SETTINGS = SimpleNamespace(tree_min_room=3, treepo_segment_length=5, treepo_width=2, treepo_max_depth=3)
+"""The run-config fields the samplers' own options are read from (``sampler_options``)."""
 
 
 def parity_reward(tree, leaves):
@@ -46,9 +49,9 @@ def grow(model, tokenizer, sampler, reuse=True, seed=0, shape=None, questions=3)
     prompts = [tokenizer(f"Q:{3 + i}+{4 * i}+5\n\n", add_special_tokens=False)["input_ids"] for i in range(questions)]
     engine = CountingEngine(model, SamplingParams(temperature=1.0, max_new_tokens=CAP), tokenizer.eos_token_id,
                             tokenizer.pad_token_id, torch.Generator().manual_seed(seed), prefix_reuse=reuse)
-    shape = shape or TreeShape(b0=3, rounds=4, k=2, b=2, min_room=3, segment_length=5, width=2, max_depth=3)
+    shape = shape or TreeShape(b0=3, rounds=4, k=2, b=2)
     ctx = GrowContext(engine, StepSplitter(tokenizer, min_step_tokens=2), shape, CAP, parity_reward,
-                      random.Random(seed))
+                      random.Random(seed), options=sampler_options(sampler, SETTINGS))
     trees = grow_trees(sampler, ctx, prompts, [str(i) for i in range(questions)], [{}] * questions)
     return trees, engine, shape
 
