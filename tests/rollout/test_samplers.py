@@ -145,3 +145,31 @@ def test_fork_logits_from_cache_equal_re_encoding(tiny_model, tokenizer):
     assert from_cache[0].token_ids == from_scratch[0].token_ids == [c.token_ids[2]]
     assert from_cache[0].logprobs[0] == pytest.approx(from_scratch[0].logprobs[0], abs=1e-5)
     assert from_cache[0].entropies[0] == pytest.approx(from_scratch[0].entropies[0], abs=1e-5)
+
+
+def test_a_context_without_options_gets_the_samplers_registered_defaults(monkeypatch):
+    """grow_trees hands the sampler the defaults of its options class when the context carries none."""
+    from dataclasses import dataclass
+
+    from ibtpo.rollout.samplers import SAMPLERS, register_sampler
+
+    @dataclass(frozen=True)
+    class Opts:
+        width: int = 3
+
+    seen = []
+
+    def grow_one(ctx, trees):
+        seen.append(ctx.options)
+        for t in trees:
+            t.root.add_child([1], [0.0], [0.0]).reward = 1.0
+
+    monkeypatch.setattr(SAMPLERS, "_items", dict(SAMPLERS._items))
+    monkeypatch.setattr(SAMPLERS, "_options", dict(SAMPLERS._options))
+    register_sampler("opts_probe", grow_one, options=Opts)
+    engine = SimpleNamespace(prefix_reuse=False, keep_kv=False, release=lambda: None)
+    ctx = GrowContext(engine, None, TreeShape(b0=1, rounds=1), CAP, parity_reward, random.Random(0))
+    grow_trees("opts_probe", ctx, [[1]], ["q"], [{}])
+    grow_trees("opts_probe", GrowContext(engine, None, ctx.shape, CAP, parity_reward, random.Random(0),
+                                         options=Opts(width=5)), [[1]], ["q"], [{}])
+    assert seen == [Opts(), Opts(width=5)] and ctx.options is None  # the caller's context is left as it was
