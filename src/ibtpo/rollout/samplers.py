@@ -286,6 +286,7 @@ def rounds_sampler(rule: str) -> SamplerFn:
         grow_independent(ctx, trees)
         select = BRANCH_RULES.get(rule)
         who = label("branch rule", rule)
+        # registered without BranchingOptions (register_sampler(name, rounds_sampler(rule))): their defaults
         options = ctx.options if isinstance(ctx.options, BranchingOptions) else BranchingOptions()
         rctx = options.rule_context(ctx.shape.k, ctx.cap)
         check_signature(who, select, (None, rctx, ctx.rng), hint="a branch rule is called as rule(tree, ctx, rng)")
