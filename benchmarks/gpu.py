@@ -36,7 +36,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ibtpo.config.schema import build_config, group_size, parse_overrides  # noqa: E402
+from ibtpo.core.sampling import SamplingParams  # noqa: E402
 from ibtpo.evaluation.heldout import evaluate  # noqa: E402
+from ibtpo.rollout.spec import RolloutSpec  # noqa: E402
 from ibtpo.core.lm import token_logprobs  # noqa: E402
 from ibtpo.training.batch import TrainBatch  # noqa: E402
 from ibtpo.training.trainer import Trainer  # noqa: E402
@@ -189,9 +191,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     def evaluation() -> dict:
         problems = list(trainer.source.test_sets[trainer.source.name][:args.eval_questions])
-        res = evaluate(trainer.policy, tokenizer, problems, trainer.rewards.check, k=args.eval_k, temperature=0.7,
-                       max_new_tokens=args.cap, top_p=0.95, seed=0, max_rows=cfg.rollout_max_rows,
-                       backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
+        sampling = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.cap, max_rows=cfg.rollout_max_rows)
+        spec = RolloutSpec.independent(args.eval_k, sampling, backend=cfg.rollout_backend,
+                                       slots_gib=cfg.rollout_slots_gib)
+        res = evaluate(trainer.policy, tokenizer, problems, trainer.rewards.check, spec, seed=0)
         return {"questions": len(problems), "k": args.eval_k, "response_length": round(res["response_length"], 1)}
 
     for name, fn in (("step", step), ("update", update), ("micro", micro), ("eval", evaluation)):

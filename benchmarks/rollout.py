@@ -32,21 +32,24 @@ from ibtpo.config.schema import build_config, parse_overrides
 from ibtpo.training.models import load_policy
 from ibtpo.rewards.scoring import reward_leaves
 from ibtpo.backends.eager import Engine
+from ibtpo.rollout.rules import BranchingOptions
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
+from ibtpo.methods.treepo import FixedWidthOptions
 from ibtpo.core.sampling import SamplingParams
 from ibtpo.core.steps import StepSplitter
 from ibtpo.data.tasks import build_rewards, build_task
-# name -> (sampler, shape, reuse prefix caches)
+# name -> (sampler, shape, reuse prefix caches, the sampler's options; None: its defaults)
 CONFIGS = {
-    "independent G=8": ("independent", TreeShape(b0=8, rounds=1), True),
-    "independent G=12": ("independent", TreeShape(b0=12, rounds=1), True),
-    "IBTree (4,9,1,1)": ("ib", TreeShape(b0=4, rounds=9, k=1, b=1), True),
-    "IBTree (4,9,1,1) re-encoding": ("ib", TreeShape(b0=4, rounds=9, k=1, b=1), False),
-    "IBTree (4,9,1,1) no root": ("ib", TreeShape(b0=4, rounds=9, k=1, b=1, root_candidate=False), True),
-    "entropy tree (4,9,1,1)": ("entropy", TreeShape(b0=4, rounds=9, k=1, b=1), True),
-    "random tree (4,9,1,1)": ("random", TreeShape(b0=4, rounds=9, k=1, b=1), True),
-    "fixed-width G=12 (seg 8, w 2, d 6)": ("fixed_width", TreeShape(b0=4, rounds=9, k=1, b=1, segment_length=8,
-                                                                      width=2, max_depth=6), True),
+    "independent G=8": ("independent", TreeShape(b0=8, rounds=1), True, None),
+    "independent G=12": ("independent", TreeShape(b0=12, rounds=1), True, None),
+    "IBTree (4,9,1,1)": ("ib", TreeShape(b0=4, rounds=9, k=1, b=1), True, None),
+    "IBTree (4,9,1,1) re-encoding": ("ib", TreeShape(b0=4, rounds=9, k=1, b=1), False, None),
+    "IBTree (4,9,1,1) no root": ("ib", TreeShape(b0=4, rounds=9, k=1, b=1), True,
+                                 BranchingOptions(root_candidate=False)),
+    "entropy tree (4,9,1,1)": ("entropy", TreeShape(b0=4, rounds=9, k=1, b=1), True, None),
+    "random tree (4,9,1,1)": ("random", TreeShape(b0=4, rounds=9, k=1, b=1), True, None),
+    "fixed-width G=12 (seg 8, w 2, d 6)": ("fixed_width", TreeShape(b0=4, rounds=9, k=1, b=1), True,
+                                           FixedWidthOptions(segment_length=8, width=2, max_depth=6)),
 }
 
 
@@ -92,7 +95,8 @@ def fork_sites(trees, b0: int) -> tuple[dict[int, int], int]:
     return depths, shared
 
 
-def run_one(model, tok, problems, sampler, shape, seed, batch, reuse=True, cap=48, reward_fn=None) -> dict:
+def run_one(model, tok, problems, sampler, shape, seed, batch, reuse=True, cap=48, reward_fn=None,
+            options=None) -> dict:
     splitter = StepSplitter(tok)
     gen = torch.Generator().manual_seed(seed)
     prompt_of = {p.id: p.prompt for p in problems}
@@ -106,7 +110,7 @@ def run_one(model, tok, problems, sampler, shape, seed, batch, reuse=True, cap=4
         chunk = problems[i:i + batch]
         engine = RecordingEngine(model, SamplingParams(temperature=1.0, max_new_tokens=cap), tok.eos_token_id,
                                  tok.pad_token_id, gen, prefix_reuse=reuse)
-        ctx = GrowContext(engine, splitter, shape, cap, score, random.Random(seed + i))
+        ctx = GrowContext(engine, splitter, shape, cap, score, random.Random(seed + i), options=options)
         trees += grow_trees(sampler, ctx, [tok(p.prompt, add_special_tokens=False)["input_ids"] for p in chunk],
                             [p.id for p in chunk], [{"answer": p.answer} for p in chunk])
         steps.append(engine.sequential_steps())
@@ -162,9 +166,9 @@ def main() -> None:
     for rep in range(args.repeats):
         order = names[rep % len(names):] + names[: rep % len(names)]
         for name in order:
-            sampler, shape, reuse = CONFIGS[name]
+            sampler, shape, reuse, options = CONFIGS[name]
             raw[name].append(run_one(model, tok, problems, sampler, shape, seed=rep, batch=args.batch,
-                                     reuse=reuse and not args.no_reuse, cap=cap, reward_fn=reward_fn))
+                                     reuse=reuse and not args.no_reuse, cap=cap, reward_fn=reward_fn, options=options))
             print(f"  repeat {rep + 1}/{args.repeats} {name}: {raw[name][-1]['ms_per_q']:.1f} ms/question", flush=True)
     base = raw["independent G=8"]
     header = (f"{'sampler':<36}{'traj/q':>7}{'new tok/q':>10}{'traj/1k tok':>12}{'Eff-Rate':>9}{'reward':>8}"

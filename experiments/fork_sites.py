@@ -16,10 +16,9 @@ import torch
 from ibtpo.config.schema import build_config
 from ibtpo.training.models import load_policy
 from ibtpo.evaluation.probe import grow_probe
-from ibtpo.core.steps import StepSplitter
 from ibtpo.data.tasks import BuiltinSource, build_rewards
 from ibtpo.training.checkpoint import latest_checkpoint
-from ibtpo.config.components import rollout_sampling, tree_shape
+from ibtpo.config.components import rollout_spec, tree_shape
 
 
 def fork_sites(name: str | None, questions: int, task: str = "sum") -> str:
@@ -31,8 +30,8 @@ def fork_sites(name: str | None, questions: int, task: str = "sum") -> str:
     model, tok = load_policy(str(ckpt) if ckpt else name)
     source = BuiltinSource(cfg)
     problems = [source.train_problem(i) for i in range(questions)]
-    trees = grow_probe(model, tok, problems, build_rewards(cfg).check, tree_shape(cfg, "ib"), rollout_sampling(cfg),
-                       StepSplitter(tok, cfg.step_delimiter, cfg.min_step_tokens), seed=0, batch_questions=64)
+    trees = grow_probe(rollout_spec(cfg, tok, "ib"), model, tok, problems, build_rewards(cfg).check, seed=0,
+                       batch_questions=64)
     root_forks = inner_forks = shared = 0
     for t in trees:
         root_forks += len(t.root.children) - tree_shape(cfg, "ib").b0

@@ -16,10 +16,9 @@ from ibtpo.config.schema import TrainConfig
 from ibtpo.training.models import load_policy
 from ibtpo.rollout.grow import grow_problem_trees
 from ibtpo.methods.iib_lpo.sampler import LatentBranching
-from ibtpo.core.steps import StepSplitter
 from ibtpo.core.tree import Tree
 from ibtpo.data.tasks import build_rewards, build_source
-from ibtpo.config.components import rollout_sampling, tree_shape
+from ibtpo.config.components import rollout_spec
 
 
 def main() -> None:
@@ -35,8 +34,7 @@ def main() -> None:
         gen = torch.Generator().manual_seed(0)  # token draws: the same initial rollouts at every scale
         latent = None if scale == 0 else LatentBranching("random", embed.shape[1], float(embed.norm(dim=-1).mean()),
                                                           inject_scale=scale, generator=torch.Generator().manual_seed(1))
-        trees = grow_problem_trees("iib", model, tok, problems, rewards.train, tree_shape(cfg), rollout_sampling(cfg),
-                                   StepSplitter(tok, cfg.step_delimiter, cfg.min_step_tokens), gen, random.Random(0),
+        trees = grow_problem_trees(rollout_spec(cfg, tok), model, tok, problems, rewards.train, gen, random.Random(0),
                                    extras={"latent": latent} if latent else None)
         first, branch, same = [], [], []
         for tree in trees:

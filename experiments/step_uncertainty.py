@@ -25,6 +25,7 @@ import torch
 from ibtpo.config.schema import build_config, parse_overrides
 from ibtpo.training.models import load_policy
 from ibtpo.rollout.grow import grow_problem_trees
+from ibtpo.rollout.spec import RolloutSpec
 from ibtpo.rollout.samplers import TreeShape
 from ibtpo.core.sampling import SamplingParams
 from ibtpo.core.steps import StepSplitter
@@ -39,10 +40,10 @@ def step_table(model_name: str, task: str, questions: int, samples: int, seed: i
     model, tok = load_policy(cfg.model)
     problems = list(build_task(cfg).test_problems[:questions])
     prompt_of = {p.id: p.prompt for p in problems}
-    trees = grow_problem_trees("independent", model, tok, problems, build_rewards(cfg).check,
-                               TreeShape(b0=samples, rounds=1), SamplingParams(temperature=1.0,
-                                                                               max_new_tokens=cfg.max_completion_length),
-                               StepSplitter(tok, cfg.step_delimiter, cfg.min_step_tokens),
+    spec = RolloutSpec("independent", TreeShape(b0=samples, rounds=1),
+                       SamplingParams(temperature=1.0, max_new_tokens=cfg.max_completion_length),
+                       StepSplitter(tok, cfg.step_delimiter, cfg.min_step_tokens))
+    trees = grow_problem_trees(spec, model, tok, problems, build_rewards(cfg).check,
                                torch.Generator().manual_seed(seed), random.Random(seed))
     rows: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     first_error: list[int | None] = []

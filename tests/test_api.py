@@ -121,3 +121,20 @@ def test_components_lists_builtins_and_plugins(tmp_path, capsys):
     for name in ("ib_tpo", "iib_lpo", "fixed_width", "ppo_clip", "kl_cov", "treerl", "plugin_zero", "math"):
         assert name in out, name
     assert "lam<-ib_tpo_lambda" in out  # the typed options of an estimator, with their config fields
+
+
+def test_rollout_spec_exports_grow_trees_from_a_config(tokenizer, tiny_model):
+    """ibtpo.rollout_spec + ibtpo.grow_trees: the documented way to grow trees from Python."""
+    import random
+
+    import torch
+
+    from ibtpo.testbed.task import SumTask, sum_reward
+
+    cfg = ibtpo.configure(sampler="ib", tree_b0=2, tree_l=2, tree_min_room=2, max_completion_length=8)
+    spec = ibtpo.rollout_spec(cfg, tokenizer)
+    assert isinstance(spec, ibtpo.RolloutSpec) and spec.options.ib == ibtpo.IBOptions()
+    problems = list(SumTask(test_size=2).test_problems)
+    trees = ibtpo.grow_trees(spec, tiny_model, tokenizer, problems, sum_reward, torch.Generator().manual_seed(0),
+                             random.Random(0))
+    assert [len(t.leaves()) for t in trees] == [spec.shape.group_size] * 2 == [3, 3]

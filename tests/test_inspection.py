@@ -7,7 +7,9 @@ import pytest
 
 from ibtpo.cli import main
 from ibtpo.data.datasets import PROMPT_PRESETS, describe_prompting, load_questions
+from ibtpo.core.sampling import SamplingParams
 from ibtpo.evaluation.heldout import evaluate
+from ibtpo.rollout.spec import RolloutSpec
 from ibtpo.training.models import load_policy
 from ibtpo.rewards.functions import GuardedReward, math_accuracy
 from ibtpo.config.schema import build_config
@@ -60,13 +62,14 @@ def test_generation_config_eos_ids_end_completions(chat_dir, one_thread):
     problems = next(iter(questions.test_sets.values()))[:2]
     reward = GuardedReward(math_accuracy, "math")
     first = []
-    evaluate(model, tok, problems, reward, k=1, temperature=1.0, max_new_tokens=8, greedy=True, samples=first)
+    spec = RolloutSpec.independent(1, SamplingParams(temperature=1.0, max_new_tokens=8))
+    evaluate(model, tok, problems, reward, spec, greedy=True, samples=first)
     greedy_first = [r for r in first if r["sample"] == "greedy"]
     ids = tok(greedy_first[0]["completion"], add_special_tokens=False)["input_ids"]
     assert ids, "the greedy completion is empty; pick another prompt"
     model.generation_config.eos_token_id = [tok.eos_token_id, ids[0]]  # its first token now ends a turn
     again = []
-    evaluate(model, tok, problems, reward, k=1, temperature=1.0, max_new_tokens=8, greedy=True, samples=again)
+    evaluate(model, tok, problems, reward, spec, greedy=True, samples=again)
     row = [r for r in again if r["sample"] == "greedy"][0]
     assert row["tokens"] == 1 and not row["hit_cap"]
 

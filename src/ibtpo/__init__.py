@@ -7,8 +7,9 @@ The public API (imported lazily, so ``import ibtpo`` is cheap)::
     ibtpo.train(cfg=None, resume=False, **settings) -> summary
     ibtpo.evaluate(cfg=None, **settings) -> {set: metrics}
     ibtpo.score(cfg=None, questions=32, **settings) -> (trees, IB-Score summary)
-    ibtpo.grow_trees(sampler, model, tokenizer, problems, reward_fn, shape, sampling, splitter, generator, rng)
-    ibtpo.Tree, ibtpo.TreeShape, ibtpo.ib_score(node), ibtpo.tree_ib_stats(trees)
+    ibtpo.grow_trees(spec, model, tokenizer, problems, reward_fn, generator, rng)
+    ibtpo.rollout_spec(cfg, tokenizer, sampler=None) -> RolloutSpec   ibtpo.RolloutSpec (sampler, shape, sampling, ...)
+    ibtpo.Tree, ibtpo.TreeShape, ibtpo.ib_score(node), ibtpo.tree_ib_stats(trees, ib=IBOptions()), ibtpo.IBOptions
     ibtpo.register_estimator / register_loss / register_sampler / register_branch_rule / register_preset /
     register_extension / register_reward
     ibtpo.config_field / options_from          (typed component options read from the run config)
@@ -31,6 +32,8 @@ _EXPORTS = {
     "Tree": "ibtpo.core.tree", "Node": "ibtpo.core.tree",
     "TreeShape": "ibtpo.rollout.samplers", "register_sampler": "ibtpo.rollout.samplers",
     "grow_trees": ("ibtpo.rollout.grow", "grow_problem_trees"),
+    "RolloutSpec": "ibtpo.rollout.spec", "rollout_spec": "ibtpo.config.components",
+    "IBOptions": "ibtpo.core.tree_stats",
     "ib_score": "ibtpo.methods.ib_tpo", "tree_ib_stats": "ibtpo.methods.ib_tpo",
     "register_estimator": ("ibtpo.algos.advantages", "register_adv_est"),
     "register_loss": ("ibtpo.algos.losses", "register_policy_loss"),

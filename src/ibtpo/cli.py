@@ -118,37 +118,43 @@ def _check_resume_changes(run_dir: Path, cfg, allowed: bool) -> None:
               file=sys.stderr)
 
 
-def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
-    import torch
-    from rich.console import Console
+def _bars(console):
+    """A progress display on `console` that only starts when drawing does (after the setup lines)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("questions"),
+                    TimeElapsedColumn(), console=console)
+
+
+def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
+    from rich.console import Console
     from rich.table import Table
 
-    from ibtpo.evaluation.heldout import evaluate_sets, write_samples
-    from ibtpo.training.models import resolve_device
+    from ibtpo.api import evaluate
+    from ibtpo.evaluation.heldout import write_samples
     from ibtpo.reporting.progress import PhaseBar
-    from ibtpo.data.prompt_fit import fit_prompts
-    from ibtpo.data.tasks import build_rewards, build_source
-    from ibtpo.training.checkpoint import load_run_policy
 
     path, rest = _split_config_path(rest)
     cfg = build_config(path, parse_overrides(rest))
-    torch.set_num_threads(cfg.threads)
-    rewards = build_rewards(cfg)
-    model, tok = load_run_policy(cfg.model, cfg.dtype)
-    model.to(resolve_device(cfg.device))
-    sets = {name: qs[:cfg.eval_questions] for name, qs in build_source(cfg, tok).test_sets.items()}
-    fit_prompts(cfg, sets, tok, model)
     console = Console(stderr=True)
-    _print_setup(console, cfg, tok)
     records = [] if args.samples else None
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("questions"),
-                  TimeElapsedColumn(), console=console) as progress:
-        def bar(name: str, total: int):
-            return PhaseBar(progress, f"{name} ({cfg.eval_k} samples + greedy)", total)
+    loaded = {}
+    progress = _bars(console)
 
-        results = {name: {"questions": len(sets[name]), **res}
-                   for name, res in evaluate_sets(cfg, model, tok, rewards, sets, bar, records).items()}
+    def start(setup) -> None:
+        loaded["setup"] = setup
+        _print_setup(console, setup.cfg, setup.tokenizer)
+        progress.start()
+
+    def bar(name: str, total: int):
+        return PhaseBar(progress, f"{name} ({cfg.eval_k} samples + greedy)", total)
+
+    try:
+        found = evaluate(cfg, bar=bar, samples=records, on_start=start)
+    finally:
+        progress.stop()
+    sets, rewards = loaded["setup"].sets, loaded["setup"].rewards
+    results = {name: {"questions": len(sets[name]), **res} for name, res in found.items()}
     metrics = list(next(iter(results.values())))[1:]
     table = Table(title=f"{cfg.model}: {cfg.eval_k} samples per question at T={cfg.eval_temperature}")
     table.add_column("dataset")
@@ -180,37 +186,14 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-def _score_questions(args: argparse.Namespace, cfg, tokenizer) -> tuple[list, str]:
-    """The question set of `ibtpo score` and its name (`cfg`: a file's path is in ``eval_datasets``)."""
-    from ibtpo.data.tasks import SumSource, build_source
-
-    if args.dataset == "sum":
-        task = SumSource(cfg)
-        if args.split == "test":
-            questions = task.test_sets[task.name]
-        else:
-            questions = [task.train_problem(i) for i in range(args.questions or 512)]
-        name = f"sum/{args.split}"
-    else:
-        source = build_source(cfg, tokenizer)
-        questions, name = next(iter(source.test_sets.values())), args.dataset
-    return questions[: args.questions] if args.questions else questions, name
-
-
 def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
-    import torch
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from ibtpo.api import score
+    from ibtpo.config.components import tree_shape
     from ibtpo.evaluation.heldout import write_samples
-    from ibtpo.training.models import resolve_device
-    from ibtpo.evaluation.probe import PROBE_SEED_OFFSET, grow_probe, plot_summary, summarize, tree_samples
-    from ibtpo.data.prompt_fit import fit_prompts
-    from ibtpo.core.steps import StepSplitter
-    from ibtpo.data.tasks import build_rewards
-    from ibtpo.config.components import rollout_sampling, tree_shape
-    from ibtpo.training.checkpoint import load_run_policy
+    from ibtpo.evaluation.probe import plot_summary, tree_samples
 
     path, rest = _split_config_path(rest)
     cfg = build_config(path, parse_overrides(rest))
@@ -220,37 +203,32 @@ def cmd_score(args: argparse.Namespace, rest: list[str]) -> int:
     for flag, value in (("--questions", args.questions), ("--batch", args.batch)):
         if value is not None and value < 1:
             raise UsageError(f"{flag}: must be >= 1, got {value}")
-    torch.set_num_threads(cfg.threads)
-    model, tok = load_run_policy(cfg.model, cfg.dtype)
-    model.to(resolve_device(cfg.device))
-    if args.dataset != "sum":  # the file is scored as an evaluation set (its layout, reward_fn auto = math)
-        cfg = cfg.model_copy(update={"eval_datasets": [args.dataset], "dataset": None})
-    questions, dataset = _score_questions(args, cfg, tok)
-    fit_prompts(cfg, {dataset: questions}, tok, model)
-    rewards = build_rewards(cfg)
-    reward = rewards.check
-    shape = tree_shape(cfg, "ib")
-    sampling = rollout_sampling(cfg)
     console = Console(stderr=True)
-    _print_setup(console, cfg, tok)
     batch = args.batch or (16 if cfg._profile else 64)  # a real model: smaller batches, a bar that moves
-    with Progress(TextColumn("growing IBTrees"), BarColumn(), MofNCompleteColumn(), TextColumn("questions"),
-                  TimeElapsedColumn(), console=console) as progress:
-        bar = progress.add_task("score", total=len(questions))
-        trees = grow_probe(model, tok, questions, reward, shape, sampling,
-                           StepSplitter(tok, cfg.step_delimiter, cfg.min_step_tokens),
-                           seed=cfg.seed + PROBE_SEED_OFFSET,
-                           batch_questions=batch, prefix_reuse=cfg.prefix_reuse,
-                           on_batch=lambda n: progress.advance(bar, n), backend=cfg.rollout_backend,
-                           slots_gib=cfg.rollout_slots_gib)
-    summary = summarize(trees, cfg.ib_beta, cfg.ib_conf)
+    loaded = {}
+    progress = _bars(console)
+
+    def start(setup) -> None:
+        loaded["setup"] = setup
+        _print_setup(console, setup.cfg, setup.tokenizer)
+        progress.start()
+        loaded["bar"] = progress.add_task("growing IBTrees", total=sum(len(qs) for qs in setup.sets.values()))
+
+    try:
+        trees, summary = score(cfg, args.questions, dataset=args.dataset, split=args.split, batch=batch,
+                               on_batch=lambda n: progress.advance(loaded["bar"], n), on_start=start)
+    finally:
+        progress.stop()
+    setup = loaded["setup"]
+    cfg, tok, (dataset, questions) = setup.cfg, setup.tokenizer, next(iter(setup.sets.items()))
+    shape = tree_shape(cfg, "ib")
     settings = {"model": cfg.model, "dataset": dataset, "questions": len(questions), "seed": cfg.seed,
                 "tree": {"b0": shape.b0, "l": shape.rounds, "k": shape.k, "b": shape.b, "G": shape.group_size},
                 "ib_beta": cfg.ib_beta, "ib_conf": cfg.ib_conf, "temperature": cfg.temperature,
                 "max_completion_length": cfg.max_completion_length}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "score.json").write_text(json.dumps({"settings": settings, **summary}, indent=2))
-    write_samples(out_dir / "samples.jsonl", tree_samples(trees, tok, rewards.extract))
+    write_samples(out_dir / "samples.jsonl", tree_samples(trees, tok, setup.rewards.extract))
     plot_summary(summary, out_dir / "score.png", f"{cfg.model} on {dataset}: IBTree {shape.b0},{shape.rounds},"
                                                 f"{shape.k},{shape.b} (beta {cfg.ib_beta})")
     agg = summary["aggregate"]

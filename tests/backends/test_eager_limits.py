@@ -7,6 +7,7 @@ import torch
 
 from ibtpo.backends.eager import Engine, KVStore, device_generator
 from ibtpo.backends.factory import sample
+from ibtpo.rollout.rules import BranchingOptions
 from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
 from ibtpo.core.sampling import SamplingParams
 from ibtpo.core.steps import StepSplitter
@@ -64,13 +65,14 @@ def test_row_chunks_keep_the_sampling_distribution_shape(tiny_model, tokenizer):
 def _grow(model, tokenizer, budget, sampler="ib"):
     engine = Engine(model, SamplingParams(greedy=True, max_new_tokens=CAP, kv_budget_bytes=budget),
                     tokenizer.eos_token_id, tokenizer.pad_token_id, torch.Generator().manual_seed(0))
-    shape = TreeShape(b0=2, rounds=4, k=2, b=1, min_room=3)
+    shape = TreeShape(b0=2, rounds=4, k=2, b=1)
 
     def reward(tree, leaves):
         for leaf in leaves:
             leaf.reward = float(sum(Tree.completion(leaf)[0]) % 2 == 0)
 
-    ctx = GrowContext(engine, StepSplitter(tokenizer, min_step_tokens=2), shape, CAP, reward, random.Random(0))
+    ctx = GrowContext(engine, StepSplitter(tokenizer, min_step_tokens=2), shape, CAP, reward, random.Random(0),
+                      options=BranchingOptions(min_room=3))
     trees = grow_trees(sampler, ctx, _prompts(tokenizer, 3), ["0", "1", "2"], [{}] * 3)
     return trees, engine
 

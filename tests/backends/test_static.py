@@ -1,6 +1,7 @@
 """The static backend on CPU against the eager engine (the reference): decode forward, expand, every sampler."""
 
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from ibtpo.backends.contract import RolloutBackend
 from ibtpo.backends.factory import make_backend, resolve_backend_name
 from ibtpo.backends.contract import Request
 from ibtpo.backends.eager import Engine
-from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
+from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees, sampler_options
 from ibtpo.core.sampling import SamplingParams
 from ibtpo.backends.static import StaticBackend
 from ibtpo.backends.static_forward import StaticDecoder, supports
@@ -155,13 +156,16 @@ SAMPLERS = ["independent", "ib", "entropy", "random", "fixed_width", "iib"]
 
 def grow(backend, tokenizer, sampler, seed=0):
     ps = prompts(tokenizer)
-    shape = TreeShape(b0=3, rounds=4, k=2, b=2, min_room=3, segment_length=5, width=2, max_depth=3, fork_top=0.2)
+    shape = TreeShape(b0=3, rounds=4, k=2, b=2)
+    settings = SimpleNamespace(tree_min_room=3, treepo_segment_length=5, treepo_width=2, treepo_max_depth=3,
+                               iib_fork_top=0.2)
 
     def parity(tree, leaves):
         for leaf in leaves:
             leaf.reward = float(sum(Tree.completion(leaf)[0]) % 2 == 0)
 
-    ctx = GrowContext(backend, StepSplitter(tokenizer, min_step_tokens=2), shape, CAP, parity, random.Random(seed))
+    ctx = GrowContext(backend, StepSplitter(tokenizer, min_step_tokens=2), shape, CAP, parity, random.Random(seed),
+                      options=sampler_options(sampler, settings))
     return grow_trees(sampler, ctx, ps, [str(i) for i in range(len(ps))], [{}] * len(ps))
 
 

@@ -24,13 +24,15 @@ def test_p_hat_uses_the_definition():
 
 def test_evaluation_counts_the_same_answers_correct(tiny_model, tokenizer):
     """avg@k / greedy with a reward of 0.5 (partial credit) for every completion: nothing is correct."""
+    from ibtpo.core.sampling import SamplingParams
     from ibtpo.evaluation.heldout import evaluate
+    from ibtpo.rollout.spec import RolloutSpec
     from ibtpo.data.tasks import PromptedQuestion
 
     problems = [PromptedQuestion("a", "1+1=", "2"), PromptedQuestion("b", "2+2=", "4")]
     for value, acc in ((0.5, 0.0), (1.0, 1.0)):
         res = evaluate(tiny_model, tokenizer, problems, lambda prompts, completions, *a, **k: [value] * len(completions),
-                       k=2, temperature=1.0, max_new_tokens=3, seed=0)
+                       RolloutSpec.independent(2, SamplingParams(temperature=1.0, max_new_tokens=3)), seed=0)
         assert res["avg@2"] == acc and res["pass@2"] == acc
 
 

@@ -8,11 +8,16 @@ import torch
 
 from ibtpo.methods.ib_tpo import tree_ib_stats
 from ibtpo.evaluation.probe import grow_probe, p_hat_histogram, probe_metrics, summarize
+from ibtpo.rollout.rules import BranchingOptions
 from ibtpo.rollout.samplers import TreeShape
+from ibtpo.rollout.spec import RolloutSpec
 from ibtpo.core.sampling import SamplingParams
 from ibtpo.core.steps import StepSplitter
+from ibtpo.core.tree_stats import IBOptions
 from ibtpo.core.tree import Tree, compute_p_hat
 from ibtpo.testbed.task import SumTask
+
+IB = IBOptions(beta=5.0, conf_mode="mean")
 
 
 def parity_reward(prompts, completions, completion_ids, **_):
@@ -32,8 +37,8 @@ def _hand_tree(qid: str, rewards: list[float]) -> Tree:
 
 def test_summary_matches_estimator_and_counts():
     trees = [_hand_tree("a", [1.0, 0.0, 1.0]), _hand_tree("b", [0.0, 0.0, 0.0])]
-    s = summarize(trees, beta=5.0, conf_mode="mean")
-    ib = tree_ib_stats(trees, 5.0, "mean")
+    s = summarize(trees, IB)
+    ib = tree_ib_stats(trees, IB)
     agg = s["aggregate"]
     assert agg["ib_score"] == pytest.approx(ib["ib/score_mean"])
     assert agg["cov_conf_gain"] == pytest.approx(ib["ib/cov_conf_gain"])
@@ -42,7 +47,7 @@ def test_summary_matches_estimator_and_counts():
     assert qa["p_hat_root"] == pytest.approx(2 / 3) and qb["p_hat_root"] == 0.0
     assert qa["effective"] and not qb["effective"] and qa["branching_nodes"] == 2
     # question-level mean of per-tree IB-Scores, with its standard error over the two questions
-    per_q = [tree_ib_stats([t], 5.0, "mean")["ib/score_mean"] for t in trees]
+    per_q = [tree_ib_stats([t], IB)["ib/score_mean"] for t in trees]
     assert agg["per_question"]["ib_score"]["mean"] == pytest.approx(sum(per_q) / 2)
     assert agg["per_question"]["ib_score"]["se"] == pytest.approx(abs(per_q[0] - per_q[1]) / 2)
     assert s["p_hat"]["root"]["zero"] == 1 and s["p_hat"]["root"]["n"] == 2
@@ -56,16 +61,16 @@ def test_histogram_and_metrics_leave_out_missing_readings():
     chain = Tree(question_id="c", prompt_ids=[1])
     chain.root.add_child([5], [0.0], [0.0]).reward = 1.0
     compute_p_hat(chain.root)
-    m = probe_metrics([chain], 5.0, "mean")
+    m = probe_metrics([chain], IB)
     assert "probe/ib/score_mean" not in m and m["probe/reward_mean"] == 1.0  # no branching node: no made-up IB
-    assert summarize([chain], 5.0, "mean")["aggregate"]["ib_score"] is None
+    assert summarize([chain], IB)["aggregate"]["ib_score"] is None
 
 
 def test_grow_probe_is_deterministic_and_leaves_global_rng_alone(tiny_model, tokenizer):
     problems = list(SumTask(test_size=6).test_problems)
-    shape = TreeShape(b0=2, rounds=3, min_room=2)
-    args = (tiny_model, tokenizer, problems, parity_reward, shape, SamplingParams(max_new_tokens=10),
-            StepSplitter(tokenizer))
+    spec = RolloutSpec("ib", TreeShape(b0=2, rounds=3), SamplingParams(max_new_tokens=10), StepSplitter(tokenizer),
+                       options=BranchingOptions(min_room=2))
+    args = (spec, tiny_model, tokenizer, problems, parity_reward)
     seen = []
     torch.manual_seed(0)
     state = torch.get_rng_state()

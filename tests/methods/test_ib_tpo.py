@@ -10,6 +10,7 @@ from ibtpo.methods.ib_tpo import (cov_conf_gain, cov_from_values, ib_from_values
                                   tsallis2_from_values)
 from ibtpo.algos.synthetic_steps import StepProcess
 from ibtpo.core.tree import Tree, compute_p_hat
+from ibtpo.core.tree_stats import IBOptions
 
 
 def test_decomposition_ib_equals_scaled_tsallis_objective():
@@ -71,7 +72,7 @@ def test_tree_stats_on_a_hand_built_tree():
     b = t.root.add_child([6], [math.log(0.25)], [0.0])
     b.reward = 0.0
     compute_p_hat(t.root)  # p_hat(root) = 0.5; r(a) = 2, r(b) = 0
-    stats = tree_ib_stats([t], beta=5.0, conf_mode="product")
+    stats = tree_ib_stats([t], IBOptions(beta=5.0, conf_mode="product"))
     assert stats["ib/score_mean"] == pytest.approx(6 * (0.5 * (2 - 1.2) + 0.25 * (0 - 1.2)) / 2)
     assert stats["ib/cov_conf_gain"] == pytest.approx((0.5 * 1 + 0.25 * -1) / 2)
     assert cov_conf_gain(t.root, "product") == stats["ib/cov_conf_gain"]

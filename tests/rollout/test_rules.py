@@ -6,6 +6,7 @@ import pytest
 from ibtpo.methods.ib_tpo import ib_score, node_gain
 from ibtpo.rollout.rules import BRANCH_RULES, RuleContext, node_candidates
 from ibtpo.core.tree import Tree, compute_p_hat
+from ibtpo.core.tree_stats import IBOptions
 
 
 def lp(conf, n=1):
@@ -60,7 +61,7 @@ def test_ib_rule_picks_top_k_and_respects_room_and_root_choice():
     assert node_candidates(t, RuleContext(k=1, cap=5, min_room=4)) == [t.root]
     assert t.root not in node_candidates(t, RuleContext(k=1, cap=20, min_room=1, root_candidate=False))
     # zero-p_hat skip: s2 (p_hat 0) is no longer chosen
-    skip = BRANCH_RULES.get("ib")(t, RuleContext(k=3, cap=20, min_room=1, zero_phat="skip"), random.Random(0))
+    skip = BRANCH_RULES.get("ib")(t, RuleContext(k=3, cap=20, min_room=1, ib=IBOptions(zero_phat="skip")), random.Random(0))
     assert n["s2"] not in [fp[0] for fp in skip]
 
 

@@ -1,12 +1,13 @@
 """Tree samplers on a tiny random model: invariants, exact token accounting, cache-reuse equivalence."""
 
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from ibtpo.backends.eager import Engine
-from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees
+from ibtpo.rollout.samplers import GrowContext, TreeShape, grow_trees, sampler_options
 from ibtpo.core.sampling import SamplingParams
 from ibtpo.core.steps import StepSplitter
 from ibtpo.core.tree import Tree
@@ -15,6 +16,8 @@ from ibtpo.training.batch import flatten_paths
 
 SAMPLERS = ["independent", "ib", "entropy", "random", "fixed_width"]
 CAP = 24
+SETTINGS = SimpleNamespace(tree_min_room=3, treepo_segment_length=5, treepo_width=2, treepo_max_depth=3)
+"""The run-config fields the samplers' own options are read from (``sampler_options``)."""
 
 
 def parity_reward(tree, leaves):
@@ -46,9 +49,9 @@ def grow(model, tokenizer, sampler, reuse=True, seed=0, shape=None, questions=3)
     prompts = [tokenizer(f"Q:{3 + i}+{4 * i}+5\n\n", add_special_tokens=False)["input_ids"] for i in range(questions)]
     engine = CountingEngine(model, SamplingParams(temperature=1.0, max_new_tokens=CAP), tokenizer.eos_token_id,
                             tokenizer.pad_token_id, torch.Generator().manual_seed(seed), prefix_reuse=reuse)
-    shape = shape or TreeShape(b0=3, rounds=4, k=2, b=2, min_room=3, segment_length=5, width=2, max_depth=3)
+    shape = shape or TreeShape(b0=3, rounds=4, k=2, b=2)
     ctx = GrowContext(engine, StepSplitter(tokenizer, min_step_tokens=2), shape, CAP, parity_reward,
-                      random.Random(seed))
+                      random.Random(seed), options=sampler_options(sampler, SETTINGS))
     trees = grow_trees(sampler, ctx, prompts, [str(i) for i in range(questions)], [{}] * questions)
     return trees, engine, shape
 
@@ -142,3 +145,31 @@ def test_fork_logits_from_cache_equal_re_encoding(tiny_model, tokenizer):
     assert from_cache[0].token_ids == from_scratch[0].token_ids == [c.token_ids[2]]
     assert from_cache[0].logprobs[0] == pytest.approx(from_scratch[0].logprobs[0], abs=1e-5)
     assert from_cache[0].entropies[0] == pytest.approx(from_scratch[0].entropies[0], abs=1e-5)
+
+
+def test_a_context_without_options_gets_the_samplers_registered_defaults(monkeypatch):
+    """grow_trees hands the sampler the defaults of its options class when the context carries none."""
+    from dataclasses import dataclass
+
+    from ibtpo.rollout.samplers import SAMPLERS, register_sampler
+
+    @dataclass(frozen=True)
+    class Opts:
+        width: int = 3
+
+    seen = []
+
+    def grow_one(ctx, trees):
+        seen.append(ctx.options)
+        for t in trees:
+            t.root.add_child([1], [0.0], [0.0]).reward = 1.0
+
+    monkeypatch.setattr(SAMPLERS, "_items", dict(SAMPLERS._items))
+    monkeypatch.setattr(SAMPLERS, "_options", dict(SAMPLERS._options))
+    register_sampler("opts_probe", grow_one, options=Opts)
+    engine = SimpleNamespace(prefix_reuse=False, keep_kv=False, release=lambda: None)
+    ctx = GrowContext(engine, None, TreeShape(b0=1, rounds=1), CAP, parity_reward, random.Random(0))
+    grow_trees("opts_probe", ctx, [[1]], ["q"], [{}])
+    grow_trees("opts_probe", GrowContext(engine, None, ctx.shape, CAP, parity_reward, random.Random(0),
+                                         options=Opts(width=5)), [[1]], ["q"], [{}])
+    assert seen == [Opts(), Opts(width=5)] and ctx.options is None  # the caller's context is left as it was

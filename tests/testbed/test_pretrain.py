@@ -22,7 +22,7 @@ def test_build_base_policy_warms_up_on_the_chosen_task_and_records_it(tmp_path, 
     seen = {}
 
     def fake_evaluate(model, tokenizer, problems, reward_fn, **kw):
-        seen.update(prompts=[p.prompt for p in problems], reward=reward_fn, cap=kw["max_new_tokens"])
+        seen.update(prompts=[p.prompt for p in problems], reward=reward_fn, cap=kw["spec"].sampling.max_new_tokens)
         return {"avg@4": 0.0, "greedy_acc": 0.0}
 
     monkeypatch.setattr(build, "evaluate", fake_evaluate)

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from ibtpo.algos.advantages import ADV_ESTIMATORS
 from ibtpo.algos.losses import POLICY_LOSSES
 from ibtpo.algos.presets import PRESETS
 from ibtpo.algos.extensions import TRAINER_EXTENSIONS
-from ibtpo.core.registry import Registry
+from ibtpo.core.registry import Registry, option_sources
 from ibtpo.rollout.rules import BRANCH_RULES
 from ibtpo.rollout.samplers import SAMPLERS
 
@@ -32,12 +30,11 @@ def _summary(obj) -> str:
 
 
 def _options(registry: Registry, name: str, obj) -> str:
-    if hasattr(obj, "shape_fields"):  # a sampler: its tree shape
-        return f"G from {obj.shape_fields}"
     cls = registry.options(name)
-    if cls is None:
-        return ""
-    return ", ".join(f"{f.name}<-{f.metadata.get('config', f.name)}" for f in dataclasses.fields(cls))
+    listed = "" if cls is None else ", ".join(f"{opt}<-{field}" for opt, field in option_sources(cls))
+    if hasattr(obj, "shape_fields"):  # a sampler: its tree shape, then its own options
+        return f"G from {obj.shape_fields}" + (f"; {listed}" if listed else "")
+    return listed
 
 
 def catalog() -> list[dict[str, str]]:

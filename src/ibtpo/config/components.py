@@ -1,6 +1,6 @@
-"""A run config -> the parts a run is built from: the sampler's tree shape, the sampling parameters, and each
-registered component with its typed options. One place for the mapping, shared by the trainer, the IB probe,
-``ibtpo score`` and the benchmarks.
+"""A run config -> the parts a run is built from: the rollout spec (the sampler's tree shape and options, the
+sampling parameters, ...), the IB options, and each registered component with its typed options. One place for the
+mapping, shared by the trainer, the IB probe, evaluation, ``ibtpo score`` and the benchmarks.
 
 The components come back guarded (``ibtpo.core.guard``): their signature is checked against the call the trainer makes
 when they are built, and every call validates what comes back (shape, dtype, finiteness), so a wrong or non-finite
@@ -16,7 +16,10 @@ from ibtpo.algos.advantages import ADV_ESTIMATORS
 from ibtpo.algos.losses import REGULARIZERS, TOKEN_SELECTORS, LossConfig, POLICY_LOSSES
 from ibtpo.core.guard import check_loss_pair, check_signature, check_tensor, guarded, label
 from ibtpo.core.registry import options_from
-from ibtpo.rollout.samplers import TreeShape, checked_shape
+from ibtpo.core.steps import StepSplitter
+from ibtpo.core.tree_stats import IBOptions
+from ibtpo.rollout.samplers import TreeShape, checked_shape, sampler_options
+from ibtpo.rollout.spec import RolloutSpec
 from ibtpo.core.sampling import SamplingParams
 
 ESTIMATOR_INPUTS = ("rewards", "response_mask", "group_ids", "node_index", "nodes", "ancestor_index")
@@ -33,6 +36,29 @@ def rollout_sampling(cfg: Any) -> SamplingParams:
     return SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                           max_new_tokens=cfg.max_completion_length, max_rows=cfg.rollout_max_rows,
                           kv_budget_bytes=int(cfg.kv_budget_gib * 2**30))
+
+
+def rollout_spec(cfg: Any, tokenizer, sampler: str | None = None) -> RolloutSpec:
+    """How the named sampler (default: the run's; the IB probe: 'ib') draws trees under this config: its shape and
+    options, the rollout sampling, the step splitter of `tokenizer`, the backend, its KV slots, prefix reuse."""
+    name = sampler or cfg.sampler
+    return RolloutSpec(sampler=name, shape=tree_shape(cfg, name), sampling=rollout_sampling(cfg),
+                       splitter=StepSplitter(tokenizer, cfg.step_delimiter, cfg.min_step_tokens),
+                       options=sampler_options(name, cfg), backend=cfg.rollout_backend,
+                       slots_gib=cfg.rollout_slots_gib, prefix_reuse=cfg.prefix_reuse)
+
+
+def eval_spec(cfg: Any) -> RolloutSpec:
+    """How evaluation draws: ``eval_k`` independent samples per question at ``eval_temperature`` / ``eval_top_p``
+    under the completion cap, with the rollout backend, its row limit and KV slots."""
+    sampling = SamplingParams(temperature=cfg.eval_temperature, top_p=cfg.eval_top_p,
+                              max_new_tokens=cfg.max_completion_length, max_rows=cfg.rollout_max_rows)
+    return RolloutSpec.independent(cfg.eval_k, sampling, backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
+
+
+def ib_options(cfg: Any) -> IBOptions:
+    """The IB-Score options of the run (``ib_beta``, ``ib_conf``, ``ib_zero_phat``)."""
+    return options_from(IBOptions, cfg)
 
 
 def _timeout(cfg: Any) -> float:

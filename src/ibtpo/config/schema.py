@@ -20,9 +20,12 @@ from ibtpo.algos.losses import LOSS_AGG_MODES, POLICY_LOSSES, LossConfig
 from ibtpo.algos.presets import DEFAULT_ALGORITHM, PRESETS, apply_preset
 from ibtpo.methods.grpo import GRPOOptions
 from ibtpo.methods.ib_tpo import IBTPOOptions
+from ibtpo.methods.iib_lpo.sampler import IIBSamplerOptions
+from ibtpo.methods.treepo import FixedWidthOptions
 from ibtpo.core.guard import first_line, user_location
 from ibtpo.config.profiles import TESTBED, profile_values
 from ibtpo.core.registry import Registry, RegistryError, default_of, import_file
+from ibtpo.rollout.rules import BranchingOptions
 from ibtpo.rollout.samplers import SAMPLERS, TreeShape, checked_problems, checked_shape
 from ibtpo.core.tree_stats import IB_DEFAULTS
 
@@ -36,8 +39,9 @@ def _loss(name: str):
     return default_of(LossConfig, name)
 
 
-def _shape(name: str):
-    return default_of(TreeShape, name)
+def _shape(name: str, options: type = TreeShape):
+    """The default of a tree setting: of the shape, or of the options of the samplers that read it."""
+    return default_of(options, name)
 
 
 def import_plugins(specs: list[str]) -> None:
@@ -148,16 +152,16 @@ class TrainConfig(BaseModel):
     tree_l: int = Field(_shape("rounds"), ge=1, description="Tree samplers: L, rounds including the first (G = B0 + (L-1)*K*B).")
     tree_k: int = Field(_shape("k"), ge=1, description="Tree samplers: K, fork points per tree per round.")
     tree_b: int = Field(_shape("b"), ge=1, description="Tree samplers: B, continuations drawn at each fork point.")
-    tree_min_room: int = Field(_shape("min_room"), ge=1, description="A fork point needs at least this many tokens left under max_completion_length.")
+    tree_min_room: int = Field(_shape("min_room", BranchingOptions), ge=1, description="A fork point needs at least this many tokens left under max_completion_length.")
     ib_beta: float = Field(IB_DEFAULTS.beta, gt=0.0, description="IB-Score beta (docs/ib_score.md; the paper, section 3).")
     ib_conf: Literal["mean", "product"] = Field(IB_DEFAULTS.conf_mode, description="Step confidence: exp(mean token log-prob) or exp(sum).")
     ib_zero_phat: Literal["one", "skip"] = Field(IB_DEFAULTS.zero_phat, description="IB rule at a node with p_hat=0: score it with r=1, or skip it.")
-    tree_root_candidate: bool = Field(_shape("root_candidate"), description="Tree rounds may fork from the root (a fresh trajectory).")
-    treepo_segment_length: int = Field(_shape("segment_length"), ge=1, description="fixed_width sampler: tokens per segment.")
-    treepo_width: int = Field(_shape("width"), ge=1, description="fixed_width sampler: children of each open segment per depth.")
-    treepo_max_depth: int = Field(_shape("max_depth"), ge=1, description="fixed_width sampler: deepest level that still branches.")
+    tree_root_candidate: bool = Field(_shape("root_candidate", BranchingOptions), description="Tree rounds may fork from the root (a fresh trajectory).")
+    treepo_segment_length: int = Field(_shape("segment_length", FixedWidthOptions), ge=1, description="fixed_width sampler: tokens per segment.")
+    treepo_width: int = Field(_shape("width", FixedWidthOptions), ge=1, description="fixed_width sampler: children of each open segment per depth.")
+    treepo_max_depth: int = Field(_shape("max_depth", FixedWidthOptions), ge=1, description="fixed_width sampler: deepest level that still branches.")
     iib_forks: int = Field(2, ge=1, description="iib sampler: forks drawn along each of the tree_b0 initial rollouts (one level deep).")
-    iib_fork_top: float = Field(_shape("fork_top"), gt=0.0, le=1.0, description="iib sampler: share of a rollout's tokens, highest entropy first, that are candidate fork points (at least one).")
+    iib_fork_top: float = Field(_shape("fork_top", IIBSamplerOptions), gt=0.0, le=1.0, description="iib sampler: share of a rollout's tokens, highest entropy first, that are candidate fork points (at least one).")
     iib_latent: Literal["cvae", "random", "none"] = Field("cvae", description="iib sampler: latent code of a branch from the CVAE prior p(z|prefix), from N(0, I), or none (plain forks).")
     iib_latent_dim: int = Field(16, ge=1, description="iib: dimension of the latent code z.")
     iib_inject_scale: float = Field(0.25, gt=0.0, description="iib: initial norm of the embedding offset W z, relative to the mean token-embedding norm (W is then trained by the RL loss).")

@@ -177,11 +177,21 @@ def config_field(default: Any, config: str, doc: str = "") -> Any:
     return dataclasses.field(default=default, metadata={"config": config, "doc": doc})
 
 
+def options_field(cls: type) -> Any:
+    """A dataclass field holding another options dataclass (e.g. the IB options inside IB-TPO's estimator options),
+    filled from the run config by :func:`options_from` like the outer one; default: `cls`'s defaults."""
+    return dataclasses.field(default_factory=cls, metadata={"options": cls})
+
+
 def options_from(cls: type, cfg: Any, **overrides: Any) -> Any:
     """An instance of options dataclass `cls` filled from a run config: each field mapped with :func:`config_field`
-    (or named like a config field) takes the config's value; fields the config lacks keep their defaults."""
+    (or named like a config field) takes the config's value; fields the config lacks keep their defaults; a field
+    made with :func:`options_field` is an options dataclass built the same way."""
     values = {}
     for f in dataclasses.fields(cls):
+        if "options" in f.metadata:
+            values[f.name] = options_from(f.metadata["options"], cfg)
+            continue
         key = f.metadata.get("config", f.name)
         if cfg is not None and hasattr(cfg, key):
             values[f.name] = getattr(cfg, key)
@@ -197,4 +207,15 @@ def default_of(cls: type, name: str) -> Any:
                 return f.default
             raise ValueError(f"{cls.__name__}.{name} has no default")
     raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def option_sources(cls: type, prefix: str = "") -> list[tuple[str, str]]:
+    """(option name, run-config field) pairs of options dataclass `cls`, nested options as ``outer.inner``."""
+    out = []
+    for f in dataclasses.fields(cls):
+        if "options" in f.metadata:
+            out += option_sources(f.metadata["options"], f"{prefix}{f.name}.")
+        else:
+            out.append((f"{prefix}{f.name}", f.metadata.get("config", f.name)))
+    return out
 

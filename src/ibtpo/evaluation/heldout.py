@@ -12,7 +12,9 @@ import torch
 from ibtpo.core.correct import is_correct
 from ibtpo.rewards.scoring import reward_columns, score_completions
 from ibtpo.backends.factory import sample
+from ibtpo.config.components import eval_spec
 from ibtpo.core.sampling import SamplingParams
+from ibtpo.rollout.spec import RolloutSpec
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -53,25 +55,26 @@ def _records(problems, flat: list[str], gens: list, scores: list[float], k: int,
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperature: float, max_new_tokens: int,
-             greedy: bool = True, seed: int = 0, batch_questions: int = 128,
-             extract: Callable[[str], str | None] | None = None,
-             on_batch: Callable[[int], None] | None = None, top_p: float = 1.0,
-             samples: list[dict] | None = None, max_rows: int = 0, backend: str = "auto",
-             slots_gib: float = 0.0, formats: dict[str, Callable[[str, str], bool]] | None = None) -> dict[str, float]:
+def evaluate(model, tokenizer, problems, reward_fn: Callable, spec: RolloutSpec, greedy: bool = True, seed: int = 0,
+             batch_questions: int = 128, extract: Callable[[str], str | None] | None = None,
+             on_batch: Callable[[int], None] | None = None, samples: list[dict] | None = None,
+             formats: dict[str, Callable[[str, str], bool]] | None = None) -> dict[str, float]:
     """Sample k completions per problem (and one greedy) and score them; returns avg@k, pass@k, maj@k, greedy acc,
-    the mean sampled length and ``cap_hit_rate`` (share of all completions, sampled and greedy, that reached
-    `max_new_tokens` without an end-of-sequence token).
+    the mean sampled length and ``cap_hit_rate`` (share of all completions, sampled and greedy, that reached the
+    completion cap without an end-of-sequence token).
 
+    `spec`: how to draw (``config.components.eval_spec``, or ``RolloutSpec.independent(k, sampling)``): k = its group
+    size, its sampling parameters (temperature, top-p, the cap ``max_new_tokens``, ``max_rows`` rows decoded at once,
+    0 = batch_questions x k together), its backend (auto: static on CUDA, eager elsewhere; ``backends.factory``) and
+    KV slots; its sampler is not used (evaluation samples independently).
     A completion counts as correct when its reward is >= 1. Uses its own generator seeded with `seed`, so evaluation
     neither depends on nor disturbs the training RNG. `on_batch(n)` is called after every batch of n questions.
-    `max_rows` caps the rows decoded at once (0 = batch_questions x k together); `backend` names the rollout backend
-    (auto: static on CUDA, eager elsewhere; ``backends.factory``) and `slots_gib` its KV slots.
     `samples`, when given, receives one record per completion (question id, sample index or "greedy", answer,
     completion, extracted answer, score, tokens, hit_cap, prompt). Completions end at the tokenizer's EOS or any
     EOS id of the model's generation config. `formats` (name -> fn(completion, answer) -> bool) adds, per name,
     ``NAME_avg@k`` (share of the sampled completions it accepts) and ``NAME_greedy_acc`` (of the greedy ones).
     """
+    k, params, backend, slots_gib = spec.shape.group_size, spec.sampling, spec.backend, spec.slots_gib
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -82,8 +85,6 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
     for start in range(0, len(problems), batch_questions):
         chunk = problems[start:start + batch_questions]
         prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in chunk]
-        params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                max_rows=max_rows)
         groups = sample(model, prompts, params, eos, pad, generator=gen, n=k, backend=backend, slots_gib=slots_gib)
         gens = [g for grp in groups for g in grp]
         flat, scores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk for _ in range(k)],
@@ -103,7 +104,8 @@ def evaluate(model, tokenizer, problems, reward_fn: Callable, k: int, temperatur
             if extract is not None:
                 totals["maj"] += majority_correct([extract(t) for t in grp], ok)
         if greedy:
-            greedy_params = SamplingParams(greedy=True, max_new_tokens=max_new_tokens, max_rows=max_rows)
+            greedy_params = SamplingParams(greedy=True, max_new_tokens=params.max_new_tokens,
+                                           max_rows=params.max_rows)
             gg = [g[0] for g in sample(model, prompts, greedy_params, eos, pad, backend=backend, slots_gib=slots_gib)]
             gtexts, gscores = score_completions(reward_fn, tokenizer, [p.prompt for p in chunk],
                                                 [g.token_ids for g in gg], _columns(chunk, 1))
@@ -154,17 +156,15 @@ def evaluate_sets(cfg, model, tokenizer, rewards, sets: dict[str, list], bar: Ca
     `rewards`: the run's ``data.tasks.Rewards`` (check + extract). `bar(label, total)` may return an object with
     ``on_batch(n)`` and ``close()`` (a progress bar). `samples` receives every completion record, with its set name.
     Returns {set name: metrics}."""
+    spec = eval_spec(cfg)
     out = {}
     for name, problems in sets.items():
         progress = bar(name, len(problems)) if bar else None
         found = [] if samples is not None else None
-        out[name] = evaluate(model, tokenizer, problems, rewards.check, k=cfg.eval_k, temperature=cfg.eval_temperature,
-                             max_new_tokens=cfg.max_completion_length, greedy=cfg.eval_greedy, top_p=cfg.eval_top_p,
-                             seed=cfg.seed + EVAL_SEED_OFFSET, extract=rewards.extract,
-                             batch_questions=cfg.eval_batch_questions, samples=found,
-                             on_batch=progress.on_batch if progress else None, max_rows=cfg.rollout_max_rows,
-                             backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib,
-                             formats=getattr(rewards, "formats", None))
+        out[name] = evaluate(model, tokenizer, problems, rewards.check, spec, greedy=cfg.eval_greedy,
+                             seed=cfg.seed + EVAL_SEED_OFFSET, batch_questions=cfg.eval_batch_questions,
+                             extract=rewards.extract, on_batch=progress.on_batch if progress else None,
+                             samples=found, formats=getattr(rewards, "formats", None))
         if progress:
             progress.close()
         if found is not None:

@@ -30,29 +30,26 @@ import torch
 from ibtpo.methods.ib_tpo import tree_ib_stats
 from ibtpo.rewards.scoring import RewardFn
 from ibtpo.rollout.grow import grow_problem_trees
-from ibtpo.rollout.samplers import TreeShape
-from ibtpo.core.sampling import SamplingParams
-from ibtpo.core.steps import StepSplitter
+from ibtpo.rollout.spec import RolloutSpec
 from ibtpo.core.tree import Tree
+from ibtpo.core.tree_stats import IBOptions
 from ibtpo.rollout.metrics import rollout_metrics
 
 PROBE_SEED_OFFSET = 2_000_003
 P_HAT_BINS = 10
 
 
-def grow_probe(model, tokenizer, problems: list, reward_fn: RewardFn, shape: TreeShape, sampling: SamplingParams,
-               splitter: StepSplitter, seed: int, batch_questions: int = 16, prefix_reuse: bool = True,
-               on_batch: Callable[[int], None] | None = None, backend: str = "auto",
-               slots_gib: float = 0.0) -> list[Tree]:
-    """IBTrees for `problems`, `batch_questions` at a time; `on_batch(n)` is called after each batch of n.
-    `backend` / `slots_gib`: the rollout backend (``backends.factory``)."""
+def grow_probe(spec: RolloutSpec, model, tokenizer, problems: list, reward_fn: RewardFn, seed: int,
+               batch_questions: int = 16, on_batch: Callable[[int], None] | None = None) -> list[Tree]:
+    """IBTrees for `problems`, grown as the probe's rollout spec says (``config.components.rollout_spec(cfg,
+    tokenizer, "ib")``), `batch_questions` at a time, from streams seeded with `seed`; `on_batch(n)` is called after
+    each batch of n."""
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     trees: list[Tree] = []
     for start in range(0, len(problems), batch_questions):
         chunk = problems[start:start + batch_questions]
-        trees += grow_problem_trees("ib", model, tokenizer, chunk, reward_fn, shape, sampling, splitter, generator,
-                                    rng, prefix_reuse, backend=backend, slots_gib=slots_gib)
+        trees += grow_problem_trees(spec, model, tokenizer, chunk, reward_fn, generator, rng)
         if on_batch is not None:
             on_batch(len(chunk))
     return trees
@@ -77,9 +74,9 @@ def _finite(x: float) -> float | None:
     return None if x is None or math.isnan(x) else float(x)
 
 
-def question_record(tree: Tree, beta: float, conf_mode: str) -> dict:
+def question_record(tree: Tree, ib_options: IBOptions) -> dict:
     """The instrument's readings on one question's tree (null where the tree has no branching node)."""
-    ib = tree_ib_stats([tree], beta, conf_mode)
+    ib = tree_ib_stats([tree], ib_options)
     ro = rollout_metrics([tree])
     return {"id": tree.question_id, "ib_score": _finite(ib["ib/score_mean"]),
             "cov_conf_gain": _finite(ib["ib/cov_conf_gain"]), "step_entropy": _finite(ib["ib/step_entropy"]),
@@ -101,10 +98,11 @@ def _mean_se(values: list[float | None]) -> dict:
             "n": len(xs)}
 
 
-def summarize(trees: list[Tree], beta: float, conf_mode: str) -> dict:
-    """Aggregate and per-question readings of a probe (JSON-ready; see the module docstring)."""
-    questions = [question_record(t, beta, conf_mode) for t in trees]
-    ib = tree_ib_stats(trees, beta, conf_mode)
+def summarize(trees: list[Tree], ib_options: IBOptions) -> dict:
+    """Aggregate and per-question readings of a probe with the IB options `ib_options` (JSON-ready; see the module
+    docstring)."""
+    questions = [question_record(t, ib_options) for t in trees]
+    ib = tree_ib_stats(trees, ib_options)
     ro = rollout_metrics(trees)
     inner_phat = [float(n.p_hat) for t in trees for n in t.nodes() if n.children]
     aggregate = {
@@ -122,11 +120,11 @@ def summarize(trees: list[Tree], beta: float, conf_mode: str) -> dict:
             "questions": questions}
 
 
-def probe_metrics(trees: list[Tree], beta: float, conf_mode: str) -> dict[str, float]:
+def probe_metrics(trees: list[Tree], ib: IBOptions) -> dict[str, float]:
     """Training-log scalars of a probe, named ``probe/...``: the aggregate readings of :func:`summarize` and the
     question-level standard errors of IB-Score and Cov (readings that do not exist, e.g. no branching node, are left
     out)."""
-    agg = summarize(trees, beta, conf_mode)["aggregate"]
+    agg = summarize(trees, ib)["aggregate"]
     per_q = agg["per_question"]
     out = {"probe/ib/score_mean": agg["ib_score"], "probe/ib/cov_conf_gain": agg["cov_conf_gain"],
            "probe/ib/step_entropy": agg["step_entropy"],

@@ -32,11 +32,11 @@ import torch
 
 from ibtpo.algos.advantages import LEAF_WEIGHT, NodeStats, per_token, register_adv_est
 from ibtpo.algos.presets import TREE_SHAPE, Preset, register_preset
-from ibtpo.core.registry import config_field
+from ibtpo.core.registry import config_field, options_field
 from ibtpo.rollout.rules import BRANCH_RULES, ForkPoint, RuleContext, node_candidates, top_k
 from ibtpo.rollout.samplers import register_rule_sampler
 from ibtpo.core.tree import Node, Tree, compute_p_hat
-from ibtpo.core.tree_stats import IB_DEFAULTS, ib_term, info_gain
+from ibtpo.core.tree_stats import IB_DEFAULTS, IBOptions, ib_term, info_gain
 
 # --- 1. the IB-Score ---------------------------------------------------------------------------------------------
 
@@ -83,9 +83,9 @@ def cov_conf_gain(node: Node, conf_mode: str = IB_DEFAULTS.conf_mode) -> float:
     return cov_from_values(conf, gains)
 
 
-def tree_ib_stats(trees: list[Tree], beta: float = IB_DEFAULTS.beta,
-                  conf_mode: str = IB_DEFAULTS.conf_mode) -> dict[str, float]:
-    """Means over all branching nodes (>= 2 children) of the batch: IB-Score, Cov(conf, r), Tsallis-2 step entropy.
+def tree_ib_stats(trees: list[Tree], ib: IBOptions = IB_DEFAULTS) -> dict[str, float]:
+    """Means over all branching nodes (>= 2 children) of the batch: IB-Score, Cov(conf, r), Tsallis-2 step entropy,
+    with the IB options `ib` (beta, step confidence).
 
     Metric names follow CONVENTIONS.md (``ib/score_mean``, ``ib/cov_conf_gain``); a batch without branching nodes
     (e.g. independent sampling of one trajectory per question) reports NaN rather than a made-up 0.
@@ -95,8 +95,8 @@ def tree_ib_stats(trees: list[Tree], beta: float = IB_DEFAULTS.beta,
         compute_p_hat(tree.root)
         for node in tree.root.iter_nodes():
             if len(node.children) >= 2:
-                conf, gains = _children_values(node, conf_mode)
-                scores.append(ib_from_values(conf, gains, beta))
+                conf, gains = _children_values(node, ib.conf_mode)
+                scores.append(ib_from_values(conf, gains, ib.beta))
                 covs.append(cov_from_values(conf, gains))
                 ents.append(tsallis2_from_values(conf))
     nan = float("nan")
@@ -115,9 +115,9 @@ def tree_ib_stats(trees: list[Tree], beta: float = IB_DEFAULTS.beta,
 def ib_rule(tree: Tree, ctx: RuleContext, rng: random.Random) -> list[ForkPoint]:
     """Top-K IB-Score nodes (forks at step boundaries: the node's end)."""
     cands = node_candidates(tree, ctx)
-    if ctx.zero_phat == "skip":
+    if ctx.ib.zero_phat == "skip":
         cands = [n for n in cands if n.p_hat] or cands
-    return top_k([(ib_score(n, ctx.beta, ctx.conf_mode), (n, len(n.token_ids))) for n in cands], ctx.k, rng)
+    return top_k([(ib_score(n, ctx.ib.beta, ctx.ib.conf_mode), (n, len(n.token_ids))) for n in cands], ctx.k, rng)
 
 
 register_rule_sampler("ib")
@@ -131,8 +131,8 @@ class IBTPOOptions:
     """Options of the ``ib_tpo`` advantage estimator."""
 
     lam: float = config_field(0.1, "ib_tpo_lambda", "Weight lambda of the local IB advantage A_IB.")
-    beta: float = config_field(IB_DEFAULTS.beta, "ib_beta", "IB-Score beta.")
-    conf_mode: str = config_field(IB_DEFAULTS.conf_mode, "ib_conf", "Step confidence of A_IB.")
+    ib: IBOptions = options_field(IBOptions)
+    """IB-Score beta and step confidence of A_IB (the run's ``ib_beta``, ``ib_conf``)."""
     leaf_weight: bool = config_field(LEAF_WEIGHT, "adv_leaf_weight", "Divide by sqrt(leaves under the step) (TreeRL).")
 
 
@@ -157,7 +157,8 @@ def ib_tpo_advantage(*, response_mask: torch.Tensor, node_index: torch.Tensor, n
     sigma = nodes.tree_reward_std
     root_value = nodes.root_p_hat if nodes.root_value is None else nodes.root_value
     a_gl = (nodes.value - root_value) / (sigma + eps)
-    a_ib = ib_term(nodes.confidence(options.conf_mode), info_gain(nodes.p_hat, nodes.parent_p_hat), options.beta)
+    a_ib = ib_term(nodes.confidence(options.ib.conf_mode), info_gain(nodes.p_hat, nodes.parent_p_hat),
+                   options.ib.beta)
     adv = torch.where(sigma > 0, a_gl + options.lam * a_ib, torch.zeros_like(a_gl))
     if options.leaf_weight:
         adv = adv / nodes.n_leaves.clamp(min=1).sqrt()

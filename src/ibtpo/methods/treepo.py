@@ -8,19 +8,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ibtpo.algos.advantages import NodeStats, group_stats, register_adv_est
 from ibtpo.algos.presets import TREE_SHAPE, Preset, register_preset
 from ibtpo.backends.contract import Request
+from ibtpo.core.registry import config_field, options_from
 from ibtpo.rollout.samplers import GrowContext, TreeShape, expand_and_attach, register_sampler, score_new
 from ibtpo.core.tree import Node, Tree
 
 
+@dataclass(frozen=True)
+class FixedWidthOptions:
+    """Options of the ``fixed_width`` sampler."""
+
+    segment_length: int = config_field(8, "treepo_segment_length")
+    """Tokens per segment."""
+    width: int = config_field(2, "treepo_width")
+    """Children of each open segment per depth."""
+    max_depth: int = config_field(6, "treepo_max_depth")
+    """Deepest level that still branches."""
+
+
 def grow_fixed_width(ctx: GrowContext, trees: list[Tree]) -> None:
     """TreePO-style segment tree: see the module docstring."""
-    s = ctx.shape
-    target = s.group_size
+    s = ctx.options
+    target = ctx.shape.group_size
     frontier: dict[int, list[Node]] = {id(t): [t.root] for t in trees}
     done_leaves: dict[int, int] = {id(t): 0 for t in trees}
     depth = 0
@@ -77,13 +92,14 @@ def treepo_advantage(*, rewards: torch.Tensor, response_mask: torch.Tensor, grou
 
 
 def _segment_problems(cfg, shape: TreeShape) -> list[str]:
-    if shape.segment_length > cfg.max_completion_length:
-        return [f"treepo_segment_length ({shape.segment_length}) must be <= max_completion_length "
+    length = options_from(FixedWidthOptions, cfg).segment_length
+    if length > cfg.max_completion_length:
+        return [f"treepo_segment_length ({length}) must be <= max_completion_length "
                 f"({cfg.max_completion_length})"]
     return []
 
 
-register_sampler("fixed_width", grow_fixed_width, problems=_segment_problems)
+register_sampler("fixed_width", grow_fixed_width, problems=_segment_problems, options=FixedWidthOptions)
 register_preset("treepo", Preset({"sampler": "fixed_width", "adv_estimator": "treepo", "policy_loss": "ppo_clip",
                                   **TREE_SHAPE},
                                  "fixed-width segment tree, ancestor sub-group advantage", "TreePO, arXiv 2508.17445"))

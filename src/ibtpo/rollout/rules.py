@@ -16,9 +16,28 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from ibtpo.core.registry import Registry
+from ibtpo.core.registry import Registry, config_field, options_field
 from ibtpo.core.tree import Node, Tree
-from ibtpo.core.tree_stats import IB_DEFAULTS
+from ibtpo.core.tree_stats import IB_DEFAULTS, IBOptions
+
+
+@dataclass(frozen=True)
+class BranchingOptions:
+    """Options of the samplers that grow rounds with a branch rule (``ib``, ``entropy``, ``random``, ...)."""
+
+    min_room: int = config_field(8, "tree_min_room")
+    """A fork point needs at least this many tokens left under the completion cap."""
+    root_candidate: bool = config_field(True, "tree_root_candidate")
+    """Rounds may fork from the root (a fresh trajectory)."""
+    ib: IBOptions = options_field(IBOptions)
+    """The IB-Score options (read by the ``ib`` rule)."""
+
+    def rule_context(self, k: int, cap: int) -> RuleContext:
+        """What a branch rule reads in a round forking at `k` points under completion cap `cap`."""
+        return RuleContext(k=k, cap=cap, min_room=self.min_room, root_candidate=self.root_candidate, ib=self.ib)
+
+
+BRANCHING_DEFAULTS = BranchingOptions()
 
 
 @dataclass(frozen=True)
@@ -29,16 +48,13 @@ class RuleContext:
     """Fork points to return (K)."""
     cap: int
     """Completion length cap in tokens."""
-    min_room: int = 8
+    min_room: int = BRANCHING_DEFAULTS.min_room
     """A fork point needs at least this many tokens left under the cap."""
-    beta: float = IB_DEFAULTS.beta
-    """IB trade-off beta."""
-    conf_mode: str = IB_DEFAULTS.conf_mode
-    """Step confidence: 'mean' (length-normalised) or 'product'."""
-    root_candidate: bool = True
+    root_candidate: bool = BRANCHING_DEFAULTS.root_candidate
     """The root (a fork from the prompt) may be chosen [choice]."""
-    zero_phat: str = IB_DEFAULTS.zero_phat
-    """IB rule, node with p_hat = 0: 'one' scores it with r = 1; 'skip' keeps it out unless nothing else is left."""
+    ib: IBOptions = IB_DEFAULTS
+    """IB-Score beta and step confidence; at a node with p_hat = 0 ('zero_phat') 'one' scores it with r = 1, 'skip'
+    keeps it out unless nothing else is left."""
 
 
 ForkPoint = tuple[Node, int]

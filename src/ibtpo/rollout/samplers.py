@@ -13,11 +13,13 @@ prefix reuse, never re-encoded. Samplers only ask the rollout backend for contin
 in the tree (:func:`attach`); the backend owns every cache.
 
 A sampler is registered with a :class:`SamplerSpec`: its grow function, how a run config maps onto its
-:class:`TreeShape`, whether it branches, and the settings it refuses (``ibtpo.register_sampler``).
+:class:`TreeShape`, whether it branches, and the settings it refuses (``ibtpo.register_sampler``), and with its own
+options dataclass (``options=``; e.g. ``rules.BranchingOptions`` of the rule samplers), read as ``ctx.options``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -27,10 +29,9 @@ from ibtpo.core.registry import Registry, config_field, options_from
 from ibtpo.backends.factory import RolloutBackend
 from ibtpo.backends.eager import Request
 from ibtpo.core.sampling import Generation
-from ibtpo.rollout.rules import BRANCH_RULES, RuleContext
+from ibtpo.rollout.rules import BRANCH_RULES, BranchingOptions
 from ibtpo.core.steps import StepSplitter
 from ibtpo.core.tree import Node, Tree, compute_p_hat
-from ibtpo.core.tree_stats import IB_DEFAULTS
 
 ScoreFn = Callable[[Tree, list[Node]], None]
 """Sets ``reward`` on the given new leaves of a tree."""
@@ -38,8 +39,8 @@ ScoreFn = Callable[[Tree, list[Node]], None]
 
 @dataclass(frozen=True)
 class TreeShape:
-    """Parameters of tree growth (the options of every sampler; each field names the run-config field it comes from).
-    """
+    """How many trajectories a tree grows, and in which rounds (each field names the run-config field it comes from).
+    A sampler's other settings are its own options (``register_sampler(..., options=)``)."""
 
     b0: int = config_field(4, "tree_b0")
     """B0: independent trajectories sampled from the root first (independent sampler: = G)."""
@@ -49,34 +50,11 @@ class TreeShape:
     """K: fork points per tree per round."""
     b: int = config_field(1, "tree_b")
     """B: continuations sampled from each fork point."""
-    min_room: int = config_field(8, "tree_min_room")
-    """A fork point needs at least this many tokens left under the completion cap."""
-    beta: float = config_field(IB_DEFAULTS.beta, "ib_beta")
-    """IB-Score beta."""
-    conf_mode: str = config_field(IB_DEFAULTS.conf_mode, "ib_conf")
-    """Step confidence of the IB-Score: 'mean' (length-normalised) or 'product'."""
-    root_candidate: bool = config_field(True, "tree_root_candidate")
-    """Rounds may fork from the root (a fresh trajectory)."""
-    zero_phat: str = config_field(IB_DEFAULTS.zero_phat, "ib_zero_phat")
-    """IB rule at nodes with p_hat = 0: 'one' (r = 1) or 'skip'."""
-    segment_length: int = config_field(8, "treepo_segment_length")
-    """fixed_width: tokens per segment."""
-    width: int = config_field(2, "treepo_width")
-    """fixed_width: children of each open segment per depth."""
-    max_depth: int = config_field(6, "treepo_max_depth")
-    """fixed_width: deepest level that still branches."""
-    fork_top: float = config_field(0.05, "iib_fork_top")
-    """iib: share of a rollout's tokens (highest entropy) that are candidate fork points."""
 
     @property
     def group_size(self) -> int:
         """G = B0 + (L-1)*K*B trajectories per question."""
         return self.b0 + (self.rounds - 1) * self.k * self.b
-
-    def rule_context(self, cap: int) -> RuleContext:
-        """What a branch rule reads in a round under completion cap `cap`."""
-        return RuleContext(k=self.k, cap=cap, min_room=self.min_room, beta=self.beta, conf_mode=self.conf_mode,
-                           root_candidate=self.root_candidate, zero_phat=self.zero_phat)
 
 
 @dataclass
@@ -90,6 +68,9 @@ class GrowContext:
     rng: random.Random
     extras: dict[str, Any] = field(default_factory=dict)
     """What a method's sampler needs besides these (e.g. IIB-LPO's latent codes, ``methods.iib_lpo``)."""
+    options: Any = None
+    """The sampler's own options (the dataclass it was registered with, from the run config: :func:`sampler_options`;
+    None: :func:`grow_trees` fills in that class's defaults)."""
 
 
 SamplerFn = Callable[[GrowContext, list[Tree]], None]
@@ -145,14 +126,22 @@ def _spec_problem(spec: Any) -> str | None:
 SAMPLERS: Registry[SamplerSpec] = Registry("sampler", coerce=_as_spec, check=_spec_problem)
 
 
-def register_sampler(name: str, grow: SamplerFn | None = None, **spec: Any):
-    """Register a sampler: ``register_sampler("mine", grow_fn, shape=..., branches=...)`` or as a decorator of the
-    grow function (``SamplerSpec`` fields as keywords)."""
+def register_sampler(name: str, grow: SamplerFn | None = None, *, options: type | None = None, **spec: Any):
+    """Register a sampler: ``register_sampler("mine", grow_fn, shape=..., branches=..., options=MyOptions)`` or as a
+    decorator of the grow function (``SamplerSpec`` fields as keywords). `options`: the sampler's frozen options
+    dataclass (fields mapped to run-config fields with ``config_field``); it reads them as ``ctx.options``."""
     def add(fn: SamplerFn) -> SamplerFn:
-        SAMPLERS.register(name, SamplerSpec(grow=fn, **spec))
+        SAMPLERS.register(name, SamplerSpec(grow=fn, **spec), options=options)
         return fn
 
     return add if grow is None else add(grow)
+
+
+def sampler_options(name: str, cfg: Any = None) -> Any:
+    """The options sampler `name` grows with under run config `cfg` (any object with run-config attributes; fields
+    it lacks keep their defaults): an instance of the class it was registered with, or None if it takes none."""
+    cls = SAMPLERS.options(name)
+    return None if cls is None else options_from(cls, cfg)
 
 
 def checked_shape(name: str, cfg: Any) -> TreeShape:
@@ -199,6 +188,8 @@ def grow_trees(name: str, ctx: GrowContext, prompts: list[list[int]], question_i
              for p, q, c in zip(prompts, question_ids, columns)]
     spec = SAMPLERS.get(name)
     who = label("sampler", name)
+    if ctx.options is None:
+        ctx = dataclasses.replace(ctx, options=sampler_options(name))
     check_signature(who, spec.grow, (ctx, trees), hint="a sampler is called as grow(ctx, trees)")
     ctx.engine.keep_kv = ctx.engine.prefix_reuse and spec.branches  # nothing forks: keep no caches
     try:
@@ -295,7 +286,9 @@ def rounds_sampler(rule: str) -> SamplerFn:
         grow_independent(ctx, trees)
         select = BRANCH_RULES.get(rule)
         who = label("branch rule", rule)
-        rctx = ctx.shape.rule_context(ctx.cap)
+        # registered without BranchingOptions (register_sampler(name, rounds_sampler(rule))): their defaults
+        options = ctx.options if isinstance(ctx.options, BranchingOptions) else BranchingOptions()
+        rctx = options.rule_context(ctx.shape.k, ctx.cap)
         check_signature(who, select, (None, rctx, ctx.rng), hint="a branch rule is called as rule(tree, ctx, rng)")
         for _ in range(ctx.shape.rounds - 1):
             requests = []
@@ -331,13 +324,16 @@ def _check_points(who: str, tree: Tree, points: Any) -> list[tuple[Node, int]]:
 
 def rounds_problems(cfg: Any, shape: TreeShape) -> list[str]:
     """A rule-based sampler needs fork points with tree_min_room tokens left under max_completion_length."""
-    cap, room = cfg.max_completion_length, shape.min_room
-    if shape.rounds > 1 and (room > cap or (room >= cap and not shape.root_candidate)):
+    options = options_from(BranchingOptions, cfg)
+    cap, room = cfg.max_completion_length, options.min_room
+    if shape.rounds > 1 and (room > cap or (room >= cap and not options.root_candidate)):
         return [f"tree_min_room ({room}) must be <= max_completion_length ({cap}) (< with tree_root_candidate="
                 f"false): no fork point of sampler={cfg.sampler} could leave that many tokens"]
     return []
 
 
 def register_rule_sampler(name: str, rule: str | None = None) -> None:
-    """Register sampler `name` growing rounds with branch rule `rule` (default: the rule of the same name)."""
-    register_sampler(name, rounds_sampler(rule or name), problems=rounds_problems, rule=rule or name)
+    """Register sampler `name` growing rounds with branch rule `rule` (default: the rule of the same name); its
+    options are :class:`~ibtpo.rollout.rules.BranchingOptions`."""
+    register_sampler(name, rounds_sampler(rule or name), problems=rounds_problems, rule=rule or name,
+                     options=BranchingOptions)

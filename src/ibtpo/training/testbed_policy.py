@@ -14,7 +14,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ibtpo.core.sampling import SamplingParams
 from ibtpo.evaluation.heldout import evaluate
+from ibtpo.rollout.spec import RolloutSpec
 from ibtpo.training.models import resolve_device
 from ibtpo.testbed.model import build_tiny_model
 from ibtpo.testbed.pretrain import PretrainConfig, pretrain
@@ -47,8 +49,9 @@ def build_base_policy(cfg: PretrainConfig, out_dir: Path, task: GeneratedTask | 
             stats = pretrain(model, tokenizer, task, cfg, lambda s, loss: bar.update(job, completed=s + 1, loss=loss))
     else:
         stats = pretrain(model, tokenizer, task, cfg)
-    res = evaluate(model, tokenizer, list(task.test_problems), reward, k=4, temperature=1.0,
-                   max_new_tokens=task.max_tokens, greedy=True, seed=0, extract=extract_answer)
+    spec = RolloutSpec.independent(4, SamplingParams(temperature=1.0, max_new_tokens=task.max_tokens))
+    res = evaluate(model, tokenizer, list(task.test_problems), reward, spec=spec, greedy=True, seed=0,
+                   extract=extract_answer)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to("cpu").save_pretrained(out_dir)

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from ibtpo.algos.losses import TOKEN_SELECTORS
-from ibtpo.config.components import (advantage_estimator, loss_config, policy_loss, regularizers, rollout_sampling,
-                                     tree_shape)
+from ibtpo.config.components import (advantage_estimator, ib_options, loss_config, policy_loss, regularizers,
+                                     rollout_spec)
 from ibtpo.config.schema import ConfigError, TrainConfig, check_training, save_config
 from ibtpo.evaluation.heldout import evaluate_sets, write_samples
 from ibtpo.core.guard import check_grad_norm
@@ -43,7 +43,6 @@ from ibtpo.rollout.grow import grow_problem_trees
 from ibtpo.rollout.metrics import diversity_metrics, rollout_metrics
 from ibtpo.rollout.render import render_tree
 from ibtpo.rollout.samplers import SAMPLERS
-from ibtpo.core.steps import StepSplitter
 from ibtpo.data.tasks import build_rewards, build_source
 from ibtpo.training.batch import TrainBatch, flatten_paths, logprobs_in_chunks, padded_logprobs
 from ibtpo.training.checkpoint import load_trainer_state, resume_point, rng_state, set_rng_state
@@ -115,14 +114,15 @@ class Trainer:
         for ext in self.extensions:
             self.params += ext.parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        self.shape = tree_shape(cfg)  # before the scheduler: its LR factor counts optimizer steps from the group size
+        self.spec = rollout_spec(cfg, self.tokenizer)  # before the scheduler: its LR factor counts optimizer steps
+        self.shape, self.sampling = self.spec.shape, self.spec.sampling  # from the group size
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.adv_fn = advantage_estimator(cfg)  # the registered estimator with its options from the config
         self.loss_fn = policy_loss(cfg)  # guarded components (ibtpo.core.guard): one line naming a wrong one
         self.loss_cfg = loss_config(cfg)
         self.regularizers = regularizers(cfg)  # kl <- beta, entropy, ibro: those with a coefficient > 0
-        self.sampling = rollout_sampling(cfg)
-        self.splitter = StepSplitter(self.tokenizer, cfg.step_delimiter, cfg.min_step_tokens)
+        self.probe_spec = rollout_spec(cfg, self.tokenizer, "ib")  # the IB probe grows IBTrees whatever the sampler
+        self.ib = ib_options(cfg)
         self.step, self.tokens, self.data_pos = 0, 0, 0
         if ckpt is not None:
             state = load_trainer_state(ckpt)
@@ -192,10 +192,8 @@ class Trainer:
         problems = problems[self.world.grow_block(len(problems))]  # data parallel: this rank's block of the batch
         # tie-breaking and node draws of the tree rules come from the run's generator (checkpointed with it)
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
-        return grow_problem_trees(cfg.sampler, self.policy, self.tokenizer, problems, self.reward_fn, self.shape,
-                                  self.sampling, self.splitter, self.generator, rng, cfg.prefix_reuse,
-                                  extras={k: v for ext in self.extensions for k, v in ext.grow_extras().items()},
-                                  backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
+        return grow_problem_trees(self.spec, self.policy, self.tokenizer, problems, self.reward_fn, self.generator, rng,
+                                  extras={k: v for ext in self.extensions for k, v in ext.grow_extras().items()})
 
     def forward_kwargs(self, batch: TrainBatch, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra token_logprobs keywords of the extensions for the policy's forward of batch rows `rows`."""
@@ -351,14 +349,13 @@ class Trainer:
         problems = problems[self.world.grow_block(len(problems))]  # data parallel: its block, with its own draws
         bar = phase("IB probe", len(problems)) if phase else None
         trees = [] if not problems else grow_probe(
-            self.policy, self.tokenizer, problems, self.rewards.check, tree_shape(cfg, "ib"), self.sampling,
-            self.splitter, seed=self.world.sampling_seed(cfg.seed + PROBE_SEED_OFFSET),
-            batch_questions=min(len(problems), cfg.eval_batch_questions), prefix_reuse=cfg.prefix_reuse,
-            on_batch=bar.on_batch if bar else None, backend=cfg.rollout_backend, slots_gib=cfg.rollout_slots_gib)
+            self.probe_spec, self.policy, self.tokenizer, problems, self.rewards.check,
+            seed=self.world.sampling_seed(cfg.seed + PROBE_SEED_OFFSET),
+            batch_questions=min(len(problems), cfg.eval_batch_questions), on_batch=bar.on_batch if bar else None)
         if bar:
             bar.close()
         trees = self.world.gather_grown(trees)  # every rank's trees, in question order
-        out = probe_metrics(trees, cfg.ib_beta, cfg.ib_conf)
+        out = probe_metrics(trees, self.ib)
         if not SAMPLERS.get(cfg.sampler).branches:
             out.update({k: out[f"probe/{k}"] for k in IB_KEYS if f"probe/{k}" in out})
         out["perf/probe_time_s"] = time.perf_counter() - t0
@@ -405,7 +402,7 @@ class Trainer:
         if hasattr(self.reward_fn, "pop_stats"):  # reward/errors, reward/none of the guarded reward function
             metrics.update(self.reward_fn.pop_stats())
         if SAMPLERS.get(self.cfg.sampler).branches:  # IB monitoring from the step's own trees (else: the probe)
-            ib = tree_ib_stats(trees, self.cfg.ib_beta, self.cfg.ib_conf)
+            ib = tree_ib_stats(trees, self.ib)
             metrics.update({k: v for k, v in ib.items() if not math.isnan(v)})
         return self.world.rollout_metrics(metrics, trees)
 

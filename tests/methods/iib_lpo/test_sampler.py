@@ -17,7 +17,8 @@ from ibtpo.testbed.task import SumTask, sum_reward
 from ibtpo.methods.iib_lpo.extension import latent_row_extras
 from ibtpo.core.lm import token_logprobs
 from ibtpo.training.batch import flatten_paths
-from ibtpo.config.components import rollout_sampling, tree_shape
+from ibtpo.config.components import rollout_spec, tree_shape
+from ibtpo.rollout.samplers import sampler_options
 
 B0, FORKS, Z = 2, 2, 16
 
@@ -37,9 +38,9 @@ def grow(testbed, latent=None, prefix_reuse=True, seed=0, questions=2, **over):
     cfg = TrainConfig(algorithm="iib_lpo", tree_b0=B0, iib_forks=FORKS, **over)
     task = SumTask()
     problems = [task.train_problem(i) for i in range(questions)]
-    trees = grow_problem_trees("iib", model, tokenizer, problems, sum_reward, tree_shape(cfg), rollout_sampling(cfg),
-                               StepSplitter(tokenizer, cfg.step_delimiter, cfg.min_step_tokens),
-                               torch.Generator().manual_seed(seed), random.Random(seed), prefix_reuse, extras={"latent": latent} if latent else None)
+    spec = rollout_spec(cfg.model_copy(update={"prefix_reuse": prefix_reuse}), tokenizer)
+    trees = grow_problem_trees(spec, model, tokenizer, problems, sum_reward, torch.Generator().manual_seed(seed),
+                               random.Random(seed), extras={"latent": latent} if latent else None)
     return trees, cfg
 
 
@@ -72,7 +73,7 @@ def anatomy(tree):
 def test_iib_tree_shape(testbed, mode, prefix_reuse):
     latent = None if mode is None else make_latent(testbed[0], mode)
     trees, cfg = grow(testbed, latent, prefix_reuse)
-    shape = tree_shape(cfg)
+    shape, options = tree_shape(cfg), sampler_options("iib", cfg)
     assert shape.group_size == B0 * (1 + FORKS)
     for tree in trees:
         leaves = tree.leaves()
@@ -82,7 +83,7 @@ def test_iib_tree_shape(testbed, mode, prefix_reuse):
         assert len(initial) == B0 and len(branches) == B0 * FORKS
         for leaf in initial:  # every initial rollout gets exactly FORKS branches, at its candidate positions
             ids, _, ents = Tree.completion(leaf)
-            cands = fork_candidates(ents, shape.fork_top, cfg.max_completion_length - shape.min_room)
+            cands = fork_candidates(ents, options.fork_top, cfg.max_completion_length - options.min_room)
             mine = [start for _, start, owner in branches if owner is leaf]
             assert len(mine) == FORKS
             for start in mine:

@@ -14,6 +14,8 @@ a correct initial rollout.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ibtpo.methods.iib_lpo.core import draw_fork_positions, fork_candidates
@@ -21,9 +23,21 @@ from ibtpo.methods.iib_lpo.latent import ConditionalVAE, LatentInjector
 from ibtpo.core.correct import is_correct
 from ibtpo.core.lm import last_hidden_states
 from ibtpo.backends.contract import Request
+from ibtpo.core.registry import config_field, default_of, options_from
 from ibtpo.core.sampling import right_pad
+from ibtpo.rollout.rules import BranchingOptions
 from ibtpo.rollout.samplers import GrowContext, TreeShape, attach, grow_independent, register_sampler, score_new
 from ibtpo.core.tree import Node, Tree
+
+
+@dataclass(frozen=True)
+class IIBSamplerOptions:
+    """Options of the ``iib`` sampler."""
+
+    min_room: int = config_field(default_of(BranchingOptions, "min_room"), "tree_min_room")
+    """A fork position needs at least this many tokens left under the completion cap."""
+    fork_top: float = config_field(0.05, "iib_fork_top")
+    """Share of a rollout's tokens (highest entropy) that are candidate fork points."""
 
 
 class LatentBranching:
@@ -132,13 +146,14 @@ def _fork_nodes(ctx: GrowContext, leaf: Node, positions: list[int]) -> dict[int,
 def grow_iib(ctx: GrowContext, trees: list[Tree]) -> None:
     """B0 rollouts, then (rounds - 1) entropy-triggered (latent) branches from each: see the module docstring."""
     grow_independent(ctx, trees)
-    s, latent = ctx.shape, ctx.extras.get("latent")
+    s, latent = ctx.options, ctx.extras.get("latent")
+    rounds = ctx.shape.rounds
     plans = []  # (tree, leaf, completion ids, fork positions)
     for tree in trees:
         for leaf in tree.leaves():
             ids, _, ents = Tree.completion(leaf)
             cands = fork_candidates(ents, s.fork_top, ctx.cap - s.min_room)
-            positions = draw_fork_positions(cands, s.rounds - 1, ctx.rng) or [0] * (s.rounds - 1)  # no room: fresh
+            positions = draw_fork_positions(cands, rounds - 1, ctx.rng) or [0] * (rounds - 1)  # no room: fresh
             plans.append((tree, leaf, ids, positions))
     zs: list[list[torch.Tensor | None]] = [[None] * len(p[3]) for p in plans]
     if latent is not None and plans:
@@ -175,13 +190,13 @@ def grow_iib(ctx: GrowContext, trees: list[Tree]) -> None:
 
 def iib_shape(cfg) -> TreeShape:
     """B0 = tree_b0 rollouts, each with iib_forks branches: G = B0 * (1 + iib_forks) (one round per fork)."""
-    return TreeShape(b0=cfg.tree_b0, rounds=1 + cfg.iib_forks, k=cfg.tree_b0, b=1, min_room=cfg.tree_min_room,
-                     fork_top=cfg.iib_fork_top)
+    return TreeShape(b0=cfg.tree_b0, rounds=1 + cfg.iib_forks, k=cfg.tree_b0, b=1)
 
 
 def _iib_problems(cfg, shape: TreeShape) -> list[str]:
-    if shape.min_room >= cfg.max_completion_length:
-        return [f"tree_min_room ({shape.min_room}) must be < max_completion_length ({cfg.max_completion_length}): no "
+    room = options_from(IIBSamplerOptions, cfg).min_room
+    if room >= cfg.max_completion_length:
+        return [f"tree_min_room ({room}) must be < max_completion_length ({cfg.max_completion_length}): no "
                 f"fork point of sampler=iib could leave that many tokens"]
     return []
 
@@ -198,4 +213,4 @@ def _iib_data_parallel(cfg, wrapper: str) -> list[str]:
 
 
 register_sampler("iib", grow_iib, shape=iib_shape, shape_fields="tree_b0, iib_forks", problems=_iib_problems,
-                 data_parallel=_iib_data_parallel)
+                 data_parallel=_iib_data_parallel, options=IIBSamplerOptions)
