@@ -25,7 +25,7 @@ def _direct(t: Tree) -> dict:
         return total / len(under)
 
     return {"leaves": leaves, "nodes": t.nodes(), "lineages": [leaf.lineage() for leaf in leaves],
-            "completions": [Tree.completion(leaf) for leaf in leaves], "std": std,
+            "completions": [Tree.completion(leaf)[:2] for leaf in leaves], "std": std,
             "values": {id(n): value(n) for n in t.root.iter_nodes()},
             "p_hat": [(n.p_hat, n.n_leaves) for n in t.root.iter_nodes()]}
 
@@ -98,4 +98,4 @@ def test_empty_and_one_leaf_trees():
     t = Tree("q", [1])
     assert t.statistics().leaves == [] and t.statistics().reward_std == 0.0
     t.root.add_child([2], [-0.1], [0.0]).reward = 1.0
-    assert t.statistics().reward_std == 0.0 and t.statistics().completions == [([2], [-0.1], [0.0])]
+    assert t.statistics().reward_std == 0.0 and t.statistics().completions == [([2], [-0.1])]

@@ -266,8 +266,9 @@ class TreeStats:
     """All non-root nodes, depth first (``Tree.nodes``)."""
     lineages: list[list[Node]]
     """Per leaf: its non-root nodes from the root's child down (``Node.lineage``)."""
-    completions: list[tuple[list[int], list[float], list[float]]]
-    """Per leaf: (token ids, behaviour log-probs, entropies) of its trajectory (``Tree.completion``)."""
+    completions: list[tuple[list[int], list[float]]]
+    """Per leaf: (token ids, behaviour log-probs) of its trajectory (``Tree.completion`` without the entropies, which
+    no reader of a grown tree needs: half the copies kept)."""
     values: dict[int, float]
     """Mean leaf reward (None counts 0) under every node, the root included; keys: id(node)."""
     reward_std: float
@@ -322,5 +323,5 @@ def _tree_statistics(tree: Tree) -> TreeStats:
     leaves = tree.leaves()
     lineages = [leaf.lineage() for leaf in leaves]
     return TreeStats(revision=tree.root.revision, leaves=leaves, nodes=tree.nodes(), lineages=lineages,
-                     completions=[_concat(lin) for lin in lineages], values=_mean_rewards(tree.root),
+                     completions=[_concat(lin)[:2] for lin in lineages], values=_mean_rewards(tree.root),
                      reward_std=group_std([float(leaf.reward or 0.0) for leaf in leaves]))

@@ -20,7 +20,7 @@ def rollout_metrics(trees: list[Tree]) -> dict[str, float]:
     """
     kept = [t.statistics() for t in trees]
     rewards = [leaf.reward or 0.0 for k in kept for leaf in k.leaves]
-    lengths = [len(ids) for k in kept for ids, _, _ in k.completions]
+    lengths = [len(ids) for k in kept for ids, _ in k.completions]
     entropies = [e for t in trees for n in t.nodes() for e in n.entropies]
     effective = [len({leaf.reward for leaf in k.leaves}) > 1 for k in kept]
     truncated = [not leaf.finished for k in kept for leaf in k.leaves]
@@ -53,7 +53,7 @@ def diversity_metrics(trees: list[Tree], tokenizer, extract) -> dict[str, float]
     answers, completions = [], []
     for t in trees:
         kept = t.statistics()
-        seqs = [tuple(ids) for ids, _, _ in kept.completions]
+        seqs = [tuple(ids) for ids, _ in kept.completions]
         texts: dict[tuple[int, ...], str | None] = {}
         for seq, leaf in zip(seqs, kept.leaves):
             if texts.get(seq) is None:

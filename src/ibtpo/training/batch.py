@@ -95,7 +95,7 @@ def flatten_paths(trees: list[Tree], pad_id: int,
     rows, lineages = [], []
     for g, tree in enumerate(trees):
         kept = tree.statistics()
-        for leaf, lineage, (ids, lps, _) in zip(kept.leaves, kept.lineages, kept.completions):
+        for leaf, lineage, (ids, lps) in zip(kept.leaves, kept.lineages, kept.completions):
             if leaf.info.get("dropped"):
                 continue
             rows.append((tree.prompt_ids, ids, lps, float(leaf.reward or 0.0), g, leaf))

@@ -71,7 +71,7 @@ def score_trajectories(model, tokenizer, trees: list[Tree], extract, beta: float
             raise ValueError(f"IB filter: question {tree.question_id} has no 'answer' column to score against")
         a_ids, n_prompt = enc(str(tree.columns["answer"])), len(tree.prompt_ids)
         kept = tree.statistics()
-        for leaf, (ids, _, _) in zip(kept.leaves, kept.completions):
+        for leaf, (ids, _) in zip(kept.leaves, kept.completions):
             text = tokenizer.decode(ids, skip_special_tokens=True) if leaf.text is None else leaf.text
             reasoning, lead = split_reasoning(text, extract(text))
             r_ids, l_ids = enc(reasoning), enc(lead)
