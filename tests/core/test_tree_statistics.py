@@ -56,9 +56,17 @@ def test_computed_once_while_the_tree_is_unchanged():
     calls = []
     assert kept.derive("x", lambda: calls.append(1) or 42) == 42
     assert kept.derive("x", lambda: calls.append(1) or 0) == 42 and calls == [1]
-    t.root.p_hat = 0.123  # not a change of the tree (a node annotation): kept
-    t.root.children[0].info["dropped"] = True
+    t.root.children[0].info["dropped"] = True  # an annotation, not a change of the tree: kept
+    t.root.children[0].finished = True
+    compute_p_hat(t.root)  # the same values again: kept
     assert t.statistics() is kept
+
+
+def test_a_p_hat_written_from_outside_is_computed_again():
+    t, n = build_tree()
+    kept = t.statistics()
+    t.root.p_hat, n["a"].n_leaves = 0.123, 7
+    assert t.statistics() is not kept and t.root.p_hat == 0.5 and n["a"].n_leaves == 2
 
 
 @pytest.mark.parametrize("change", ["add_child", "split", "reward", "tokens", "logprobs"])

@@ -56,7 +56,8 @@ class Node:
     completion stays the same); only a leaf's is read."""
     revision: int = field(default_factory=int, init=False, repr=False)  # a factory: __init__ sets it, last
     """The root's: bumped by every change below it that :meth:`Tree.statistics` depends on (keys it): a child added,
-    a node split, and assigning a node's tokens, log-probs, entropies, reward, children or parent."""
+    a node split, and assigning a node's tokens, log-probs, entropies, reward, children, parent, or (from outside
+    :func:`compute_p_hat`) p_hat or n_leaves."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -119,7 +120,7 @@ class Node:
         return out[::-1]
 
 
-_WATCHED = frozenset({"token_ids", "logprobs", "entropies", "reward", "children", "parent"})
+_WATCHED = frozenset({"token_ids", "logprobs", "entropies", "reward", "children", "parent", "p_hat", "n_leaves"})
 """Node attributes whose assignment changes the tree's statistics (in-place edits of the lists are not seen)."""
 
 
@@ -148,13 +149,13 @@ def compute_p_hat(root: Node) -> None:
     def visit(node: Node) -> tuple[int, float]:
         if not node.children:
             correct = 1.0 if is_correct(node.reward) else 0.0
-            node.n_leaves, node.p_hat = 1, correct
+            node.__dict__.update(n_leaves=1, p_hat=correct)  # not a change of the tree (no revision bump)
             return 1, correct
         n, c = 0, 0.0
         for child in node.children:
             dn, dc = visit(child)
             n, c = n + dn, c + dc
-        node.n_leaves, node.p_hat = n, c / n
+        node.__dict__.update(n_leaves=n, p_hat=c / n)
         return n, c
 
     visit(root)
@@ -255,7 +256,8 @@ class TreeStats:
     node added or split and every assignment of a node's tokens, log-probs, entropies, reward, children or parent
     bump it, and ``Tree.statistics`` computes everything again when it moved, so a stale value is never returned
     (in-place edits of a node's lists, ``node.token_ids[0] = t``, are not seen: assign a new list). p_hat and
-    n_leaves live on the nodes.
+    n_leaves live on the nodes: written by :func:`compute_p_hat`, and an assignment from elsewhere also counts as a
+    change (the next ``Tree.statistics`` computes them again).
     """
 
     revision: int
