@@ -93,6 +93,14 @@ def test_never_stale_after_the_tree_changes(change):
         assert after.completions[3][0] == [40, 41, 31]
 
 
+def test_a_new_root_is_a_new_tree():
+    t, _ = build_tree()
+    kept = t.statistics()
+    t.root = build_tree()[0].root.children[1]
+    t.root.parent = None
+    assert t.statistics() is not kept
+
+
 def test_split_keeps_a_leaf_s_reward_and_text_on_its_tail():
     t, n = build_tree()
     n["b"].text = "decoded"

@@ -260,6 +260,8 @@ class TreeStats:
     change (the next ``Tree.statistics`` computes them again).
     """
 
+    root: Node
+    """The tree's root they were computed from."""
     revision: int
     """The root's revision they were computed at."""
     leaves: list[Node]
@@ -281,7 +283,7 @@ class TreeStats:
 
     def current(self, tree: Tree) -> bool:
         """Whether `tree` is still in the state these were computed at."""
-        return self.revision == tree.root.revision
+        return self.root is tree.root and self.revision == tree.root.revision
 
     def derive(self, key: Any, compute: Callable[[], Any]) -> Any:
         """``compute()``, once per key (kept in ``derived``)."""
@@ -324,6 +326,6 @@ def _tree_statistics(tree: Tree) -> TreeStats:
     compute_p_hat(tree.root)
     leaves = tree.leaves()
     lineages = [leaf.lineage() for leaf in leaves]
-    return TreeStats(revision=tree.root.revision, leaves=leaves, nodes=tree.nodes(), lineages=lineages,
+    return TreeStats(root=tree.root, revision=tree.root.revision, leaves=leaves, nodes=tree.nodes(), lineages=lineages,
                      completions=[_concat(lin)[:2] for lin in lineages], values=_mean_rewards(tree.root),
                      reward_std=group_std([float(leaf.reward or 0.0) for leaf in leaves]))
