@@ -80,3 +80,20 @@ def test_tree_stats_on_a_hand_built_tree():
     chain = Tree(question_id="c", prompt_ids=[1])
     chain.root.add_child([5], [0.0], [0.0]).reward = 1.0
     assert math.isnan(tree_ib_stats([chain])["ib/score_mean"])  # no branching node: no made-up number
+
+
+def test_branching_ib_is_kept_with_the_tree_and_follows_its_changes():
+    from ibtpo.methods.ib_tpo import branching_ib
+
+    t = Tree(question_id="q", prompt_ids=[1])
+    a = t.root.add_child([5], [math.log(0.5)], [0.0])
+    a.reward = 1.0
+    t.root.add_child([6], [math.log(0.25)], [0.0]).reward = 0.0
+    first = branching_ib(t, IBOptions(beta=5.0, conf_mode="product"))
+    assert first == [(ib_score(t.root, 5.0, "product"), cov_conf_gain(t.root, "product"), 1 - 0.375)]
+    assert branching_ib(t, IBOptions(beta=5.0, conf_mode="product")) is first  # kept: computed once
+    assert branching_ib(t, IBOptions(beta=5.0, conf_mode="mean")) is not first  # other options: their own entry
+    a.reward = 0.0  # the tree changed: computed again, from the new p_hat
+    again = branching_ib(t, IBOptions(beta=5.0, conf_mode="product"))
+    assert again is not first and again[0][0] == ib_score(t.root, 5.0, "product") != first[0][0]
+    assert tree_ib_stats([t], IBOptions(beta=5.0, conf_mode="product"))["ib/score_mean"] == again[0][0]

@@ -23,3 +23,32 @@ def test_distinct_answers_and_completions(tokenizer):
     m = diversity_metrics([a, b], tokenizer, extract_answer)
     assert m["diversity/distinct_answers"] == pytest.approx((2 + 1) / 2)
     assert m["diversity/distinct_completions"] == pytest.approx((3 / 4 + 2 / 2) / 2)
+
+
+class _CountingTokenizer:
+    """The tokenizer, counting decode calls."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.decodes = tokenizer, 0
+
+    def decode(self, ids, **kwargs):
+        self.decodes += 1
+        return self.tokenizer.decode(ids, **kwargs)
+
+
+def test_rewarded_leaves_are_not_decoded_again(tokenizer):
+    from ibtpo.rewards.scoring import reward_leaves
+    from ibtpo.rollout.metrics import diversity_metrics
+
+    trees = []
+    for texts in (["1+2=3\n\nA:3", "1+2=3\n\nA:3", "1+2=4\n\nA:4"], ["5+5=10\n\nA:10", "no answer here"]):
+        t = Tree(question_id="q", prompt_ids=[1])
+        for text in texts:
+            _chain(t, text, tokenizer)
+        trees.append(t)
+    want = diversity_metrics(trees, tokenizer, extract_answer)  # no leaf text yet: decoded here
+    counting = _CountingTokenizer(tokenizer)
+    for t in trees:
+        reward_leaves(lambda prompts, completions, ids, **_: [1.0] * len(completions), counting, "p", t, t.leaves())
+    assert counting.decodes == 5 and trees[0].leaves()[2].text == "1+2=4\n\nA:4"  # once per leaf, by the reward
+    assert diversity_metrics(trees, counting, extract_answer) == want and counting.decodes == 5

@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from ibtpo.core.group_std import group_std
 from ibtpo.core.registry import Registry
 from ibtpo.core.tree_stats import step_confidence
 
@@ -52,7 +53,7 @@ class NodeStats:
     value: torch.Tensor
     """Mean leaf reward under the node (= p_hat for 0/1 rewards)."""
     tree_reward_std: torch.Tensor
-    """Unbiased std of the leaf rewards of the node's tree (as GRPO's group std)."""
+    """Unbiased std (``core.group_std``) of the leaf rewards of the node's tree (GRPO's group std); 0 for one leaf."""
     logp_sum: torch.Tensor
     """Sum of the node's behaviour token log-probs."""
     length: torch.Tensor
@@ -76,14 +77,12 @@ def per_token(node_values: torch.Tensor, node_index: torch.Tensor, response_mask
 
 
 def group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sequence mean and unbiased std of `values` (bs,) over the sequences sharing its group id.
+    """Per-sequence mean and unbiased std (``core.group_std``) of `values` (bs,) over the sequences sharing its group
+    id.
 
     A group of one sequence has std 0. Returns two (bs,) tensors.
     """
     _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
-    ngroups = counts.numel()
-    sums = torch.zeros(ngroups, dtype=values.dtype).index_add_(0, inverse, values)
-    means = sums / counts
-    sq = torch.zeros(ngroups, dtype=values.dtype).index_add_(0, inverse, (values - means[inverse]) ** 2)
-    std = torch.where(counts > 1, (sq / (counts - 1).clamp(min=1)).sqrt(), torch.zeros_like(sq))
-    return means[inverse], std[inverse]
+    sums = torch.zeros(counts.numel(), dtype=values.dtype).index_add_(0, inverse, values)
+    means = (sums / counts)[inverse]
+    return means, group_std(values, group_ids, mean=means)

@@ -5,14 +5,19 @@ Independent sampling (GRPO) is a tree of depth one: the root has G leaf children
 children under a shared prefix node, so the prefix is generated (and counted) once.
 
 Node ids are path strings (TreePO style): the root is "", its children "0", "1", ..., their children "0/0", "0/1"...
+
+A grown, rewarded tree's statistics (p_hat, leaf counts, node values, the reward std, each leaf's lineage and
+completion, methods' derived values such as the IB-Scores) are computed together, once, by
+:meth:`Tree.statistics` and kept on the tree (:class:`TreeStats`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ibtpo.core.correct import is_correct
+from ibtpo.core.group_std import group_std
 from ibtpo.core.tree_stats import step_confidence
 
 
@@ -45,6 +50,19 @@ class Node:
     info: dict[str, Any] = field(default_factory=dict)
     """Annotations of an algorithm, e.g. IIB-LPO's latent code ("z", on a branch's first node) and IB filter scores
     ("ib_score", "dropped", on leaves). Not moved by :meth:`split` (set after a tree has grown)."""
+    text: str | None = None
+    """Leaves: the trajectory's completion decoded with the rollout's tokenizer (special tokens skipped), set with the
+    reward by ``rewards.scoring.reward_leaves``; None until then. Moved by :meth:`split` with the reward (the
+    completion stays the same); only a leaf's is read."""
+    revision: int = field(default_factory=int, init=False, repr=False)  # a factory: __init__ sets it, last
+    """The root's: bumped by every change below it that :meth:`Tree.statistics` depends on (keys it): a child added,
+    a node split, and assigning a node's tokens, log-probs, entropies, reward, children, parent, or (from outside
+    :func:`compute_p_hat`) p_hat or n_leaves."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _WATCHED and "revision" in self.__dict__:  # not while __init__ sets the fields (revision last)
+            _changed(self)
 
     def add_child(self, token_ids: list[int], logprobs: list[float], entropies: list[float]) -> "Node":
         """Attach and return a new child holding the given tokens."""
@@ -52,6 +70,7 @@ class Node:
         child = Node(path=path, token_ids=list(token_ids), logprobs=list(logprobs), entropies=list(entropies),
                      parent=self, depth=self.depth + 1, offset=self.end)
         self.children.append(child)
+        _changed(self)
         return child
 
     @property
@@ -69,12 +88,13 @@ class Node:
             raise ValueError(f"cannot split a node of {len(self.token_ids)} tokens at {at}")
         tail = Node(path="", token_ids=self.token_ids[at:], logprobs=self.logprobs[at:], entropies=self.entropies[at:],
                     parent=self, children=self.children, reward=self.reward, finished=self.finished,
-                    depth=self.depth + 1, offset=self.offset + at)
+                    text=self.text, depth=self.depth + 1, offset=self.offset + at)
         del self.token_ids[at:], self.logprobs[at:], self.entropies[at:]
-        self.children, self.reward, self.finished = [tail], None, False
+        self.children, self.reward, self.finished, self.text = [tail], None, False, None
         for c in tail.children:
             c.parent = tail
         _renumber(self)
+        _changed(self)
         return tail
 
     @property
@@ -100,6 +120,17 @@ class Node:
         return out[::-1]
 
 
+_WATCHED = frozenset({"token_ids", "logprobs", "entropies", "reward", "children", "parent", "p_hat", "n_leaves"})
+"""Node attributes whose assignment changes the tree's statistics (in-place edits of the lists are not seen)."""
+
+
+def _changed(node: Node) -> None:
+    """Record a structural change below `node` on its root (invalidates :meth:`Tree.statistics`)."""
+    while node.parent is not None:
+        node = node.parent
+    node.revision += 1
+
+
 def _renumber(node: Node) -> None:
     """Recompute path ids, depths and offsets below `node` (after a split)."""
     for i, c in enumerate(node.children):
@@ -118,13 +149,13 @@ def compute_p_hat(root: Node) -> None:
     def visit(node: Node) -> tuple[int, float]:
         if not node.children:
             correct = 1.0 if is_correct(node.reward) else 0.0
-            node.n_leaves, node.p_hat = 1, correct
+            node.__dict__.update(n_leaves=1, p_hat=correct)  # not a change of the tree (no revision bump)
             return 1, correct
         n, c = 0, 0.0
         for child in node.children:
             dn, dc = visit(child)
             n, c = n + dn, c + dc
-        node.n_leaves, node.p_hat = n, c / n
+        node.__dict__.update(n_leaves=n, p_hat=c / n)
         return n, c
 
     visit(root)
@@ -141,6 +172,7 @@ class Tree:
     """The question's other dataset columns (e.g. the reference answer), passed to the reward function."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Rollout bookkeeping: reused_prefix_tokens, encoded_prefix_tokens (set by the rollout engine)."""
+    _stats: "TreeStats | None" = field(default=None, init=False, repr=False)
 
     def leaves(self) -> list[Node]:
         """Leaves in depth-first order: one per trajectory."""
@@ -153,12 +185,18 @@ class Tree:
     @staticmethod
     def completion(leaf: Node) -> tuple[list[int], list[float], list[float]]:
         """(token ids, behaviour log-probs, entropies) of the trajectory ending at `leaf`."""
-        ids, lps, ents = [], [], []
-        for node in leaf.lineage():
-            ids += node.token_ids
-            lps += node.logprobs
-            ents += node.entropies
-        return ids, lps, ents
+        return _concat(leaf.lineage())
+
+    def statistics(self) -> "TreeStats":
+        """The tree's statistics, computed once and kept (:class:`TreeStats`); computed again, never stale, when the
+        tree has changed since (a node added or split, a reward or a node's tokens assigned: ``Node.revision``).
+
+        Sets every node's ``p_hat`` and ``n_leaves`` (:func:`compute_p_hat`). Meant for a grown, rewarded tree: a
+        growing one recomputes it after every change (the samplers call :func:`compute_p_hat` instead).
+        """
+        if self._stats is None or not self._stats.current(self):
+            self._stats = _tree_statistics(self)
+        return self._stats
 
     @property
     def new_tokens(self) -> int:
@@ -178,7 +216,7 @@ class Tree:
 
     def to_dict(self, tokenizer=None) -> dict:
         """JSON-serialisable form (nodes as a flat list keyed by path); with a tokenizer, also each node's text."""
-        compute_p_hat(self.root)
+        self.statistics()
         nodes = []
         for n in self.nodes():
             d = {"path": n.path, "token_ids": n.token_ids, "logprobs": n.logprobs, "entropies": n.entropies,
@@ -207,3 +245,87 @@ class Tree:
             node.info = dict(d.get("info", {}))
             by_path[node.path] = node
         return tree
+
+
+@dataclass(eq=False)
+class TreeStats:
+    """The statistics of one tree, computed together by :meth:`Tree.statistics` and kept on the tree.
+
+    Every reader of a grown, rewarded tree (the rollout and IB metrics, the training batch, IIB-LPO's filter) takes
+    them from here instead of walking the tree again. They are keyed on the tree's state, the root's ``revision``: a
+    node added or split and every assignment of a node's tokens, log-probs, entropies, reward, children or parent
+    bump it, and ``Tree.statistics`` computes everything again when it moved, so a stale value is never returned
+    (in-place edits of a node's lists, ``node.token_ids[0] = t``, are not seen: assign a new list). p_hat and
+    n_leaves live on the nodes: written by :func:`compute_p_hat`, and an assignment from elsewhere also counts as a
+    change (the next ``Tree.statistics`` computes them again).
+    """
+
+    root: Node
+    """The tree's root they were computed from."""
+    revision: int
+    """The root's revision they were computed at."""
+    leaves: list[Node]
+    """Leaves in depth-first order (``Tree.leaves``)."""
+    nodes: list[Node]
+    """All non-root nodes, depth first (``Tree.nodes``)."""
+    lineages: list[list[Node]]
+    """Per leaf: its non-root nodes from the root's child down (``Node.lineage``)."""
+    completions: list[tuple[list[int], list[float]]]
+    """Per leaf: (token ids, behaviour log-probs) of its trajectory (``Tree.completion`` without the entropies, which
+    no reader of a grown tree needs: half the copies kept)."""
+    values: dict[int, float]
+    """Mean leaf reward (None counts 0) under every node, the root included; keys: id(node)."""
+    reward_std: float
+    """Unbiased std (``core.group_std``) of the leaf rewards (None counts 0); 0 for one leaf."""
+    derived: dict[Any, Any] = field(default_factory=dict)
+    """What a method computes from these and keeps with them, under its own key (e.g. the IB-Scores of the branching
+    nodes under ``("ib", beta, conf_mode)``, ``methods.ib_tpo``); dropped with them when the tree changes."""
+
+    def current(self, tree: Tree) -> bool:
+        """Whether `tree` is still in the state these were computed at."""
+        return self.root is tree.root and self.revision == tree.root.revision
+
+    def derive(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``, once per key (kept in ``derived``)."""
+        if key not in self.derived:
+            self.derived[key] = compute()
+        return self.derived[key]
+
+
+def _concat(lineage: list[Node]) -> tuple[list[int], list[float], list[float]]:
+    ids: list[int] = []
+    lps: list[float] = []
+    ents: list[float] = []
+    for node in lineage:
+        ids += node.token_ids
+        lps += node.logprobs
+        ents += node.entropies
+    return ids, lps, ents
+
+
+def _mean_rewards(root: Node) -> dict[int, float]:
+    """Mean leaf reward under every node (keys: id(node))."""
+    out: dict[int, float] = {}
+
+    def visit(node: Node) -> tuple[float, int]:
+        if not node.children:
+            total, count = float(node.reward or 0.0), 1
+        else:
+            total, count = 0.0, 0
+            for child in node.children:
+                t, c = visit(child)
+                total, count = total + t, count + c
+        out[id(node)] = total / count
+        return total, count
+
+    visit(root)
+    return out
+
+
+def _tree_statistics(tree: Tree) -> TreeStats:
+    compute_p_hat(tree.root)
+    leaves = tree.leaves()
+    lineages = [leaf.lineage() for leaf in leaves]
+    return TreeStats(root=tree.root, revision=tree.root.revision, leaves=leaves, nodes=tree.nodes(), lineages=lineages,
+                     completions=[_concat(lin)[:2] for lin in lineages], values=_mean_rewards(tree.root),
+                     reward_std=group_std([float(leaf.reward or 0.0) for leaf in leaves]))

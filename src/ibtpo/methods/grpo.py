@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ibtpo.algos.advantages import group_stats, register_adv_est
+from ibtpo.core.group_std import group_std
 from ibtpo.algos.presets import Preset, register_preset
 from ibtpo.core.registry import config_field
 
@@ -34,7 +35,8 @@ def grpo_advantage(*, rewards: torch.Tensor, response_mask: torch.Tensor, group_
 
     A_i = (R_i - mean_group(R)) / (std + eps), broadcast to every response token. `scale_rewards` (TRL's name):
     "group" divides by the group's std, "batch" by the std of the whole batch, "none" does not divide (Dr. GRPO,
-    arXiv 2503.20783). Std is unbiased (torch.std), as in TRL and verl. A group whose rewards are all equal gets 0.
+    arXiv 2503.20783). Std is unbiased (``core.group_std``, as torch.std), as in TRL and verl. A group whose rewards
+    are all equal gets 0.
 
     rewards (bs,), response_mask (bs, T), group_ids (bs,) -> advantages (bs, T).
     """
@@ -45,7 +47,7 @@ def grpo_advantage(*, rewards: torch.Tensor, response_mask: torch.Tensor, group_
     if scale_rewards == "group":
         adv = centred / (std + eps)
     elif scale_rewards == "batch":
-        adv = centred / (rewards.std() + eps) if rewards.numel() > 1 else centred
+        adv = centred / (group_std(rewards) + eps) if rewards.numel() > 1 else centred
     elif scale_rewards == "none":
         adv = centred
     else:

@@ -35,7 +35,7 @@ from ibtpo.algos.presets import TREE_SHAPE, Preset, register_preset
 from ibtpo.core.registry import config_field, options_field
 from ibtpo.rollout.rules import BRANCH_RULES, ForkPoint, RuleContext, node_candidates, top_k
 from ibtpo.rollout.samplers import register_rule_sampler
-from ibtpo.core.tree import Node, Tree, compute_p_hat
+from ibtpo.core.tree import Node, Tree
 from ibtpo.core.tree_stats import IB_DEFAULTS, IBOptions, ib_term, info_gain
 
 # --- 1. the IB-Score ---------------------------------------------------------------------------------------------
@@ -83,22 +83,36 @@ def cov_conf_gain(node: Node, conf_mode: str = IB_DEFAULTS.conf_mode) -> float:
     return cov_from_values(conf, gains)
 
 
+def branching_ib(tree: Tree, ib: IBOptions = IB_DEFAULTS) -> list[tuple[float, float, float]]:
+    """(IB-Score, Cov(conf, r), Tsallis-2 step entropy) of every branching node (>= 2 children) of the tree as it is
+    now, depth first, with the IB options `ib` (beta, step confidence); computed once per (beta, conf_mode) and kept
+    with the tree's statistics (``Tree.statistics``: computed again if the tree has changed)."""
+    def compute() -> list[tuple[float, float, float]]:
+        out = []
+        for node in tree.root.iter_nodes():
+            if len(node.children) >= 2:
+                conf, gains = _children_values(node, ib.conf_mode)
+                out.append((ib_from_values(conf, gains, ib.beta), cov_from_values(conf, gains),
+                            tsallis2_from_values(conf)))
+        return out
+
+    return tree.statistics().derive(("ib", ib.beta, ib.conf_mode), compute)
+
+
 def tree_ib_stats(trees: list[Tree], ib: IBOptions = IB_DEFAULTS) -> dict[str, float]:
     """Means over all branching nodes (>= 2 children) of the batch: IB-Score, Cov(conf, r), Tsallis-2 step entropy,
     with the IB options `ib` (beta, step confidence).
 
     Metric names follow CONVENTIONS.md (``ib/score_mean``, ``ib/cov_conf_gain``); a batch without branching nodes
-    (e.g. independent sampling of one trajectory per question) reports NaN rather than a made-up 0.
+    (e.g. independent sampling of one trajectory per question) reports NaN rather than a made-up 0. The per-node
+    values come from :func:`branching_ib` (kept on each tree: a second call on the same trees recomputes nothing).
     """
     scores, covs, ents = [], [], []
     for tree in trees:
-        compute_p_hat(tree.root)
-        for node in tree.root.iter_nodes():
-            if len(node.children) >= 2:
-                conf, gains = _children_values(node, ib.conf_mode)
-                scores.append(ib_from_values(conf, gains, ib.beta))
-                covs.append(cov_from_values(conf, gains))
-                ents.append(tsallis2_from_values(conf))
+        for score, cov, ent in branching_ib(tree, ib):
+            scores.append(score)
+            covs.append(cov)
+            ents.append(ent)
     nan = float("nan")
     return {
         "ib/score_mean": mean(scores) if scores else nan,

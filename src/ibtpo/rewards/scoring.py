@@ -20,19 +20,20 @@ def score_completions(reward_fn: RewardFn, tokenizer, prompts: list[str], comple
     Returns (decoded completions, float scores).
     """
     texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in completion_ids]
-    scores = reward_fn(prompts, texts, completion_ids, **columns)
+    scores = reward_fn(prompts, list(texts), completion_ids, **columns)  # a copy: the texts returned stay decoded
     return texts, [0.0 if s is None else float(s) for s in scores]
 
 
 def reward_leaves(reward_fn: RewardFn, tokenizer, prompt: str, tree, leaves: list) -> None:
-    """Score new leaves of one tree (their root-to-leaf completions) and set ``leaf.reward``.
+    """Score new leaves of one tree (their root-to-leaf completions) and set ``leaf.reward`` and ``leaf.text`` (the
+    decoded completion the reward function was given, kept for the metrics).
 
     The tree's ``columns`` (e.g. the reference answer) are passed to the reward function for every leaf.
     """
     from ibtpo.core.tree import Tree
 
-    _, scores = score_completions(reward_fn, tokenizer, [prompt] * len(leaves),
-                                  [Tree.completion(leaf)[0] for leaf in leaves],
-                                  {k: [v] * len(leaves) for k, v in tree.columns.items()})
-    for leaf, s in zip(leaves, scores):
-        leaf.reward = s
+    texts, scores = score_completions(reward_fn, tokenizer, [prompt] * len(leaves),
+                                      [Tree.completion(leaf)[0] for leaf in leaves],
+                                      {k: [v] * len(leaves) for k, v in tree.columns.items()})
+    for leaf, text, s in zip(leaves, texts, scores):
+        leaf.reward, leaf.text = s, text

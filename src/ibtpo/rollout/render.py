@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ibtpo.core.tree import Node, Tree, compute_p_hat
+from ibtpo.core.tree import Node, Tree
 
 
 def render_tree(tree: Tree, tokenizer, width: int = 40) -> str:
     """Draw `tree` top-down; each node shows its text (escaped, cut at `width`), p_hat and, for leaves, R."""
-    compute_p_hat(tree.root)
+    tree.statistics()  # p_hat
 
     def label(node: Node) -> str:
         text = tokenizer.decode(node.token_ids, skip_special_tokens=False).replace("\n", "\\n")

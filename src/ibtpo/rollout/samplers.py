@@ -197,8 +197,8 @@ def grow_trees(name: str, ctx: GrowContext, prompts: list[list[int]], question_i
     finally:
         ctx.engine.release()
     _check_grown(who, trees)
-    for t in trees:
-        compute_p_hat(t.root)
+    for t in trees:  # the grown tree's statistics, computed once and kept on it (p_hat included)
+        t.statistics()
     return trees
 
 

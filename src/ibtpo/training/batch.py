@@ -67,17 +67,13 @@ class TrainBatch:
 
 
 def node_stats(trees: list[Tree]) -> tuple[list[Node], NodeStats]:
-    """Every non-root node of the trees (tree by tree, depth-first) and their per-node tensors.
-
-    Needs ``compute_p_hat`` to have run on every tree (the samplers do it).
-    """
+    """Every non-root node of the trees (tree by tree, depth-first) and their per-node tensors, from each tree's
+    kept statistics (``Tree.statistics``)."""
     nodes, rows = [], []
     for g, tree in enumerate(trees):
-        rewards = [float(leaf.reward or 0.0) for leaf in tree.leaves()]
-        mu = sum(rewards) / len(rewards)
-        std = (sum((r - mu) ** 2 for r in rewards) / (len(rewards) - 1)) ** 0.5 if len(rewards) > 1 else 0.0
-        value = _mean_rewards(tree.root)
-        for node in tree.nodes():
+        kept = tree.statistics()
+        std, value = kept.reward_std, kept.values
+        for node in kept.nodes:
             nodes.append(node)
             rows.append((node.p_hat, node.parent.p_hat, tree.root.p_hat, value[id(node)], std, sum(node.logprobs),
                          len(node.logprobs), node.n_leaves, g, value[id(tree.root)]))
@@ -88,25 +84,6 @@ def node_stats(trees: list[Tree]) -> tuple[list[Node], NodeStats]:
                             root_value=f(9))
 
 
-def _mean_rewards(root: Node) -> dict[int, float]:
-    """Mean leaf reward under every node (keys: id(node))."""
-    out: dict[int, float] = {}
-
-    def visit(node: Node) -> tuple[float, int]:
-        if not node.children:
-            total, count = float(node.reward or 0.0), 1
-        else:
-            total, count = 0.0, 0
-            for child in node.children:
-                t, c = visit(child)
-                total, count = total + t, count + c
-        out[id(node)] = total / count
-        return total, count
-
-    visit(root)
-    return out
-
-
 def flatten_paths(trees: list[Tree], pad_id: int,
                   row_extras: Callable[[list[tuple[int, list[Node]]]], dict[str, torch.Tensor]] | None = None,
                   ) -> TrainBatch:
@@ -115,19 +92,19 @@ def flatten_paths(trees: list[Tree], pad_id: int,
     (prompt length, leaf lineage) to per-row tensors (``TrainBatch.extras``; trainer extensions)."""
     nodes, stats = node_stats(trees)
     index = {id(n): i for i, n in enumerate(nodes)}
-    rows = []
+    rows, lineages = [], []
     for g, tree in enumerate(trees):
-        for leaf in tree.leaves():
+        kept = tree.statistics()
+        for leaf, lineage, (ids, lps) in zip(kept.leaves, kept.lineages, kept.completions):
             if leaf.info.get("dropped"):
                 continue
-            ids, lps, _ = Tree.completion(leaf)
             rows.append((tree.prompt_ids, ids, lps, float(leaf.reward or 0.0), g, leaf))
+            lineages.append(lineage)
     input_ids, attention = right_pad([p + c for p, c, *_ in rows], pad_id)
     n, width = input_ids.shape
     resp = torch.zeros((n, width - 1))
     old = torch.zeros((n, width - 1))
     node_index = torch.full((n, width - 1), -1, dtype=torch.long)
-    lineages = [leaf.lineage() for *_rest, leaf in rows]
     ancestor_index = torch.full((n, max(1, max(len(lin) for lin in lineages) - 1)), -1, dtype=torch.long)
     for i, (prompt, comp, lps, *_rest) in enumerate(rows):
         start = len(prompt) - 1  # column predicting the first completion token

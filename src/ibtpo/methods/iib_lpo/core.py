@@ -17,6 +17,8 @@ import random
 
 import torch
 
+from ibtpo.core.group_std import POPULATION, group_std
+
 
 def fork_candidates(entropies: list[float], top_frac: float, last_position: int) -> list[int]:
     """Candidate fork positions of one rollout: the ceil(top_frac * n) highest-entropy positions among 1..last.
@@ -65,11 +67,16 @@ def keep_top_n(scores: torch.Tensor, group_ids: torch.Tensor, n: int) -> torch.T
 
 
 def group_zscore(values: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """(bs,) values standardised within their group (population std); 0 for groups of one or constant values."""
+    """(bs,) values standardised within their group; 0 for groups of one or constant values (std <= eps).
+
+    The std is the *population* one (``core.group_std`` with ``ddof=POPULATION``), not the package's unbiased
+    reward std: this project's choice for the self-reward [choice], not the paper's (its standardisation could not be
+    recovered, docs/methods/iib_lpo.md), kept as the runs so far have it.
+    """
     out = torch.zeros_like(values, dtype=torch.float)
     for g in torch.unique(group_ids):
         rows = group_ids == g
         v = values[rows].float()
-        std = v.std(unbiased=False) if v.numel() > 1 else torch.tensor(0.0)
+        std = group_std(v, ddof=POPULATION)
         out[rows] = (v - v.mean()) / std if float(std) > eps else torch.zeros_like(v)
     return out

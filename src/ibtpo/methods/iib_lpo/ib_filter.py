@@ -70,8 +70,9 @@ def score_trajectories(model, tokenizer, trees: list[Tree], extract, beta: float
         if tree.columns.get("answer") is None:
             raise ValueError(f"IB filter: question {tree.question_id} has no 'answer' column to score against")
         a_ids, n_prompt = enc(str(tree.columns["answer"])), len(tree.prompt_ids)
-        for leaf in tree.leaves():
-            text = tokenizer.decode(Tree.completion(leaf)[0], skip_special_tokens=True)
+        kept = tree.statistics()
+        for leaf, (ids, _) in zip(kept.leaves, kept.completions):
+            text = tokenizer.decode(ids, skip_special_tokens=True) if leaf.text is None else leaf.text
             reasoning, lead = split_reasoning(text, extract(text))
             r_ids, l_ids = enc(reasoning), enc(lead)
             with_q.append(tree.prompt_ids + r_ids + a_ids)  # spans: r, then a*
