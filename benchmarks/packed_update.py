@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import platform
 import random
@@ -286,20 +287,25 @@ def main() -> None:
     head = (f"{'case':<13} {'mbs':>3} {'paths':>5} {'tok fwd flat':>12} {'packed':>8} {'ratio':>5} | "
             f"{'update s flat':>13} {'packed':>7} {'speedup':>7} {'/ratio':>6} {'MiB flat':>8} {'packed':>7} | "
             f"{'ref s flat':>10} {'packed':>7} {'speedup':>7} {'MiB flat':>8} {'packed':>7}")
-    print(head)
+    lines = [head]
     for r in results:
         f_, p_ = r["flattened"], r["packed"]
-        print(f"{r['case']:<13} {r['micro_batch_size']:>3} {f_['paths']:>5} {f_['tokens_forward']:>12} "
-              f"{p_['tokens_forward']:>8} {r['token_ratio']:>5.2f} | {f_['update_s']:>13.3f} {p_['update_s']:>7.3f} "
-              f"{r['update_speedup']:>7.2f} {r['update_speedup_over_token_ratio']:>6.2f} "
-              f"{f_['update_peak_mib']:>8.1f} {p_['update_peak_mib']:>7.1f} | {f_['reference_s']:>10.3f} "
-              f"{p_['reference_s']:>7.3f} {r['reference_speedup']:>7.2f} {f_['reference_peak_mib']:>8.1f} "
-              f"{p_['reference_peak_mib']:>7.1f}")
+        lines.append(f"{r['case']:<13} {r['micro_batch_size']:>3} {f_['paths']:>5} {f_['tokens_forward']:>12} "
+                     f"{p_['tokens_forward']:>8} {r['token_ratio']:>5.2f} | {f_['update_s']:>13.3f} "
+                     f"{p_['update_s']:>7.3f} {r['update_speedup']:>7.2f} {r['update_speedup_over_token_ratio']:>6.2f} "
+                     f"{f_['update_peak_mib']:>8.1f} {p_['update_peak_mib']:>7.1f} | {f_['reference_s']:>10.3f} "
+                     f"{p_['reference_s']:>7.3f} {r['reference_speedup']:>7.2f} {f_['reference_peak_mib']:>8.1f} "
+                     f"{p_['reference_peak_mib']:>7.1f}")
+    print("\n".join(lines))
     if args.out:
         meta = {"machine": args.machine or machine(), "device": args.device, "repeats": args.repeats,
                 "threads": args.threads, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
                 "command": " ".join(sys.argv)}
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+        load = f", load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg") else ""
+        Path(args.out).with_suffix(".txt").write_text(
+            f"# python {' '.join(sys.argv)}  ({meta['date']}, torch {meta['torch']} {args.device}, {args.threads} "
+            f"threads, {meta['machine']}{load})\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
