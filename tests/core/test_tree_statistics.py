@@ -115,3 +115,22 @@ def test_empty_and_one_leaf_trees():
     assert t.statistics().leaves == [] and t.statistics().reward_std == 0.0
     t.root.add_child([2], [-0.1], [0.0]).reward = 1.0
     assert t.statistics().reward_std == 0.0 and t.statistics().completions == [([2], [-0.1])]
+
+
+def test_a_pickled_or_copied_tree_computes_its_own_statistics():
+    import copy
+    import pickle
+
+    from ibtpo.training.batch import flatten_paths
+
+    t = Tree(question_id="q", prompt_ids=[1, 2])
+    a = t.root.add_child([5, 6], [-0.5, -0.1], [0.2, 0.3])
+    a.add_child([7], [-0.2], [0.1]).reward = 1.0
+    a.add_child([8], [-0.3], [0.1]).reward = 0.0
+    kept = t.statistics()
+    for other in (pickle.loads(pickle.dumps(t)), copy.deepcopy(t)):
+        stats = other.statistics()
+        assert stats is not kept and stats.root is other.root
+        assert sorted(stats.values.values()) == sorted(kept.values.values())
+        batch = flatten_paths([other], pad_id=0)  # reads the node values by node identity
+        assert batch.size == 2 and batch.rewards.tolist() == [1.0, 0.0]

@@ -174,6 +174,11 @@ class Tree:
     """Rollout bookkeeping: reused_prefix_tokens, encoded_prefix_tokens (set by the rollout engine)."""
     _stats: "TreeStats | None" = field(default=None, init=False, repr=False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A pickled or deep-copied tree leaves its statistics behind: they are keyed on node identities (``id``),
+        which a copy does not keep, so the copy computes its own (trees cross ranks and processes pickled)."""
+        return {**self.__dict__, "_stats": None}
+
     def leaves(self) -> list[Node]:
         """Leaves in depth-first order: one per trajectory."""
         return [n for n in self.root.iter_nodes() if n.is_leaf and n is not self.root]
